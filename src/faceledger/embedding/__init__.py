@@ -1,0 +1,56 @@
+"""Face embedders: aligned face chip in, L2-normalised vector out.
+
+Every embedder implements :class:`Embedder`. ``model_id`` names the *weights* (the vector
+space), not the runtime: dlib's ResNet run by dlib and the same network converted to ONNX
+share one model id, because their vectors are interchangeable. A gallery stores vectors of
+exactly one model id and refuses to mix.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from faceledger.types import Detection
+
+
+class Embedder(Protocol):
+    model_id: str
+    dim: int
+    backend: str
+
+    def align(self, image: np.ndarray, detection: Detection) -> np.ndarray:
+        """Cut and align the face chip (HxWx3 uint8 RGB) this model expects."""
+        ...
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray:
+        """(n, H, W, 3) uint8 chips -> (n, dim) float32 L2-normalised vectors."""
+        ...
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return (vectors / norms).astype(np.float32)
+
+
+DEFAULT_EMBEDDER = "dlib"
+
+
+def create_embedder(name: str = DEFAULT_EMBEDDER, threads: int | None = None) -> Embedder:
+    """Build an embedder by backend name (``dlib`` or ``onnx``)."""
+    if name == "dlib":
+        from faceledger.embedding.dlib_backend import DlibResnetEmbedder
+
+        return DlibResnetEmbedder()
+    raise ValueError(f"unknown embedder {name!r}; choose one of: dlib")
+
+
+def create_embedder_for_model(model_id: str, threads: int | None = None) -> Embedder:
+    """The default backend that produces vectors of ``model_id`` (for searching a gallery)."""
+    embedder = create_embedder(DEFAULT_EMBEDDER, threads=threads)
+    if embedder.model_id != model_id:
+        raise ValueError(f"no embedder available for gallery model {model_id!r}")
+    return embedder

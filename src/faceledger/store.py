@@ -1,0 +1,463 @@
+"""The gallery database: the source of truth for images, provenance, faces and vectors.
+
+SQLAlchemy Core over SQLite (WAL, foreign keys on) by default; the vector index is derived
+from the ``faces`` table and can always be rebuilt from it. Every face write bumps a
+``generation`` counter (and every delete also ``delete_generation``), which lets an index
+notice that it is stale and catch up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
+
+from faceledger.sources import Provenance
+from faceledger.types import Face
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+sources = Table(
+    "sources",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", String(40), nullable=False),
+)
+
+ingest_runs = Table(
+    "ingest_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("started_at", String(40), nullable=False),
+    Column("finished_at", String(40)),
+    Column("status", String(20), nullable=False),  # running | done | interrupted
+    Column("args_json", Text, nullable=False),
+    Column("summary_json", Text),
+)
+
+images = Table(
+    "images",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("byte_size", Integer, nullable=False),
+    Column("stored_path", Text, nullable=False),  # relative to the data dir
+    Column("face_count", Integer, nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Column("expires_at", String(40)),
+)
+
+provenance = Table(
+    "provenance",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("image_sha", String(64), ForeignKey("images.sha256", ondelete="CASCADE"), index=True),
+    Column("source_id", Integer, ForeignKey("sources.id"), nullable=False),
+    Column("original_path", Text, nullable=False),
+    Column("source_url", Text),
+    Column("captured_at", String(40)),
+    Column("legal_basis", Text, nullable=False),
+    Column("subject_label", Text),
+    Column("ingest_run_id", Integer, ForeignKey("ingest_runs.id")),
+    Column("created_at", String(40), nullable=False),
+    UniqueConstraint("image_sha", "source_id", "original_path"),
+)
+
+faces = Table(
+    "faces",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("image_sha", String(64), ForeignKey("images.sha256", ondelete="CASCADE"), index=True),
+    Column("face_index", Integer, nullable=False),
+    Column("bbox_json", Text, nullable=False),
+    Column("landmarks_json", Text, nullable=False),
+    Column("det_score", Float, nullable=False),
+    Column("detector", String(32), nullable=False),
+    Column("quality", Float, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("sharpness", Float, nullable=False),
+    Column("yaw", Float, nullable=False),
+    Column("model_id", String(64), nullable=False),
+    Column("embedding", LargeBinary, nullable=False),  # float32 little-endian, L2-normalised
+    Column("crop_path", Text, nullable=False),
+    Column("created_at", String(40), nullable=False),
+    UniqueConstraint("image_sha", "face_index"),
+)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class ModelMismatchError(Exception):
+    """Raised when vectors of one model would be mixed into a gallery of another."""
+
+
+@dataclass
+class CandidateRecord:
+    face_id: int
+    image_sha: str
+    bbox: list[int]
+    quality: float
+    crop_path: str
+    stored_path: str
+    width: int
+    height: int
+    provenance: list[dict[str, Any]]
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class Store:
+    """Gallery database plus the files (images, crops) kept beside it in the data dir."""
+
+    def __init__(self, data_dir: Path, url: str | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.url = url or f"sqlite:///{self.data_dir / 'gallery.db'}"
+        self.engine: Engine = create_engine(self.url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            version = self._get_meta(conn, "schema_version")
+            if version is None:
+                self._set_meta(conn, "schema_version", str(SCHEMA_VERSION))
+                self._set_meta(conn, "generation", "0")
+                self._set_meta(conn, "delete_generation", "0")
+            elif int(version) > SCHEMA_VERSION:
+                raise RuntimeError(f"data dir was written by a newer faceledger (schema {version})")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- meta ---------------------------------------------------------------------------
+    @staticmethod
+    def _get_meta(conn: Connection, key: str) -> str | None:
+        return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar_one_or_none()
+
+    @staticmethod
+    def _set_meta(conn: Connection, key: str, value: str) -> None:
+        done = conn.execute(update(meta).where(meta.c.key == key).values(value=value)).rowcount
+        if not done:
+            conn.execute(insert(meta).values(key=key, value=value))
+
+    def get_meta(self, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            return self._get_meta(conn, key)
+
+    def model_id(self) -> str | None:
+        return self.get_meta("model_id")
+
+    def bind_model(self, model_id: str, dim: int) -> None:
+        """Fix the gallery's embedding model on first use; refuse a different one later."""
+        with self.engine.begin() as conn:
+            current = self._get_meta(conn, "model_id")
+            if current is None:
+                self._set_meta(conn, "model_id", model_id)
+                self._set_meta(conn, "dim", str(dim))
+            elif current != model_id:
+                raise ModelMismatchError(
+                    f"this gallery holds vectors of model {current!r}; refusing to mix in "
+                    f"{model_id!r}. Use another data dir, or re-embed the gallery."
+                )
+
+    def generations(self) -> tuple[int, int]:
+        with self.engine.connect() as conn:
+            gen = int(self._get_meta(conn, "generation") or 0)
+            dgen = int(self._get_meta(conn, "delete_generation") or 0)
+        return gen, dgen
+
+    def _bump(self, conn: Connection, deleted: bool = False) -> None:
+        for key in ("generation", "delete_generation") if deleted else ("generation",):
+            self._set_meta(conn, key, str(int(self._get_meta(conn, key) or 0) + 1))
+
+    # -- ingest -------------------------------------------------------------------------
+    def start_run(self, args: dict[str, Any]) -> int:
+        with self.engine.begin() as conn:
+            # A run still marked running was interrupted (crash, kill): say so.
+            conn.execute(
+                update(ingest_runs)
+                .where(ingest_runs.c.status == "running")
+                .values(status="interrupted")
+            )
+            res = conn.execute(
+                insert(ingest_runs).values(
+                    started_at=now_iso(), status="running", args_json=json.dumps(args)
+                )
+            )
+            return int(res.inserted_primary_key[0])
+
+    def finish_run(self, run_id: int, summary: dict[str, Any], status: str = "done") -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(ingest_runs)
+                .where(ingest_runs.c.id == run_id)
+                .values(finished_at=now_iso(), status=status, summary_json=json.dumps(summary))
+            )
+
+    def has_image(self, sha: str) -> bool:
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(select(images.c.sha256).where(images.c.sha256 == sha)).first()
+                is not None
+            )
+
+    def _source_id(self, conn: Connection, name: str) -> int:
+        sid = conn.execute(select(sources.c.id).where(sources.c.name == name)).scalar()
+        if sid is None:
+            sid = conn.execute(
+                insert(sources).values(name=name, created_at=now_iso())
+            ).inserted_primary_key[0]
+        return int(sid)
+
+    def add_provenance(self, sha: str, prov: Provenance, run_id: int | None) -> bool:
+        """Record another provenance for a known image; False if it was already recorded."""
+        with self.engine.begin() as conn:
+            return self._add_provenance(conn, sha, prov, run_id)
+
+    def _add_provenance(
+        self, conn: Connection, sha: str, prov: Provenance, run_id: int | None
+    ) -> bool:
+        sid = self._source_id(conn, prov.source)
+        exists = conn.execute(
+            select(provenance.c.id).where(
+                provenance.c.image_sha == sha,
+                provenance.c.source_id == sid,
+                provenance.c.original_path == prov.original_path,
+            )
+        ).first()
+        if exists:
+            return False
+        conn.execute(
+            insert(provenance).values(
+                image_sha=sha,
+                source_id=sid,
+                original_path=prov.original_path,
+                source_url=prov.source_url,
+                captured_at=prov.captured_at,
+                legal_basis=prov.legal_basis,
+                subject_label=prov.subject_label,
+                ingest_run_id=run_id,
+                created_at=now_iso(),
+            )
+        )
+        return True
+
+    def add_image(
+        self,
+        sha: str,
+        width: int,
+        height: int,
+        fmt: str,
+        byte_size: int,
+        stored_path: str,
+        prov: Provenance,
+        face_rows: list[tuple[Face, str]],
+        run_id: int | None,
+    ) -> list[int]:
+        """Insert an image, its provenance and its faces in one transaction; face ids out."""
+        ids: list[int] = []
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(images).values(
+                    sha256=sha,
+                    width=width,
+                    height=height,
+                    format=fmt,
+                    byte_size=byte_size,
+                    stored_path=stored_path,
+                    face_count=len(face_rows),
+                    created_at=now_iso(),
+                    expires_at=prov.expires_at,
+                )
+            )
+            self._add_provenance(conn, sha, prov, run_id)
+            for i, (face, crop_path) in enumerate(face_rows):
+                det = face.detection
+                lm = det.landmarks.tolist() if det.landmarks is not None else []
+                res = conn.execute(
+                    insert(faces).values(
+                        image_sha=sha,
+                        face_index=i,
+                        bbox_json=json.dumps(det.bbox.as_list()),
+                        landmarks_json=json.dumps(lm),
+                        det_score=det.score,
+                        detector=det.detector,
+                        quality=face.quality,
+                        size=face.size,
+                        sharpness=face.sharpness,
+                        yaw=face.yaw,
+                        model_id=face.model_id,
+                        embedding=np.asarray(face.embedding, dtype="<f4").tobytes(),
+                        crop_path=crop_path,
+                        created_at=now_iso(),
+                    )
+                )
+                ids.append(int(res.inserted_primary_key[0]))
+            if face_rows:
+                self._bump(conn)
+        return ids
+
+    # -- reads --------------------------------------------------------------------------
+    def face_count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(faces)).scalar_one())
+
+    def iter_vectors(
+        self, min_id: int = 0, batch: int = 50_000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) in id order, in batches, for faces with id > ``min_id``."""
+        last = min_id
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(faces.c.id, faces.c.embedding)
+                    .where(faces.c.id > last)
+                    .order_by(faces.c.id)
+                    .limit(batch)
+                ).all()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vecs = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).astype(np.float32)
+            yield ids, vecs
+            last = int(ids[-1])
+
+    def candidates(self, face_ids: list[int]) -> dict[int, CandidateRecord]:
+        if not face_ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    faces.c.id,
+                    faces.c.image_sha,
+                    faces.c.bbox_json,
+                    faces.c.quality,
+                    faces.c.crop_path,
+                    images.c.stored_path,
+                    images.c.width,
+                    images.c.height,
+                )
+                .join(images, images.c.sha256 == faces.c.image_sha)
+                .where(faces.c.id.in_(face_ids))
+            ).all()
+            shas = list({r.image_sha for r in rows})
+            provs: dict[str, list[dict[str, Any]]] = {s: [] for s in shas}
+            for p in conn.execute(
+                select(provenance, sources.c.name.label("source"))
+                .join(sources, sources.c.id == provenance.c.source_id)
+                .where(provenance.c.image_sha.in_(shas))
+                .order_by(provenance.c.id)
+            ).mappings():
+                provs[p["image_sha"]].append(
+                    {
+                        "source": p["source"],
+                        "original_path": p["original_path"],
+                        "source_url": p["source_url"],
+                        "captured_at": p["captured_at"],
+                        "legal_basis": p["legal_basis"],
+                        "subject_label": p["subject_label"],
+                        "ingested_at": p["created_at"],
+                    }
+                )
+        return {
+            r.id: CandidateRecord(
+                face_id=r.id,
+                image_sha=r.image_sha,
+                bbox=json.loads(r.bbox_json),
+                quality=r.quality,
+                crop_path=r.crop_path,
+                stored_path=r.stored_path,
+                width=r.width,
+                height=r.height,
+                provenance=provs.get(r.image_sha, []),
+            )
+            for r in rows
+        }
+
+    def stats(self) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            n_images = conn.execute(select(func.count()).select_from(images)).scalar_one()
+            n_faces = conn.execute(select(func.count()).select_from(faces)).scalar_one()
+            no_face = conn.execute(
+                select(func.count()).select_from(images).where(images.c.face_count == 0)
+            ).scalar_one()
+            per_source = {
+                name: n
+                for name, n in conn.execute(
+                    select(sources.c.name, func.count(func.distinct(provenance.c.image_sha)))
+                    .join(provenance, provenance.c.source_id == sources.c.id)
+                    .group_by(sources.c.name)
+                ).all()
+            }
+            runs = conn.execute(
+                select(ingest_runs.c.status, func.count()).group_by(ingest_runs.c.status)
+            ).all()
+        disk = sum(f.stat().st_size for f in self.data_dir.rglob("*") if f.is_file())
+        return {
+            "images": int(n_images),
+            "images_without_faces": int(no_face),
+            "faces": int(n_faces),
+            "model_id": self.model_id(),
+            "sources": per_source,
+            "ingest_runs": {status: int(n) for status, n in runs},
+            "data_dir": str(self.data_dir),
+            "disk_bytes": disk,
+        }
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,59 @@
+"""Small value types shared by the pipeline stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BBox:
+    """A face box in pixel coordinates of the (orientation-corrected) image."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    def as_list(self) -> list[int]:
+        return [self.left, self.top, self.right, self.bottom]
+
+
+@dataclass
+class Detection:
+    """One face found by a detector, with five landmarks once a landmarker has run.
+
+    ``landmarks`` are five (x, y) points in dlib's 5-point order: right eye outer corner,
+    right eye inner corner, left eye outer corner, left eye inner corner, nose base
+    (for SCRFD-style detectors the ArcFace order is converted by the detector module).
+    """
+
+    bbox: BBox
+    score: float
+    detector: str
+    landmarks: np.ndarray | None = None  # (5, 2) float32
+    fallback: bool = False  # True when no detector found a face and a centred box was used
+
+
+@dataclass
+class Face:
+    """A detected, aligned and embedded face, ready to store or to search with."""
+
+    detection: Detection
+    embedding: np.ndarray  # (dim,) float32, L2-normalised
+    model_id: str
+    quality: float
+    size: int
+    sharpness: float
+    yaw: float
+    crop_jpeg: bytes = b""
+    extra: dict[str, float] = field(default_factory=dict)
