@@ -120,6 +120,17 @@ faces = Table(
     Column("crop_path", Text, nullable=False),
     Column("created_at", String(40), nullable=False),
     UniqueConstraint("image_sha", "face_index"),
+    sqlite_autoincrement=True,  # never reuse an erased face's id
+)
+
+
+face_tombstones = Table(
+    "face_tombstones",
+    metadata,
+    # ids of erased faces (no biometric data), so indexes can drop them without a rebuild
+    Column("face_id", Integer, primary_key=True),
+    Column("delete_generation", Integer, nullable=False, index=True),
+    Column("deleted_at", String(40), nullable=False),
 )
 
 
@@ -343,6 +354,28 @@ class Store:
             if face_rows:
                 self._bump(conn)
         return ids
+
+    def delete_faces(self, conn: Connection, face_ids: list[int]) -> None:
+        """Delete faces inside the caller's transaction, leaving tombstones for indexes."""
+        if not face_ids:
+            return
+        self._bump(conn, deleted=True)
+        dgen = int(self._get_meta(conn, "delete_generation") or 0)
+        conn.execute(faces.delete().where(faces.c.id.in_(face_ids)))
+        conn.execute(
+            insert(face_tombstones),
+            [{"face_id": f, "delete_generation": dgen, "deleted_at": now_iso()} for f in face_ids],
+        )
+
+    def tombstones_after(self, delete_generation: int) -> np.ndarray:
+        """Ids of faces deleted after ``delete_generation`` (for index catch-up)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(face_tombstones.c.face_id).where(
+                    face_tombstones.c.delete_generation > delete_generation
+                )
+            ).all()
+        return np.array([r[0] for r in rows], dtype=np.int64)
 
     # -- reads --------------------------------------------------------------------------
     def face_count(self) -> int:
