@@ -160,45 +160,37 @@ def test_index_is_rebuilt_when_missing_or_corrupt(gallery_dir: Path, tmp_path: P
     assert len(IndexManager(store).sync()) == len(ids0)
 
 
-def test_cli_ingest_search_stats_json(lfw: Path, tmp_path: Path) -> None:
+def test_cli_ingest_search_stats_json(lfw: Path, tmp_path: Path, monkeypatch) -> None:
     runner = CliRunner()
     data = tmp_path / "data"
     g = tmp_path / "g"
     g.mkdir()
     for name in PEOPLE[:3]:
         shutil.copy(lfw_image(lfw, name, 1), g)
-    r = runner.invoke(app, ["ingest", str(g), "--data-dir", str(data), "--json", "--workers", "1"])
+    monkeypatch.setenv("FACELEDGER_DATA", str(data))
+    monkeypatch.setenv("FACELEDGER_PASSWORD", "admin password 1")
+    r = runner.invoke(app, ["ingest", str(g), "--legal-basis", "test", "--as", "root"])
+    assert r.exit_code == 3 and "faceledger init" in r.output
+    assert runner.invoke(app, ["init", "--admin", "root"]).exit_code == 0
+    r = runner.invoke(app, ["ingest", str(g), "--as", "root", "--json", "--workers", "1"])
     assert r.exit_code != 0 and "legal-basis" in r.output
-    r = runner.invoke(
-        app,
-        [
-            "ingest",
-            str(g),
-            "--legal-basis",
-            "test",
-            "--data-dir",
-            str(data),
-            "--json",
-            "--workers",
-            "1",
-            "--embedder",
-            "dlib",
-        ],
-    )
+    ingest = ["ingest", str(g), "--legal-basis", "test", "--json", "--workers", "1"]
+    r = runner.invoke(app, [*ingest, "--embedder", "dlib", "--as", "root"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["new"] == 3
-    r = runner.invoke(
-        app,
-        [
-            "search",
-            str(lfw_image(lfw, PEOPLE[0], 2)),
-            "--data-dir",
-            str(data),
-            "--json",
-            "--top-k",
-            "2",
-        ],
-    )
+    monkeypatch.setenv("FACELEDGER_NEW_PASSWORD", "investigator pw")
+    r = runner.invoke(app, ["users", "add", "ivy", "--roles", "investigator", "--as", "root"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["tokens", "create", "--user", "ivy", "--as", "root"])
+    token = r.stdout.strip().splitlines()[-1]
+    assert token.startswith("flt_")
+    monkeypatch.setenv("FACELEDGER_TOKEN", token)
+    monkeypatch.delenv("FACELEDGER_PASSWORD")
+    probe = str(lfw_image(lfw, PEOPLE[0], 2))
+    r = runner.invoke(app, ["search", probe, "--json"])
+    assert r.exit_code == 4 and "case number" in r.output
+    case = ["--case", "C-7", "--purpose", "missing-person", "--justification", "family report"]
+    r = runner.invoke(app, ["search", probe, *case, "--json", "--top-k", "2"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["faces"][0]["candidates"][0]["provenance"][0]["original_path"].endswith(
@@ -207,9 +199,11 @@ def test_cli_ingest_search_stats_json(lfw: Path, tmp_path: Path) -> None:
     assert len(doc["faces"][0]["candidates"]) == 2
     noface = tmp_path / "noface.jpg"
     noface.write_bytes(blank_jpeg())
-    r = runner.invoke(app, ["search", str(noface), "--data-dir", str(data)])
+    r = runner.invoke(app, ["search", str(noface), *case])
     assert r.exit_code == 2 and "no face" in r.output
-    r = runner.invoke(app, ["stats", "--data-dir", str(data), "--json"])
+    r = runner.invoke(app, ["ingest", str(g), "--legal-basis", "x"])
+    assert r.exit_code == 4 and "may not ingest" in r.output
+    r = runner.invoke(app, ["stats", "--json"])
     assert json.loads(r.stdout)["images"] == 3
     r = runner.invoke(app, ["embed", str(lfw_image(lfw, PEOPLE[1], 1)), "--embedder", "dlib"])
     face = json.loads(r.stdout)["faces"][0]

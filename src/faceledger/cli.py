@@ -32,10 +32,23 @@ eval_app = typer.Typer(help="Evaluate accuracy on public benchmarks.", no_args_i
 calibrate_app = typer.Typer(help="Fit score calibrations.", no_args_is_help=True)
 index_app = typer.Typer(help="Manage the vector index.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Fetch evaluation datasets.", no_args_is_help=True)
-app.add_typer(eval_app, name="eval")
-app.add_typer(calibrate_app, name="calibrate")
-app.add_typer(index_app, name="index")
-app.add_typer(datasets_app, name="datasets")
+users_app = typer.Typer(help="Manage users and roles (admin).", no_args_is_help=True)
+tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+policy_app = typer.Typer(help="Search policy (admin).", no_args_is_help=True)
+cases_app = typer.Typer(help="Case requests and supervisor approval.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident ledger and reports.", no_args_is_help=True)
+for sub, name in (
+    (eval_app, "eval"),
+    (calibrate_app, "calibrate"),
+    (index_app, "index"),
+    (datasets_app, "datasets"),
+    (users_app, "users"),
+    (tokens_app, "tokens"),
+    (policy_app, "policy"),
+    (cases_app, "cases"),
+    (audit_app, "audit"),
+):
+    app.add_typer(sub, name=name)
 
 err = Console(stderr=True)
 out = Console()
@@ -50,6 +63,15 @@ Detector = Annotated[str, typer.Option(help="Face detector: hog, cnn, or hog+cnn
 Embedder = Annotated[str, typer.Option(help="Embedder backend: onnx or dlib.")]
 MinFace = Annotated[int, typer.Option(help="Smallest face kept, in pixels (box side).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+AsUser = Annotated[
+    str | None,
+    typer.Option(
+        "--as",
+        envvar="FACELEDGER_USER",
+        help="Run as this user (password from $FACELEDGER_PASSWORD or a prompt; "
+        "or set $FACELEDGER_TOKEN instead).",
+    ),
+]
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -80,6 +102,45 @@ def _store(data_dir: Path | None) -> Any:
     return Store(config.data_dir(data_dir))
 
 
+@contextmanager
+def session(data_dir: Path | None, as_user: str | None) -> Iterator[tuple[Any, Any]]:
+    """Open the data dir, authenticate, and turn the core's refusals into clear errors."""
+    import os
+
+    from faceledger.auth import AuthError, PermissionDenied
+    from faceledger.decode import DecodeError
+    from faceledger.service import Faceledger, PolicyTamperedError, RefusedError
+    from faceledger.store import ModelMismatchError
+
+    fl = Faceledger(config.data_dir(data_dir))
+    try:
+        token = os.environ.get("FACELEDGER_TOKEN")
+        if as_user is None and token:
+            actor = fl.authenticate_token(token)
+        else:
+            if not fl.has_users():
+                fail(f"{fl.data_dir} has no users yet: run `faceledger init --admin NAME`", 3)
+            if as_user is None:
+                fail("say who you are: --as USER (or set $FACELEDGER_USER / $FACELEDGER_TOKEN)", 3)
+            password = os.environ.get("FACELEDGER_PASSWORD")
+            if password is None:
+                password = typer.prompt(f"password for {as_user}", hide_input=True, err=True)
+            actor = fl.login(as_user, password)
+        yield fl, actor
+    except AuthError as exc:
+        fail(str(exc), 3)
+    except PermissionDenied as exc:
+        fail(f"permission denied: {exc}", 4)
+    except RefusedError as exc:
+        fail(f"refused ({exc.code}): {exc}", 4)
+    except PolicyTamperedError as exc:
+        fail(str(exc), 5)
+    except (DecodeError, ModelMismatchError, ValueError) as exc:
+        fail(str(exc))
+    finally:
+        fl.store.close()
+
+
 def _analyzer(detector: str, embedder: str, min_face: int, threads: int | None = None) -> Any:
     from faceledger.ingest import PipelineSettings
 
@@ -93,6 +154,27 @@ def _dump(doc: Any) -> None:
 
 
 @app.command()
+def init(
+    admin: Annotated[str, typer.Option("--admin", help="User name of the first admin.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Create the data dir's first admin (password from $FACELEDGER_PASSWORD or a prompt)."""
+    import os
+
+    from faceledger.service import Faceledger, RefusedError
+
+    password = os.environ.get("FACELEDGER_PASSWORD") or typer.prompt(
+        f"new password for {admin}", hide_input=True, confirmation_prompt=True, err=True
+    )
+    fl = Faceledger(config.data_dir(data_dir))
+    try:
+        fl.init_admin(admin, password)
+    except (RefusedError, ValueError) as exc:
+        fail(str(exc))
+    out.print(f"initialised {fl.data_dir}: admin {admin!r}, default policy written")
+
+
+@app.command()
 def ingest(
     paths: Annotated[
         list[Path] | None, typer.Argument(help="Files, folders, zip/tar archives.")
@@ -100,7 +182,8 @@ def ingest(
     manifest: Annotated[
         Path | None,
         typer.Option(
-            help="CSV/JSONL manifest: path, source_url, captured_at, legal_basis, subject_label."
+            help="CSV/JSONL manifest: path, source_url, captured_at, legal_basis, "
+            "subject_label, expires_at."
         ),
     ] = None,
     source: Annotated[str, typer.Option(help="Source name recorded as provenance.")] = "local",
@@ -110,28 +193,35 @@ def ingest(
             help="Legal basis for holding these photos (required unless manifest rows give one)."
         ),
     ] = None,
+    expires_at: Annotated[
+        str | None, typer.Option(help="Retention: delete these photos after this ISO date.")
+    ] = None,
     workers: Annotated[int, typer.Option(help="Worker processes (default: one per core).")] = 0,
     detector: Detector = "hog",
     embedder: Embedder = "default",
     min_face: MinFace = 40,
     data_dir: DataDir = None,
+    as_user: AsUser = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Add photos to the gallery (re-ingesting a photo is a no-op that says so)."""
+    """Add photos to the gallery (admin). Re-ingesting a photo is a no-op that says so."""
     from faceledger.embedding import DEFAULT_EMBEDDER
-    from faceledger.ingest import Ingestor, PipelineSettings, default_workers
-    from faceledger.sources import SourceError, iter_manifest, iter_paths
-    from faceledger.store import ModelMismatchError
+    from faceledger.ingest import PipelineSettings, default_workers
+    from faceledger.sources import SourceError, iter_manifest, iter_paths, parse_when
 
     if not paths and manifest is None:
         fail("give photos to ingest: PATH... and/or --manifest FILE")
     if paths and not legal_basis:
         fail("--legal-basis is required: record why you may hold these photos")
     embedder = DEFAULT_EMBEDDER if embedder == "default" else embedder
+    try:
+        expiry = parse_when(expires_at, "--expires-at")
+    except Exception as exc:
+        fail(str(exc))
 
     def items() -> Iterator[Any]:
         if paths:
-            yield from iter_paths(list(paths), source, legal_basis or "")
+            yield from iter_paths(list(paths), source, legal_basis or "", expires_at=expiry)
         if manifest is not None:
             yield from iter_manifest(manifest, source, legal_basis)
 
@@ -139,7 +229,6 @@ def ingest(
         total = sum(1 for _ in items())
     except SourceError as exc:
         fail(str(exc))
-    store = _store(data_dir)
     settings = PipelineSettings(detector=detector, embedder=embedder, min_face=min_face)
     n_workers = workers or default_workers()
     args = {
@@ -150,15 +239,20 @@ def ingest(
         "embedder": embedder,
         "workers": n_workers,
     }
-    try:
-        with progress_bar("ingest", total, enabled=not as_json) as bar:
-            summary = Ingestor(store, settings, workers=n_workers).run(
-                items(), args, advance=lambda n: bar.advance(bar.task_ids[0], n)
-            )
-    except ModelMismatchError as exc:
-        fail(str(exc))
-    except SourceError as exc:
-        fail(str(exc))
+    with session(data_dir, as_user) as (fl, actor):
+        fl.require(actor, "ingest")  # before the progress bar, for a clean refusal
+        try:
+            with progress_bar("ingest", total, enabled=not as_json) as bar:
+                summary = fl.ingest(
+                    actor,
+                    items(),
+                    settings,
+                    n_workers,
+                    args,
+                    advance=lambda n: bar.advance(bar.task_ids[0], n),
+                )
+        except SourceError as exc:
+            fail(str(exc))
     if as_json:
         _dump(summary.as_dict())
         return
@@ -169,84 +263,84 @@ def ingest(
     out.print(summary.line())
 
 
-def _searcher(data_dir: Path | None, detector: str, min_face: int) -> Any:
-    from faceledger.embedding import create_embedder_for_model
-    from faceledger.search import Searcher
-
-    store = _store(data_dir)
-    model = store.model_id()
-    if model is None:
-        fail(f"the gallery in {store.data_dir} is empty: run `faceledger ingest` first")
-    from faceledger.analysis import FaceAnalyzer
-    from faceledger.detection import create_detector
-
-    analyzer = FaceAnalyzer(
-        detector=create_detector(detector, min_face=min_face),
-        embedder=create_embedder_for_model(model),
-    )
-    return Searcher(store, analyzer)
-
-
 @app.command()
 def search(
     photo: Annotated[Path, typer.Argument(help="Probe photo.")],
+    case: Annotated[str, typer.Option("--case", help="Case number (required).")] = "",
+    purpose: Annotated[str, typer.Option(help="Purpose, from the policy's list (required).")] = "",
+    justification: Annotated[str, typer.Option(help="Why this search is needed (required).")] = "",
+    request: Annotated[
+        int | None, typer.Option("--request", help="Approved case request id, where needed.")
+    ] = None,
     top_k: Annotated[
         int, typer.Option("--top-k", min=1, max=1000, help="Candidates per face.")
     ] = 10,
-    detector: Detector = "hog",
-    min_face: MinFace = 20,
     data_dir: DataDir = None,
+    as_user: AsUser = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Find the faces in PHOTO and list ranked gallery candidates for each."""
-    from faceledger.decode import DecodeError
+    """Find the faces in PHOTO and list ranked gallery candidates for each (investigator)."""
     from faceledger.search import LEADS_NOTICE, NoFaceError
+    from faceledger.service import SearchRequest
 
     try:
         data = photo.read_bytes()
     except OSError as exc:
         fail(f"{photo}: cannot read probe ({exc.strerror or exc})")
-    searcher = _searcher(data_dir, detector, min_face)
-    try:
-        result = searcher.search_bytes(data, top_k=top_k)
-    except DecodeError as exc:
-        fail(f"{photo}: {exc}")
-    except NoFaceError as exc:
-        if as_json:
-            _dump({"probe": str(photo), "faces": [], "error": str(exc)})
-        fail(f"{photo}: {exc}", code=2)
+    req = SearchRequest(case, purpose, justification, request, top_k)
+    with session(data_dir, as_user) as (fl, actor):
+        try:
+            result = fl.search(actor, data, req)
+        except NoFaceError as exc:
+            if as_json:
+                _dump({"probe": str(photo), "faces": [], "error": str(exc)})
+            fail(f"{photo}: {exc}", code=2)
     if as_json:
-        _dump(result.as_dict())
+        _dump(result)
         return
     out.print(f"[bold yellow]{LEADS_NOTICE}[/]")
     out.print(
-        f"probe {photo} (sha256 {result.probe_sha256[:16]}...), "
-        f"{len(result.faces)} face(s), gallery of {result.gallery_faces} faces"
+        f"search {result['search_id']} for case {result['case_number']} ({result['purpose']}): "
+        f"probe {photo}, {len(result['faces'])} face(s), gallery of {result['gallery_faces']} faces"
     )
-    for f in result.faces:
-        t = Table(title=f"face {f.face_index} at {f.bbox} (quality {f.quality:.2f})")
-        for col in ("rank", "score", "est FMR", "exp. false ≥ score", "subject", "source", "image"):
+    for f in result["faces"]:
+        if f["below_min_quality"]:
+            out.print(
+                f"face {f['face_index']} at {f['bbox']}: quality {f['quality']:.2f} is "
+                "below the policy minimum; not searched"
+            )
+            continue
+        t = Table(title=f"face {f['face_index']} at {f['bbox']} (quality {f['quality']:.2f})")
+        for col in (
+            "rank",
+            "score",
+            "est. FMR",
+            "expected false ≥ score",
+            "subject",
+            "source",
+            "image",
+        ):
             t.add_column(col)
-        for c in f.candidates:
-            p = c.provenance[0] if c.provenance else {}
+        for c in f["candidates"]:
+            p = c["provenance"][0] if c["provenance"] else {}
             fmr = (
                 "n/a"
-                if c.est_fmr is None
-                else f"{c.est_fmr:.1e}" + ("*" if c.est_fmr_extrapolated else "")
+                if c["est_fmr"] is None
+                else (f"{c['est_fmr']:.1e}" + ("*" if c["est_fmr_extrapolated"] else ""))
             )
             exp = (
                 "n/a"
-                if c.expected_false_candidates is None
-                else f"{c.expected_false_candidates:.3g}"
+                if c["expected_false_candidates"] is None
+                else f"{c['expected_false_candidates']:.3g}"
             )
             t.add_row(
-                str(c.rank),
-                f"{c.score:.3f}",
+                str(c["rank"]),
+                f"{c['score']:.3f}",
                 fmr,
                 exp,
                 str(p.get("subject_label") or ""),
                 str(p.get("source_url") or p.get("original_path") or ""),
-                c.image_path,
+                c["image_path"],
             )
         out.print(t)
     out.print("[dim]* estimated beyond the calibration data (extrapolated tail)[/]")
@@ -260,7 +354,7 @@ def embed(
     min_face: MinFace = 20,
     as_json: JsonOut = True,
 ) -> None:
-    """Faces found in PHOTO: box, 5 landmarks, quality and embedding."""
+    """Faces found in PHOTO: box, 5 landmarks, quality and embedding (touches no gallery)."""
     from faceledger.decode import DecodeError, decode_image
     from faceledger.embedding import DEFAULT_EMBEDDER
 
@@ -273,35 +367,37 @@ def embed(
         fail(f"{photo}: {exc}")
     analyzer = _analyzer(detector, embedder, min_face)
     faces = analyzer.analyze(img.pixels)
-    doc = {
-        "photo": str(photo),
-        "width": img.width,
-        "height": img.height,
-        "model_id": analyzer.model_id,
-        "faces": [
-            {
-                "bbox": f.detection.bbox.as_list(),
-                "detector": f.detection.detector,
-                "det_score": f.detection.score,
-                "landmarks": f.detection.landmarks.tolist(),
-                "quality": f.quality,
-                "size": f.size,
-                "sharpness": round(f.sharpness, 3),
-                "yaw": round(f.yaw, 4),
-                "embedding": [round(float(x), 7) for x in f.embedding],
-            }
-            for f in faces
-        ],
-    }
-    _dump(doc)
+    _dump(
+        {
+            "photo": str(photo),
+            "width": img.width,
+            "height": img.height,
+            "model_id": analyzer.model_id,
+            "faces": [
+                {
+                    "bbox": f.detection.bbox.as_list(),
+                    "detector": f.detection.detector,
+                    "det_score": f.detection.score,
+                    "landmarks": f.detection.landmarks.tolist(),
+                    "quality": f.quality,
+                    "size": f.size,
+                    "sharpness": round(f.sharpness, 3),
+                    "yaw": round(f.yaw, 4),
+                    "embedding": [round(float(x), 7) for x in f.embedding],
+                }
+                for f in faces
+            ],
+        }
+    )
     if not faces:
         raise typer.Exit(2)
 
 
 @app.command()
-def stats(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+def stats(data_dir: DataDir = None, as_user: AsUser = None, as_json: JsonOut = False) -> None:
     """What the gallery holds."""
-    s = _store(data_dir).stats()
+    with session(data_dir, as_user) as (fl, actor):
+        s = fl.stats(actor)
     if as_json:
         _dump(s)
         return
@@ -310,14 +406,321 @@ def stats(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
 
 
 @index_app.command("rebuild")
-def index_rebuild(data_dir: DataDir = None) -> None:
-    """Rebuild the vector index from the database (the source of truth)."""
+def index_rebuild(data_dir: DataDir = None, as_user: AsUser = None) -> None:
+    """Rebuild the vector index from the database (the source of truth; admin)."""
     from faceledger.index import IndexManager
 
-    mgr = IndexManager(_store(data_dir))
-    index = mgr.rebuild()
-    mgr.save()
+    with session(data_dir, as_user) as (fl, actor):
+        fl.require(actor, "manage_index")
+        mgr = IndexManager(fl.store)
+        index = mgr.rebuild()
+        mgr.save()
+        fl.record(actor, "index.rebuild", "index", faces=len(index))
     out.print(f"index rebuilt: {len(index)} faces ({index.kind})")
+
+
+@app.command()
+def erase(
+    face: Annotated[list[int] | None, typer.Option("--face", help="Face id (repeatable).")] = None,
+    image: Annotated[str | None, typer.Option("--image", help="Image SHA-256.")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Every image of a source.")] = None,
+    probe: Annotated[
+        Path | None, typer.Option("--probe", help="Every face matching this photo.")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Cosine score for --probe matches.")
+    ] = None,
+    optout: Annotated[
+        str | None,
+        typer.Option(
+            "--optout",
+            help="Also block this subject from future ingest "
+            "(with --probe); give the request reference.",
+        ),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why (e.g. erasure request number).")] = "",
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Erase faces for good (admin): vectors, crops, index entries, and images left empty."""
+    probe_bytes = None
+    if probe is not None:
+        try:
+            probe_bytes = probe.read_bytes()
+        except OSError as exc:
+            fail(f"{probe}: cannot read ({exc.strerror or exc})")
+    with session(data_dir, as_user) as (fl, actor):
+        report = fl.erase(
+            actor,
+            face_ids=face or None,
+            image_sha=image,
+            source=source,
+            probe=probe_bytes,
+            threshold=threshold,
+            optout_reference=optout,
+            reason=reason,
+        )
+    doc = report.as_dict()
+    if as_json:
+        _dump(doc)
+        return
+    out.print(
+        f"erased {doc['faces_erased']} face(s); {len(doc['images_deleted'])} image(s) "
+        f"deleted, {len(doc['images_blurred'])} blurred; "
+        f"{doc['blocklisted']} embedding(s) added to the opt-out list"
+    )
+
+
+@app.command()
+def purge(data_dir: DataDir = None, as_user: AsUser = None) -> None:
+    """Delete gallery images and retained probes past their retention date (admin)."""
+    with session(data_dir, as_user) as (fl, actor):
+        res = fl.purge(actor)
+    out.print(f"purged {res['images']} expired image(s) and {res['probes']} probe(s)")
+
+
+# -- users, tokens, policy, cases, audit -------------------------------------------------
+
+
+def _new_password(username: str) -> str:
+    import os
+
+    return os.environ.get("FACELEDGER_NEW_PASSWORD") or typer.prompt(
+        f"password for new user {username}", hide_input=True, confirmation_prompt=True, err=True
+    )
+
+
+@users_app.command("add")
+def users_add(
+    username: Annotated[str, typer.Argument()],
+    roles: Annotated[
+        str, typer.Option(help="Comma-separated: admin, investigator, supervisor, auditor.")
+    ],
+    unit: Annotated[str | None, typer.Option(help="Unit (supervisors see their unit).")] = None,
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+) -> None:
+    """Add a user (password from $FACELEDGER_NEW_PASSWORD or a prompt)."""
+    with session(data_dir, as_user) as (fl, actor):
+        fl.add_user(actor, username, _new_password(username), roles, unit)
+    out.print(f"user {username} added with roles {roles}")
+
+
+@users_app.command("list")
+def users_list(data_dir: DataDir = None, as_user: AsUser = None, as_json: JsonOut = False) -> None:
+    with session(data_dir, as_user) as (fl, actor):
+        rows = fl.list_users(actor)
+    if as_json:
+        _dump(rows)
+        return
+    t = Table("user", "roles", "unit", "disabled", "created")
+    for r in rows:
+        t.add_row(
+            r["username"],
+            ",".join(r["roles"]),
+            r["unit"] or "",
+            str(r["disabled"]),
+            r["created_at"],
+        )
+    out.print(t)
+
+
+@users_app.command("disable")
+def users_disable(username: str, data_dir: DataDir = None, as_user: AsUser = None) -> None:
+    with session(data_dir, as_user) as (fl, actor):
+        fl.set_disabled(actor, username, True)
+    out.print(f"user {username} disabled")
+
+
+@users_app.command("enable")
+def users_enable(username: str, data_dir: DataDir = None, as_user: AsUser = None) -> None:
+    with session(data_dir, as_user) as (fl, actor):
+        fl.set_disabled(actor, username, False)
+    out.print(f"user {username} enabled")
+
+
+@users_app.command("set-roles")
+def users_set_roles(
+    username: str,
+    roles: Annotated[str, typer.Option(help="Comma-separated roles.")],
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+) -> None:
+    with session(data_dir, as_user) as (fl, actor):
+        fl.set_roles(actor, username, roles)
+    out.print(f"user {username} now has roles {roles}")
+
+
+@tokens_app.command("create")
+def tokens_create(
+    user: Annotated[str, typer.Option("--user", help="Whose token.")],
+    name: Annotated[str, typer.Option(help="A label for the token.")] = "api",
+    days: Annotated[int, typer.Option(help="Lifetime in days (1-366).")] = 90,
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+) -> None:
+    """Create an API token; the secret is printed once, alone on the last line."""
+    with session(data_dir, as_user) as (fl, actor):
+        tid, secret = fl.create_token(actor, user, name, days)
+    err.print(f"token {tid} for {user}, valid {days} days; store it now, it is not shown again:")
+    print(secret)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: int, data_dir: DataDir = None, as_user: AsUser = None) -> None:
+    with session(data_dir, as_user) as (fl, actor):
+        fl.revoke_token(actor, token_id)
+    out.print(f"token {token_id} revoked")
+
+
+@tokens_app.command("list")
+def tokens_list(
+    user: Annotated[str | None, typer.Option("--user")] = None,
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+) -> None:
+    with session(data_dir, as_user) as (fl, actor):
+        _dump(fl.list_tokens(actor, user))
+
+
+@policy_app.command("show")
+def policy_show(data_dir: DataDir = None, as_user: AsUser = None) -> None:
+    with session(data_dir, as_user) as (fl, _actor):
+        sys.stdout.write(fl.policy().to_bytes().decode())
+
+
+@policy_app.command("set")
+def policy_set(key: str, value: str, data_dir: DataDir = None, as_user: AsUser = None) -> None:
+    """Change one policy setting (lists: comma-separated). Logged with old and new values."""
+    from faceledger.policy import Policy, policy_path
+
+    with session(data_dir, as_user) as (fl, actor):
+        path = policy_path(fl.data_dir)
+        try:
+            current = fl.policy()
+        except Exception:  # tampered or missing: an admin re-sets it from the file or defaults
+            current = Policy.from_bytes(path.read_bytes()) if path.is_file() else Policy()
+        fl.save_policy(actor, current.with_value(key, value))
+    out.print(f"policy {key} = {value}")
+
+
+@cases_app.command("request")
+def cases_request(
+    case: Annotated[str, typer.Option("--case")],
+    purpose: Annotated[str, typer.Option()],
+    justification: Annotated[str, typer.Option()],
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+) -> None:
+    """Ask a supervisor to approve searches for a case and purpose."""
+    with session(data_dir, as_user) as (fl, actor):
+        rid = fl.request_case(actor, case, purpose, justification)
+    out.print(f"request {rid} for case {case} is pending a supervisor's decision")
+    print(rid)
+
+
+@cases_app.command("approve")
+def cases_approve(
+    request_id: int, note: str = "", data_dir: DataDir = None, as_user: AsUser = None
+) -> None:
+    with session(data_dir, as_user) as (fl, actor):
+        fl.decide_case(actor, request_id, True, note)
+    out.print(f"request {request_id} approved")
+
+
+@cases_app.command("deny")
+def cases_deny(
+    request_id: int, note: str = "", data_dir: DataDir = None, as_user: AsUser = None
+) -> None:
+    with session(data_dir, as_user) as (fl, actor):
+        fl.decide_case(actor, request_id, False, note)
+    out.print(f"request {request_id} denied")
+
+
+@cases_app.command("list")
+def cases_list(
+    status: Annotated[str | None, typer.Option(help="pending, approved or denied.")] = None,
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+) -> None:
+    with session(data_dir, as_user) as (fl, actor):
+        _dump(fl.list_case_requests(actor, status))
+
+
+@audit_app.command("verify")
+def audit_verify(
+    checkpoint: Annotated[
+        str | None, typer.Option(help="A checkpoint (seq:hash) kept elsewhere.")
+    ] = None,
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+) -> None:
+    """Recompute the hash chain; exit 1 naming the first bad entry."""
+    with session(data_dir, as_user) as (fl, actor):
+        res = fl.audit_verify(actor, checkpoint)
+    if not res.ok:
+        fail(f"ledger verification FAILED at entry {res.first_bad_seq}: {res.problem}")
+    out.print(f"ledger OK: {res.entries} entries, head {res.head_hash}")
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(data_dir: DataDir = None, as_user: AsUser = None) -> None:
+    """Print the head of the chain (seq:hash); keep it outside this machine."""
+    with session(data_dir, as_user) as (fl, actor):
+        print(fl.audit_checkpoint(actor))
+
+
+@audit_app.command("log")
+def audit_log(
+    actor_name: Annotated[str | None, typer.Option("--actor")] = None,
+    action: Annotated[str | None, typer.Option()] = None,
+    since: Annotated[str | None, typer.Option("--from")] = None,
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+) -> None:
+    """List ledger entries (auditor) as JSON lines."""
+    with session(data_dir, as_user) as (fl, actor):
+        for e in fl.audit_entries(actor, actor=actor_name, action=action, since=since):
+            print(json.dumps(e.__dict__, sort_keys=True))
+
+
+@audit_app.command("report")
+def audit_report(
+    date_from: Annotated[str, typer.Option("--from", help="First day, YYYY-MM-DD.")],
+    date_to: Annotated[str, typer.Option("--to", help="Last day, YYYY-MM-DD.")],
+    fmt: Annotated[str, typer.Option("--format", help="json, csv or html.")] = "json",
+    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+) -> None:
+    """Transparency report over a date range (auditor; supervisors: their unit)."""
+    from datetime import date
+
+    from faceledger import reports
+
+    if fmt not in ("json", "csv", "html"):
+        fail("--format must be json, csv or html")
+    try:
+        start, end = date.fromisoformat(date_from), date.fromisoformat(date_to)
+    except ValueError:
+        fail("--from and --to are dates like 2026-01-31")
+    if end < start:
+        fail("--to is before --from")
+    with session(data_dir, as_user) as (fl, actor):
+        rep = fl.audit_report(actor, start, end)
+    text = (
+        json.dumps(rep, indent=2) + "\n"
+        if fmt == "json"
+        else reports.to_csv(rep)
+        if fmt == "csv"
+        else reports.to_html(rep)
+    )
+    if output:
+        output.write_text(text)
+        out.print(f"report written to {output}")
+    else:
+        sys.stdout.write(text)
 
 
 def _lfw_setup(

@@ -15,8 +15,11 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import numpy as np
 
 from faceledger.analysis import FaceAnalyzer
 from faceledger.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
@@ -70,6 +73,7 @@ class IngestSummary:
     duplicates: int = 0
     faces: int = 0
     no_face: int = 0
+    opted_out: int = 0  # faces dropped because they match the opt-out list
     failures: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     run_id: int = 0
@@ -86,7 +90,9 @@ class IngestSummary:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items()))
         return (
             f"{self.seen} images seen, {self.new} new, {self.duplicates} duplicates, "
-            f"{self.faces} faces ({self.no_face} images without a face), {fails} failed"
+            f"{self.faces} faces ({self.no_face} images without a face"
+            + (f", {self.opted_out} opted-out faces dropped" if self.opted_out else "")
+            + f"), {fails} failed"
             + (f" ({reasons})" if reasons else "")
             + f", {self.seconds:.1f} s"
         )
@@ -133,10 +139,38 @@ class Ingestor:
         self.settings = settings or PipelineSettings()
         self.workers = max(1, workers)
         self.window = window or 4 * self.workers
+        self.blocklist = np.zeros((0, 0), np.float32)  # opted-out subjects' embeddings
+        self.optout_threshold = 1.0
+        self.retention_days = 0  # 0: no expiry unless the provenance carries one
+
+    def _drop_opted_out(self, res: Analysed, data: bytes) -> tuple[list[Face], bytes, int]:
+        """Faces not on the opt-out list, the bytes to store (opted-out faces blurred)."""
+        if not len(self.blocklist) or not res.faces:
+            return res.faces, data, 0
+        sims = np.stack([f.embedding for f in res.faces]) @ self.blocklist.T
+        keep = sims.max(axis=1) < self.optout_threshold
+        dropped = [f for f, k in zip(res.faces, keep, strict=True) if not k]
+        if not dropped:
+            return res.faces, data, 0
+        kept = [f for f, k in zip(res.faces, keep, strict=True) if k]
+        if kept:
+            from faceledger.privacy import blur_regions
+
+            data = blur_regions(data, [f.detection.bbox.as_list() for f in dropped])
+        return kept, data, len(dropped)
 
     def _store_result(
         self, item: SourceItem, sha: str, data: bytes, res: Analysed, summary: IngestSummary
     ) -> None:
+        kept, data, dropped = self._drop_opted_out(res, data)
+        summary.opted_out += dropped
+        if dropped and not kept:
+            return  # only opted-out people in this photo: nothing of it is kept
+        res = Analysed(res.width, res.height, res.format, kept)
+        prov = item.provenance
+        if self.retention_days and not prov.expires_at:
+            expiry = datetime.now(UTC) + timedelta(days=self.retention_days)
+            prov = replace(prov, expires_at=expiry.isoformat(timespec="seconds"))
         ext = EXTENSIONS.get(res.format, "img")
         rel_image = f"images/{sha[:2]}/{sha}.{ext}"
         atomic_write(self.store.data_dir / rel_image, data)
@@ -152,7 +186,7 @@ class Ingestor:
             res.format,
             len(data),
             rel_image,
-            item.provenance,
+            prov,
             rows,
             summary.run_id,
         )

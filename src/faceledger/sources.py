@@ -216,7 +216,7 @@ MANIFEST_COLUMNS = {
 }
 
 
-def _parse_when(value: str | None, column: str) -> str | None:
+def parse_when(value: str | None, column: str) -> str | None:
     if value is None or str(value).strip() == "":
         return None
     text = str(value).strip()
@@ -294,9 +294,9 @@ def iter_manifest(
                 legal_basis=legal,
                 original_path=str(target),
                 source_url=row.get("source_url") or None,
-                captured_at=_parse_when(row.get("captured_at"), "captured_at"),
+                captured_at=parse_when(row.get("captured_at"), "captured_at"),
                 subject_label=row.get("subject_label") or row.get("subject") or None,
-                expires_at=_parse_when(row.get("expires_at"), "expires_at"),
+                expires_at=parse_when(row.get("expires_at"), "expires_at"),
             )
         except ItemError as exc:
             yield _failed(where, prov, exc.reason, str(exc))

@@ -17,121 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import (
-    Column,
-    Engine,
-    Float,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Engine, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from faceledger.schema import (
+    SCHEMA_VERSION,
+    face_tombstones,
+    faces,
+    images,
+    ingest_runs,
+    meta,
+    metadata,
+    provenance,
+    sources,
+)
 from faceledger.sources import Provenance
 from faceledger.types import Face
-
-SCHEMA_VERSION = 1
-
-metadata = MetaData()
-
-meta = Table(
-    "meta",
-    metadata,
-    Column("key", String(64), primary_key=True),
-    Column("value", Text, nullable=False),
-)
-
-sources = Table(
-    "sources",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("name", String(200), nullable=False, unique=True),
-    Column("created_at", String(40), nullable=False),
-)
-
-ingest_runs = Table(
-    "ingest_runs",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("started_at", String(40), nullable=False),
-    Column("finished_at", String(40)),
-    Column("status", String(20), nullable=False),  # running | done | interrupted
-    Column("args_json", Text, nullable=False),
-    Column("summary_json", Text),
-)
-
-images = Table(
-    "images",
-    metadata,
-    Column("sha256", String(64), primary_key=True),
-    Column("width", Integer, nullable=False),
-    Column("height", Integer, nullable=False),
-    Column("format", String(16), nullable=False),
-    Column("byte_size", Integer, nullable=False),
-    Column("stored_path", Text, nullable=False),  # relative to the data dir
-    Column("face_count", Integer, nullable=False),
-    Column("created_at", String(40), nullable=False),
-    Column("expires_at", String(40)),
-)
-
-provenance = Table(
-    "provenance",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("image_sha", String(64), ForeignKey("images.sha256", ondelete="CASCADE"), index=True),
-    Column("source_id", Integer, ForeignKey("sources.id"), nullable=False),
-    Column("original_path", Text, nullable=False),
-    Column("source_url", Text),
-    Column("captured_at", String(40)),
-    Column("legal_basis", Text, nullable=False),
-    Column("subject_label", Text),
-    Column("ingest_run_id", Integer, ForeignKey("ingest_runs.id")),
-    Column("created_at", String(40), nullable=False),
-    UniqueConstraint("image_sha", "source_id", "original_path"),
-)
-
-faces = Table(
-    "faces",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("image_sha", String(64), ForeignKey("images.sha256", ondelete="CASCADE"), index=True),
-    Column("face_index", Integer, nullable=False),
-    Column("bbox_json", Text, nullable=False),
-    Column("landmarks_json", Text, nullable=False),
-    Column("det_score", Float, nullable=False),
-    Column("detector", String(32), nullable=False),
-    Column("quality", Float, nullable=False),
-    Column("size", Integer, nullable=False),
-    Column("sharpness", Float, nullable=False),
-    Column("yaw", Float, nullable=False),
-    Column("model_id", String(64), nullable=False),
-    Column("embedding", LargeBinary, nullable=False),  # float32 little-endian, L2-normalised
-    Column("crop_path", Text, nullable=False),
-    Column("created_at", String(40), nullable=False),
-    UniqueConstraint("image_sha", "face_index"),
-    sqlite_autoincrement=True,  # never reuse an erased face's id
-)
-
-
-face_tombstones = Table(
-    "face_tombstones",
-    metadata,
-    # ids of erased faces (no biometric data), so indexes can drop them without a rebuild
-    Column("face_id", Integer, primary_key=True),
-    Column("delete_generation", Integer, nullable=False, index=True),
-    Column("deleted_at", String(40), nullable=False),
-)
 
 
 def now_iso() -> str:
@@ -156,6 +57,7 @@ class CandidateRecord:
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # transactions are begun explicitly (see _begin_*)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")
@@ -171,11 +73,20 @@ class Store:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.url = url or f"sqlite:///{self.data_dir / 'gallery.db'}"
+        # Two engines on one database: ``engine`` for reads (deferred transactions) and
+        # ``writer`` whose transactions take the write lock up front (BEGIN IMMEDIATE), so
+        # read-then-write units such as ledger appends are serialised without deadlocks.
         self.engine: Engine = create_engine(self.url, future=True)
+        self.writer: Engine = create_engine(self.url, future=True)
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
+            for eng, begin in ((self.engine, "BEGIN"), (self.writer, "BEGIN IMMEDIATE")):
+                event.listen(eng, "connect", _sqlite_pragmas)
+                event.listen(eng, "begin", lambda c, b=begin: c.exec_driver_sql(b))
+        else:
+            self.writer = self.engine
+        metadata.create_all(self.writer)
+        install_ledger_guards(self.writer)
+        with self.writer.begin() as conn:
             version = self._get_meta(conn, "schema_version")
             if version is None:
                 self._set_meta(conn, "schema_version", str(SCHEMA_VERSION))
@@ -186,6 +97,7 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        self.writer.dispose()
 
     # -- meta ---------------------------------------------------------------------------
     @staticmethod
@@ -207,7 +119,7 @@ class Store:
 
     def bind_model(self, model_id: str, dim: int) -> None:
         """Fix the gallery's embedding model on first use; refuse a different one later."""
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             current = self._get_meta(conn, "model_id")
             if current is None:
                 self._set_meta(conn, "model_id", model_id)
@@ -230,7 +142,7 @@ class Store:
 
     # -- ingest -------------------------------------------------------------------------
     def start_run(self, args: dict[str, Any]) -> int:
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             # A run still marked running was interrupted (crash, kill): say so.
             conn.execute(
                 update(ingest_runs)
@@ -245,7 +157,7 @@ class Store:
             return int(res.inserted_primary_key[0])
 
     def finish_run(self, run_id: int, summary: dict[str, Any], status: str = "done") -> None:
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             conn.execute(
                 update(ingest_runs)
                 .where(ingest_runs.c.id == run_id)
@@ -269,7 +181,7 @@ class Store:
 
     def add_provenance(self, sha: str, prov: Provenance, run_id: int | None) -> bool:
         """Record another provenance for a known image; False if it was already recorded."""
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             return self._add_provenance(conn, sha, prov, run_id)
 
     def _add_provenance(
@@ -314,7 +226,7 @@ class Store:
     ) -> list[int]:
         """Insert an image, its provenance and its faces in one transaction; face ids out."""
         ids: list[int] = []
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             conn.execute(
                 insert(images).values(
                     sha256=sha,
@@ -483,6 +395,33 @@ class Store:
             "data_dir": str(self.data_dir),
             "disk_bytes": disk,
         }
+
+
+LEDGER_GUARDS = {
+    "sqlite": [
+        "CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger "
+        "BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END",
+        "CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON ledger "
+        "BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END",
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION ledger_append_only() RETURNS trigger AS $$ "
+        "BEGIN RAISE EXCEPTION 'the ledger is append-only'; END; $$ LANGUAGE plpgsql",
+        "DROP TRIGGER IF EXISTS ledger_no_change ON ledger",
+        "CREATE TRIGGER ledger_no_change BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger "
+        "FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only()",
+    ],
+}
+
+
+def install_ledger_guards(engine: Engine) -> None:
+    """Triggers that make the database itself refuse UPDATE and DELETE on the ledger."""
+    statements = LEDGER_GUARDS.get(engine.dialect.name)
+    if statements is None:
+        raise RuntimeError(f"no append-only guard for database {engine.dialect.name!r}")
+    with engine.begin() as conn:
+        for sql in statements:
+            conn.exec_driver_sql(sql)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

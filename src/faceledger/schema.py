@@ -1,0 +1,218 @@
+"""Every table faceledger keeps, in one SQLAlchemy ``MetaData``.
+
+Gallery tables (images, provenance, faces) are the source of truth for search; the vector
+index is derived from ``faces``. Accountability tables (users, tokens, case requests,
+searches, the ledger) live in the same database so that one transaction can change the
+gallery and record that it did. The ledger is append-only: triggers refuse UPDATE and DELETE.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+sources = Table(
+    "sources",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", String(40), nullable=False),
+)
+
+ingest_runs = Table(
+    "ingest_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("started_at", String(40), nullable=False),
+    Column("finished_at", String(40)),
+    Column("status", String(20), nullable=False),  # running | done | interrupted
+    Column("args_json", Text, nullable=False),
+    Column("summary_json", Text),
+)
+
+images = Table(
+    "images",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("byte_size", Integer, nullable=False),
+    Column("stored_path", Text, nullable=False),  # relative to the data dir
+    Column("face_count", Integer, nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Column("expires_at", String(40)),
+)
+
+provenance = Table(
+    "provenance",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("image_sha", String(64), ForeignKey("images.sha256", ondelete="CASCADE"), index=True),
+    Column("source_id", Integer, ForeignKey("sources.id"), nullable=False),
+    Column("original_path", Text, nullable=False),
+    Column("source_url", Text),
+    Column("captured_at", String(40)),
+    Column("legal_basis", Text, nullable=False),
+    Column("subject_label", Text),
+    Column("ingest_run_id", Integer, ForeignKey("ingest_runs.id")),
+    Column("created_at", String(40), nullable=False),
+    UniqueConstraint("image_sha", "source_id", "original_path"),
+)
+
+faces = Table(
+    "faces",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("image_sha", String(64), ForeignKey("images.sha256", ondelete="CASCADE"), index=True),
+    Column("face_index", Integer, nullable=False),
+    Column("bbox_json", Text, nullable=False),
+    Column("landmarks_json", Text, nullable=False),
+    Column("det_score", Float, nullable=False),
+    Column("detector", String(32), nullable=False),
+    Column("quality", Float, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("sharpness", Float, nullable=False),
+    Column("yaw", Float, nullable=False),
+    Column("model_id", String(64), nullable=False),
+    Column("embedding", LargeBinary, nullable=False),  # float32 little-endian, L2-normalised
+    Column("crop_path", Text, nullable=False),
+    Column("created_at", String(40), nullable=False),
+    UniqueConstraint("image_sha", "face_index"),
+    sqlite_autoincrement=True,  # never reuse an erased face's id
+)
+
+
+face_tombstones = Table(
+    "face_tombstones",
+    metadata,
+    # ids of erased faces (no biometric data), so indexes can drop them without a rebuild
+    Column("face_id", Integer, primary_key=True),
+    Column("delete_generation", Integer, nullable=False, index=True),
+    Column("deleted_at", String(40), nullable=False),
+)
+
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("username", String(100), nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),  # argon2id
+    Column("roles", String(200), nullable=False),  # comma-separated
+    Column("unit", String(100)),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("failed_logins", Integer, nullable=False, default=0),
+    Column("locked_until", String(40)),
+    Column("created_at", String(40), nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),  # SHA-256 of the secret
+    Column("name", String(100), nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Column("expires_at", String(40), nullable=False),
+    Column("revoked_at", String(40)),
+    Column("last_used_at", String(40)),
+)
+
+case_requests = Table(
+    "case_requests",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("case_number", String(100), nullable=False, index=True),
+    Column("purpose", String(100), nullable=False),
+    Column("justification", Text, nullable=False),
+    Column("requested_by", Integer, ForeignKey("users.id"), nullable=False),
+    Column("status", String(20), nullable=False),  # pending | approved | denied
+    Column("decided_by", Integer, ForeignKey("users.id")),
+    Column("decided_at", String(40)),
+    Column("decision_note", Text),
+    Column("created_at", String(40), nullable=False),
+)
+
+searches = Table(
+    "searches",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("case_number", String(100), nullable=False),
+    Column("purpose", String(100), nullable=False),
+    Column("justification", Text, nullable=False),
+    Column("request_id", Integer, ForeignKey("case_requests.id")),
+    Column("probe_sha256", String(64), nullable=False),
+    Column("faces", Integer, nullable=False),
+    Column("result_json", Text, nullable=False),  # candidate ids and scores, no biometrics
+    Column("created_at", String(40), nullable=False),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("ts", String(40), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("action", String(50), nullable=False, index=True),
+    Column("target", Text, nullable=False),
+    Column("details", Text, nullable=False),  # canonical JSON
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+blocklist = Table(
+    "blocklist",
+    metadata,
+    # opted-out subjects: embeddings only, never the enrolment photo
+    Column("id", Integer, primary_key=True),
+    Column("model_id", String(64), nullable=False),
+    Column("embedding", LargeBinary, nullable=False),
+    Column("reference", String(200), nullable=False),  # e.g. erasure request number
+    Column("created_at", String(40), nullable=False),
+)
+
+probes = Table(
+    "probes",
+    metadata,
+    # probe photos kept only when policy says so, purged after policy.retain_probes_days
+    Column("sha256", String(64), primary_key=True),
+    Column("stored_path", Text, nullable=False),
+    Column("search_id", Integer, ForeignKey("searches.id")),
+    Column("expires_at", String(40), nullable=False),
+)
+
+pending_files = Table(
+    "pending_files",
+    metadata,
+    # file operations that must follow a committed transaction (erasure, blurring); rows
+    # left by a crash are finished at the next start, so no erased biometric data lingers
+    Column("id", Integer, primary_key=True),
+    Column("action", String(10), nullable=False),  # delete | replace
+    Column("path", Text, nullable=False),  # relative to the data dir
+    Column("tmp_path", Text),  # for replace: the new content, already on disk
+)

@@ -1,0 +1,860 @@
+"""The faceledger core: every entry point (CLI, HTTP API, web UI) goes through here.
+
+:class:`Faceledger` answers the three questions for every operation: who is this
+(authentication), may they do this (:data:`faceledger.auth.PERMISSIONS`), and record that
+they did (the ledger). Refusals are recorded too. Rules about searches (case number,
+purpose, justification, supervisor approval, quotas, probe quality, candidate limits) are
+checked here before any face is compared, so no interface can skip them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, insert, select, update
+
+from faceledger import audit, auth
+from faceledger.analysis import FaceAnalyzer
+from faceledger.auth import Actor, AuthError, PermissionDenied
+from faceledger.decode import decode_image
+from faceledger.policy import Policy, policy_path
+from faceledger.schema import blocklist, case_requests, probes, searches, tokens, users
+from faceledger.search import LEADS_NOTICE, NoFaceError, Searcher
+from faceledger.store import Store, atomic_write, now_iso
+
+
+class RefusedError(Exception):
+    """A request that the rules refuse (missing case, unapproved purpose, quota...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PolicyTamperedError(Exception):
+    """policy.json differs from the last version recorded in the ledger."""
+
+
+@dataclass
+class SearchRequest:
+    case_number: str
+    purpose: str
+    justification: str
+    request_id: int | None = None
+    top_k: int = 10
+
+
+SYSTEM = Actor(0, "system", frozenset(), via="system")
+
+
+class Faceledger:
+    def __init__(self, data_dir: Path, db_url: str | None = None) -> None:
+        self.store = Store(data_dir, url=db_url)
+        self.data_dir = self.store.data_dir
+        self._searcher: Searcher | None = None
+        self._analyzer_factory: Callable[[], FaceAnalyzer] | None = None
+        from faceledger.privacy import finish_pending_files
+
+        finish_pending_files(self.store)
+
+    # -- ledger helpers --------------------------------------------------------------------
+    def record(self, actor: Actor, action: str, target: str = "", **details: Any) -> None:
+        if actor.token_id is not None:
+            details.setdefault("token_id", actor.token_id)
+        audit.record(self.store, actor.username, action, target, details)
+
+    def require(self, actor: Actor, permission: str, target: str = "") -> None:
+        """Raise PermissionDenied (and record the denial) unless ``actor`` may do this."""
+        if not actor.can(permission):
+            self.record(
+                actor, "authz.denied", target, permission=permission, roles=sorted(actor.roles)
+            )
+            raise PermissionDenied(
+                f"{actor.username} ({', '.join(sorted(actor.roles)) or 'no role'}) may not "
+                f"{permission.replace('_', ' ')}"
+            )
+
+    # -- users and authentication ----------------------------------------------------------
+    def has_users(self) -> bool:
+        with self.store.engine.connect() as conn:
+            return bool(conn.execute(select(func.count()).select_from(users)).scalar_one())
+
+    def init_admin(self, username: str, password: str) -> Actor:
+        """Create the first admin; refused once any user exists."""
+        auth.check_password_strength(password)
+        with self.store.writer.begin() as conn:
+            if conn.execute(select(func.count()).select_from(users)).scalar_one():
+                raise RefusedError("already-initialised", "this data dir already has users")
+            uid = conn.execute(
+                insert(users).values(
+                    username=username,
+                    password_hash=auth.hash_password(password),
+                    roles="admin",
+                    disabled=False,
+                    failed_logins=0,
+                    created_at=now_iso(),
+                )
+            ).inserted_primary_key[0]
+            audit.append(conn, username, "user.init_admin", username, {"roles": ["admin"]})
+        self.save_policy(
+            Actor(int(uid), username, frozenset({"admin"}), via="bootstrap"), Policy(), initial=True
+        )
+        return Actor(int(uid), username, frozenset({"admin"}), via="bootstrap")
+
+    def _actor_from_row(self, row: Any, via: str, token_id: int | None = None) -> Actor:
+        return Actor(
+            int(row.id), row.username, auth.parse_roles(row.roles), row.unit, via, token_id
+        )
+
+    def login(self, username: str, password: str) -> Actor:
+        now = auth.utcnow()
+        with self.store.writer.begin() as conn:
+            row = conn.execute(select(users).where(users.c.username == username)).first()
+            problem = None
+            if row is None:
+                auth.verify_password(auth.hash_password("timing-equaliser"), password)
+                problem = "unknown user"
+            elif row.disabled:
+                problem = "account disabled"
+            elif row.locked_until and auth.parse_ts(row.locked_until) > now:
+                problem = "account locked after repeated failed logins"
+            elif not auth.verify_password(row.password_hash, password):
+                problem = "wrong password"
+                failed = int(row.failed_logins) + 1
+                locked = (
+                    (now + auth.LOCKOUT).isoformat(timespec="seconds")
+                    if (failed >= auth.MAX_FAILED_LOGINS)
+                    else None
+                )
+                conn.execute(
+                    update(users)
+                    .where(users.c.id == row.id)
+                    .values(failed_logins=0 if locked else failed, locked_until=locked)
+                )
+                if locked:
+                    audit.append(
+                        conn,
+                        username,
+                        "user.locked",
+                        username,
+                        {"until": locked, "failed_logins": failed},
+                    )
+            if problem:
+                audit.append(conn, username, "login.failed", username, {"reason": problem})
+            else:
+                conn.execute(
+                    update(users)
+                    .where(users.c.id == row.id)
+                    .values(failed_logins=0, locked_until=None)
+                )
+                audit.append(conn, username, "login", username, {})
+        if problem:
+            raise AuthError(
+                f"login refused for {username!r}: "
+                + (
+                    "account disabled"
+                    if problem == "account disabled"
+                    else "account locked, try later"
+                    if "locked" in problem
+                    else "wrong user name or password"
+                )
+            )
+        return self._actor_from_row(row, "password")
+
+    def authenticate_token(self, secret: str, record_use: bool = True) -> Actor:
+        h = auth.token_hash(secret)
+        now = auth.utcnow()
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                select(tokens, users.c.username, users.c.roles, users.c.unit, users.c.disabled)
+                .join(users, users.c.id == tokens.c.user_id)
+                .where(tokens.c.token_hash == h)
+            ).first()
+        problem = None
+        if row is None:
+            problem = "unknown token"
+        elif row.revoked_at:
+            problem = "token revoked"
+        elif auth.parse_ts(row.expires_at) <= now:
+            problem = "token expired"
+        elif row.disabled:
+            problem = "account disabled"
+        if problem:
+            who = row.username if row is not None else "anonymous"
+            self.record(
+                SYSTEM if row is None else Actor(0, who, frozenset()),
+                "token.rejected",
+                who,
+                reason=problem,
+                token_id=None if row is None else row.id,
+            )
+            raise AuthError(f"token refused: {problem}")
+        actor = Actor(
+            int(row.user_id),
+            row.username,
+            auth.parse_roles(row.roles),
+            row.unit,
+            "token",
+            int(row.id),
+        )
+        last = row.last_used_at
+        # Token use is recorded at most once per token per 10 minutes; every action done
+        # with a token also names the token in its own ledger entry.
+        if record_use and (last is None or auth.parse_ts(last) < now - timedelta(minutes=10)):
+            with self.store.writer.begin() as conn:
+                conn.execute(
+                    update(tokens)
+                    .where(tokens.c.id == row.id)
+                    .values(last_used_at=now.isoformat(timespec="seconds"))
+                )
+                audit.append(conn, row.username, "token.use", row.name, {"token_id": row.id})
+        return actor
+
+    def add_user(
+        self,
+        actor: Actor,
+        username: str,
+        password: str,
+        roles: str | list[str],
+        unit: str | None = None,
+    ) -> int:
+        self.require(actor, "manage_users", username)
+        parsed = auth.parse_roles(roles)
+        auth.check_password_strength(password)
+        if (
+            not username
+            or len(username) > 100
+            or not username.replace("-", "").replace("_", "").replace(".", "").isalnum()
+        ):
+            raise RefusedError("bad-username", "user names are letters, digits, '.', '-', '_'")
+        with self.store.writer.begin() as conn:
+            if conn.execute(select(users.c.id).where(users.c.username == username)).first():
+                raise RefusedError("user-exists", f"user {username!r} already exists")
+            uid = conn.execute(
+                insert(users).values(
+                    username=username,
+                    password_hash=auth.hash_password(password),
+                    roles=",".join(sorted(parsed)),
+                    unit=unit,
+                    disabled=False,
+                    failed_logins=0,
+                    created_at=now_iso(),
+                )
+            ).inserted_primary_key[0]
+            audit.append(
+                conn, actor.username, "user.add", username, {"roles": sorted(parsed), "unit": unit}
+            )
+        return int(uid)
+
+    def list_users(self, actor: Actor) -> list[dict[str, Any]]:
+        self.require(actor, "manage_users")
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(users).order_by(users.c.username)).mappings().all()
+        return [
+            {
+                "id": r["id"],
+                "username": r["username"],
+                "roles": r["roles"].split(","),
+                "unit": r["unit"],
+                "disabled": bool(r["disabled"]),
+                "locked_until": r["locked_until"],
+                "created_at": r["created_at"],
+            }
+            for r in rows
+        ]
+
+    def _user_id(self, conn: Any, username: str) -> int:
+        uid = conn.execute(select(users.c.id).where(users.c.username == username)).scalar()
+        if uid is None:
+            raise RefusedError("no-such-user", f"no user {username!r}")
+        return int(uid)
+
+    def set_disabled(self, actor: Actor, username: str, disabled: bool = True) -> None:
+        self.require(actor, "manage_users", username)
+        if disabled and username == actor.username:
+            raise RefusedError("self-disable", "you cannot disable your own account")
+        with self.store.writer.begin() as conn:
+            uid = self._user_id(conn, username)
+            conn.execute(update(users).where(users.c.id == uid).values(disabled=disabled))
+            audit.append(
+                conn, actor.username, "user.disable" if disabled else "user.enable", username, {}
+            )
+
+    def set_roles(self, actor: Actor, username: str, roles: str | list[str]) -> None:
+        self.require(actor, "manage_users", username)
+        parsed = auth.parse_roles(roles)
+        with self.store.writer.begin() as conn:
+            uid = self._user_id(conn, username)
+            old = conn.execute(select(users.c.roles).where(users.c.id == uid)).scalar()
+            conn.execute(
+                update(users).where(users.c.id == uid).values(roles=",".join(sorted(parsed)))
+            )
+            audit.append(
+                conn,
+                actor.username,
+                "user.set_roles",
+                username,
+                {"old": str(old).split(","), "new": sorted(parsed)},
+            )
+
+    def create_token(
+        self, actor: Actor, username: str, name: str = "api", days: int = auth.DEFAULT_TOKEN_DAYS
+    ) -> tuple[int, str]:
+        """A new token for ``username`` (admins: anyone; others: themselves)."""
+        if username != actor.username:
+            self.require(actor, "manage_users", username)
+        if not 1 <= days <= 366:
+            raise RefusedError("bad-expiry", "token lifetime must be 1 to 366 days")
+        secret, h = auth.new_token()
+        expires = (auth.utcnow() + timedelta(days=days)).isoformat(timespec="seconds")
+        with self.store.writer.begin() as conn:
+            uid = self._user_id(conn, username)
+            tid = conn.execute(
+                insert(tokens).values(
+                    user_id=uid, token_hash=h, name=name, created_at=now_iso(), expires_at=expires
+                )
+            ).inserted_primary_key[0]
+            audit.append(
+                conn,
+                actor.username,
+                "token.create",
+                username,
+                {"token_id": int(tid), "name": name, "expires_at": expires},
+            )
+        return int(tid), secret
+
+    def revoke_token(self, actor: Actor, token_id: int) -> None:
+        with self.store.writer.begin() as conn:
+            row = conn.execute(
+                select(tokens.c.user_id, users.c.username)
+                .join(users, users.c.id == tokens.c.user_id)
+                .where(tokens.c.id == token_id)
+            ).first()
+            if row is None:
+                raise RefusedError("no-such-token", f"no token {token_id}")
+        if row.username != actor.username:
+            self.require(actor, "manage_users", f"token {token_id}")
+        with self.store.writer.begin() as conn:
+            conn.execute(update(tokens).where(tokens.c.id == token_id).values(revoked_at=now_iso()))
+            audit.append(conn, actor.username, "token.revoke", row.username, {"token_id": token_id})
+
+    def list_tokens(self, actor: Actor, username: str | None = None) -> list[dict[str, Any]]:
+        username = username or actor.username
+        if username != actor.username:
+            self.require(actor, "manage_users", username)
+        with self.store.engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    select(tokens)
+                    .join(users, users.c.id == tokens.c.user_id)
+                    .where(users.c.username == username)
+                )
+                .mappings()
+                .all()
+            )
+        return [
+            {
+                k: r[k]
+                for k in ("id", "name", "created_at", "expires_at", "revoked_at", "last_used_at")
+            }
+            for r in rows
+        ]
+
+    # -- policy ----------------------------------------------------------------------------
+    def policy(self) -> Policy:
+        path = policy_path(self.data_dir)
+        if not path.is_file():
+            if self.has_users():
+                raise PolicyTamperedError(f"{path} is missing; an admin must set the policy")
+            return Policy()
+        data = path.read_bytes()
+        recorded = None
+        for e in audit.iter_entries(self.store, action="policy.set"):
+            recorded = e.details.get("sha256")
+        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+            raise PolicyTamperedError(
+                f"{path} was changed outside faceledger (its hash differs from the ledger's); "
+                "searches are refused until an admin sets the policy with `faceledger policy set`"
+            )
+        return Policy.from_bytes(data)
+
+    def save_policy(self, actor: Actor, new: Policy, initial: bool = False) -> None:
+        if not initial:
+            self.require(actor, "manage_policy")
+        new.validate()
+        path = policy_path(self.data_dir)
+        try:
+            old = Policy.from_bytes(path.read_bytes()) if path.is_file() else None
+        except ValueError:
+            old = None
+        with self.store.writer.begin() as conn:
+            atomic_write(path, new.to_bytes())
+            changes = (
+                {}
+                if old is None
+                else {
+                    k: {"old": v, "new": getattr(new, k)}
+                    for k, v in vars(old).items()
+                    if getattr(new, k) != v
+                }
+            )
+            audit.append(
+                conn,
+                actor.username,
+                "policy.set",
+                "policy.json",
+                {"sha256": new.sha256(), "changes": changes, "initial": initial},
+            )
+
+    # -- case requests ---------------------------------------------------------------------
+    def request_case(self, actor: Actor, case_number: str, purpose: str, justification: str) -> int:
+        self.require(actor, "request_case", case_number)
+        self._check_case_fields(actor, case_number, purpose, justification)
+        with self.store.writer.begin() as conn:
+            rid = conn.execute(
+                insert(case_requests).values(
+                    case_number=case_number.strip(),
+                    purpose=purpose,
+                    justification=justification.strip(),
+                    requested_by=actor.user_id,
+                    status="pending",
+                    created_at=now_iso(),
+                )
+            ).inserted_primary_key[0]
+            audit.append(
+                conn,
+                actor.username,
+                "case.request",
+                case_number,
+                {"request_id": int(rid), "purpose": purpose},
+            )
+        return int(rid)
+
+    def decide_case(self, actor: Actor, request_id: int, approve: bool, note: str = "") -> None:
+        self.require(actor, "decide_case", f"request {request_id}")
+        with self.store.writer.begin() as conn:
+            row = conn.execute(
+                select(case_requests).where(case_requests.c.id == request_id)
+            ).first()
+            if row is None:
+                raise RefusedError("no-such-request", f"no case request {request_id}")
+            if row.status != "pending":
+                raise RefusedError("already-decided", f"request {request_id} is {row.status}")
+            if row.requested_by == actor.user_id:
+                raise RefusedError("self-approval", "you cannot decide your own request")
+            status = "approved" if approve else "denied"
+            conn.execute(
+                update(case_requests)
+                .where(case_requests.c.id == request_id)
+                .values(
+                    status=status,
+                    decided_by=actor.user_id,
+                    decided_at=now_iso(),
+                    decision_note=note,
+                )
+            )
+            audit.append(
+                conn,
+                actor.username,
+                f"case.{'approve' if approve else 'deny'}",
+                row.case_number,
+                {"request_id": request_id, "purpose": row.purpose, "note": note},
+            )
+
+    def list_case_requests(self, actor: Actor, status: str | None = None) -> list[dict[str, Any]]:
+        self.require(actor, "list_cases")
+        req = users.alias("req")
+        q = select(
+            case_requests, req.c.username.label("requested_by_name"), req.c.unit.label("unit")
+        ).join(req, req.c.id == case_requests.c.requested_by)
+        if status:
+            q = q.where(case_requests.c.status == status)
+        if not (actor.roles & {"admin", "auditor"}):
+            if "supervisor" in actor.roles and actor.unit:
+                q = q.where(req.c.unit == actor.unit)
+            elif "supervisor" not in actor.roles:
+                q = q.where(case_requests.c.requested_by == actor.user_id)
+        with self.store.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q.order_by(case_requests.c.id)).mappings()]
+
+    # -- search ----------------------------------------------------------------------------
+    def _check_case_fields(self, actor: Actor, case: str, purpose: str, why: str) -> Policy:
+        pol = self.policy()
+        problems = []
+        if not case or not case.strip():
+            problems.append("a case number (--case)")
+        if purpose not in pol.purposes:
+            problems.append(
+                f"a purpose from the policy list ({', '.join(pol.purposes)})"
+                + (f"; {purpose!r} is not one" if purpose else "")
+            )
+        if not why or len(why.strip()) < 10:
+            problems.append("a justification of at least 10 characters")
+        if problems:
+            self.record(
+                actor, "search.refused", case or "", reason="missing-case-fields", purpose=purpose
+            )
+            raise RefusedError("missing-case-fields", "a search needs " + "; ".join(problems))
+        return pol
+
+    def set_analyzer_factory(self, factory: Callable[[], FaceAnalyzer]) -> None:
+        self._analyzer_factory = factory
+        self._searcher = None
+
+    def searcher(self) -> Searcher:
+        if self._searcher is None:
+            if self._analyzer_factory is None:
+                from faceledger.embedding import create_embedder_for_model
+
+                model = self.store.model_id()
+                if model is None:
+                    raise RefusedError("empty-gallery", "the gallery is empty: ingest first")
+                embedder = create_embedder_for_model(model)
+                self._searcher = Searcher(self.store, FaceAnalyzer(embedder=embedder))
+            else:
+                self._searcher = Searcher(self.store, self._analyzer_factory())
+        return self._searcher
+
+    def searches_today(self, user_id: int) -> int:
+        start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        with self.store.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(searches)
+                    .where(
+                        searches.c.user_id == user_id,
+                        searches.c.created_at >= start.isoformat(timespec="seconds"),
+                    )
+                ).scalar_one()
+            )
+
+    def authorise_search(self, actor: Actor, req: SearchRequest) -> Policy:
+        """All the rules, before any face is compared. Raises RefusedError/PermissionDenied."""
+        self.require(actor, "search", req.case_number)
+        pol = self._check_case_fields(actor, req.case_number, req.purpose, req.justification)
+        if req.purpose in pol.approval_required:
+            with self.store.engine.connect() as conn:
+                row = (
+                    None
+                    if req.request_id is None
+                    else conn.execute(
+                        select(case_requests).where(case_requests.c.id == req.request_id)
+                    ).first()
+                )
+            reason = None
+            if row is None:
+                reason = (
+                    f"purpose {req.purpose!r} needs a supervisor-approved request "
+                    "(faceledger cases request, then --request ID)"
+                )
+            elif row.status != "approved":
+                reason = f"request {req.request_id} is {row.status}, not approved"
+            elif row.case_number != req.case_number.strip() or row.purpose != req.purpose:
+                reason = f"request {req.request_id} is for another case or purpose"
+            elif row.requested_by != actor.user_id:
+                reason = f"request {req.request_id} was made by another user"
+            if reason:
+                self.record(
+                    actor,
+                    "search.refused",
+                    req.case_number,
+                    reason="not-approved",
+                    purpose=req.purpose,
+                    request_id=req.request_id,
+                )
+                raise RefusedError("not-approved", reason)
+        if pol.daily_quota and self.searches_today(actor.user_id) >= pol.daily_quota:
+            self.record(
+                actor,
+                "search.quota_refused",
+                req.case_number,
+                purpose=req.purpose,
+                quota=pol.daily_quota,
+            )
+            raise RefusedError("quota-exceeded", f"daily search quota of {pol.daily_quota} reached")
+        return pol
+
+    def search(self, actor: Actor, probe: bytes, req: SearchRequest) -> dict[str, Any]:
+        pol = self.authorise_search(actor, req)
+        top_k = max(1, min(req.top_k, pol.max_candidates))
+        probe_sha = hashlib.sha256(probe).hexdigest()
+        searcher = self.searcher()
+        try:
+            img = decode_image(probe)
+        except Exception as exc:
+            self.record(
+                actor,
+                "search.bad_probe",
+                req.case_number,
+                probe_sha256=probe_sha,
+                error=getattr(exc, "reason", "decode"),
+            )
+            raise
+        faces = searcher.analyzer.analyze(img.pixels)
+        searchable = [f for f in faces if f.quality >= pol.min_probe_quality]
+        results = searcher.search_faces(searchable, top_k) if searchable else []
+        by_index = {id(f): r for f, r in zip(searchable, results, strict=True)}
+        probe_faces = []
+        for i, f in enumerate(faces):
+            r = by_index.get(id(f))
+            if r is None:
+                d = f.detection
+                probe_faces.append(
+                    {
+                        "face_index": i,
+                        "bbox": d.bbox.as_list(),
+                        "quality": f.quality,
+                        "size": f.size,
+                        "below_min_quality": True,
+                        "candidates": [],
+                    }
+                )
+            else:
+                doc = r.__dict__ | {"face_index": i, "below_min_quality": False}
+                doc["candidates"] = [c.__dict__ for c in r.candidates]
+                probe_faces.append(doc)
+        summary = [
+            {
+                "face": pf["face_index"],
+                "candidates": [[c["face_id"], round(c["score"], 4)] for c in pf["candidates"]],
+            }
+            for pf in probe_faces
+        ]
+        with self.store.writer.begin() as conn:
+            sid = int(
+                conn.execute(
+                    insert(searches).values(
+                        user_id=actor.user_id,
+                        case_number=req.case_number.strip(),
+                        purpose=req.purpose,
+                        justification=req.justification.strip(),
+                        request_id=req.request_id,
+                        probe_sha256=probe_sha,
+                        faces=len(faces),
+                        result_json=json.dumps(summary),
+                        created_at=now_iso(),
+                    )
+                ).inserted_primary_key[0]
+            )
+            audit.append(
+                conn,
+                actor.username,
+                "search",
+                req.case_number,
+                {
+                    "search_id": sid,
+                    "purpose": req.purpose,
+                    "request_id": req.request_id,
+                    "probe_sha256": probe_sha,
+                    "faces": len(faces),
+                    "results": summary,
+                    **({"token_id": actor.token_id} if actor.token_id else {}),
+                },
+            )
+            if pol.retain_probes_days > 0:
+                rel = f"probes/{probe_sha}.bin"
+                atomic_write(self.data_dir / rel, probe)
+                expires = (auth.utcnow() + timedelta(days=pol.retain_probes_days)).isoformat(
+                    timespec="seconds"
+                )
+                conn.execute(
+                    insert(probes).prefix_with("OR IGNORE")
+                    if conn.dialect.name == "sqlite"
+                    else insert(probes),
+                    {
+                        "sha256": probe_sha,
+                        "stored_path": rel,
+                        "search_id": sid,
+                        "expires_at": expires,
+                    },
+                )
+        if not faces:
+            raise NoFaceError(f"no face found in the probe photo (search {sid} recorded)")
+        return {
+            "search_id": sid,
+            "probe_sha256": probe_sha,
+            "case_number": req.case_number,
+            "purpose": req.purpose,
+            "gallery_faces": len(searcher.indexes.sync()),
+            "model_id": searcher.analyzer.model_id,
+            "faces": probe_faces,
+            "notice": LEADS_NOTICE,
+        }
+
+    def get_search(self, actor: Actor, search_id: int) -> dict[str, Any]:
+        self.require(actor, "view_search", f"search {search_id}")
+        with self.store.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(searches, users.c.username, users.c.unit)
+                    .join(users, users.c.id == searches.c.user_id)
+                    .where(searches.c.id == search_id)
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise RefusedError("no-such-search", f"no search {search_id}")
+        own = row["user_id"] == actor.user_id
+        if (
+            not own
+            and not (actor.roles & {"auditor"})
+            and not ("supervisor" in actor.roles and actor.unit and actor.unit == row["unit"])
+        ):
+            self.record(actor, "authz.denied", f"search {search_id}", permission="view_search")
+            raise PermissionDenied("you may only view your own searches")
+        self.record(actor, "search.view", f"search {search_id}")
+        return {
+            k: row[k]
+            for k in (
+                "id",
+                "username",
+                "case_number",
+                "purpose",
+                "justification",
+                "request_id",
+                "probe_sha256",
+                "faces",
+                "created_at",
+            )
+        } | {"results": json.loads(row["result_json"])}
+
+    # -- gallery ----------------------------------------------------------------------------
+    def ingest(
+        self,
+        actor: Actor,
+        items: Iterable[Any],
+        settings: Any,
+        workers: int = 1,
+        args: dict[str, Any] | None = None,
+        advance: Callable[[int], None] = lambda n: None,
+    ) -> Any:
+        from faceledger.ingest import Ingestor
+        from faceledger.privacy import load_blocklist, purge_expired
+
+        self.require(actor, "ingest")
+        pol = self.policy()
+        purge_expired(self, SYSTEM)
+        ingestor = Ingestor(self.store, settings, workers=workers)
+        ingestor.blocklist = load_blocklist(self.store)
+        ingestor.optout_threshold = pol.optout_threshold
+        ingestor.retention_days = pol.image_retention_days
+        self.record(actor, "ingest.start", (args or {}).get("source", ""), args=args or {})
+        summary = ingestor.run(items, args, advance)
+        self.record(
+            actor,
+            "ingest",
+            (args or {}).get("source", ""),
+            run_id=summary.run_id,
+            seen=summary.seen,
+            new=summary.new,
+            duplicates=summary.duplicates,
+            faces=summary.faces,
+            opted_out=summary.opted_out,
+            failures=dict(summary.failures),
+        )
+        self._searcher = None
+        return summary
+
+    def stats(self, actor: Actor) -> dict[str, Any]:
+        self.require(actor, "stats")
+        s = self.store.stats()
+        s["ledger_entries"] = audit.count(self.store)
+        return s
+
+    def view_image_path(self, actor: Actor, sha: str) -> Path:
+        self.require(actor, "view_image", sha)
+        from faceledger.schema import images
+
+        with self.store.engine.connect() as conn:
+            rel = conn.execute(select(images.c.stored_path).where(images.c.sha256 == sha)).scalar()
+        if rel is None:
+            raise RefusedError("no-such-image", f"no image {sha}")
+        self.record(actor, "image.view", sha)
+        return self.data_dir / rel
+
+    def add_blocklist_embeddings(
+        self, conn: Any, model_id: str, vectors: np.ndarray, reference: str
+    ) -> int:
+        rows = [
+            {
+                "model_id": model_id,
+                "embedding": np.asarray(v, "<f4").tobytes(),
+                "reference": reference,
+                "created_at": now_iso(),
+            }
+            for v in vectors
+        ]
+        if rows:
+            conn.execute(insert(blocklist), rows)
+        return len(rows)
+
+    # -- audit -----------------------------------------------------------------------------
+    def audit_verify(self, actor: Actor, checkpoint: str | None = None) -> audit.VerifyResult:
+        self.require(actor, "verify_ledger")
+        result = audit.verify(self.store, checkpoint)
+        # Recording the check extends the chain, so it is done after verifying.
+        self.record(
+            actor,
+            "audit.verify",
+            "ledger",
+            ok=result.ok,
+            entries=result.entries,
+            first_bad_seq=result.first_bad_seq,
+        )
+        return result
+
+    def audit_checkpoint(self, actor: Actor) -> str:
+        self.require(actor, "verify_ledger")
+        seq, h = audit.head(self.store)
+        self.record(actor, "audit.checkpoint", "ledger", seq=seq, hash=h)
+        return f"{seq}:{h}"
+
+    def audit_entries(self, actor: Actor, **filters: Any) -> list[audit.Entry]:
+        self.require(actor, "read_ledger")
+        return list(audit.iter_entries(self.store, **filters))
+
+    def audit_report(self, actor: Actor, start: Any, end: Any) -> dict[str, Any]:
+        from faceledger import reports
+
+        self.require(actor, "report")
+        unit_users = None
+        if "auditor" not in actor.roles:  # supervisors see their own unit
+            with self.store.engine.connect() as conn:
+                unit_users = (
+                    {
+                        r[0]
+                        for r in conn.execute(
+                            select(users.c.username).where(users.c.unit == actor.unit)
+                        )
+                    }
+                    if (actor.unit)
+                    else {actor.username}
+                )
+        report = reports.build(self.store, start, end, unit_users)
+        self.record(
+            actor,
+            "audit.report",
+            f"{start}..{end}",
+            unit=None if unit_users is None else actor.unit,
+        )
+        return report
+
+    def purge(self, actor: Actor) -> dict[str, int]:
+        from faceledger.privacy import purge_expired
+
+        self.require(actor, "purge")
+        return purge_expired(self, actor)
+
+    def erase(self, actor: Actor, **kwargs: Any) -> Any:
+        from faceledger.privacy import erase
+
+        return erase(self, actor, **kwargs)
