@@ -480,6 +480,18 @@ def purge(data_dir: DataDir = None, as_user: AsUser = None) -> None:
     out.print(f"purged {res['images']} expired image(s) and {res['probes']} probe(s)")
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    data_dir: DataDir = None,
+) -> None:
+    """Serve the HTTP API and the web UI."""
+    from faceledger.api import serve as run_server
+
+    run_server(config.data_dir(data_dir), host, port)
+
+
 # -- users, tokens, policy, cases, audit -------------------------------------------------
 
 
