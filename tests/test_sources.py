@@ -106,3 +106,20 @@ def test_manifest_needs_path_column(tmp_path: Path) -> None:
     m.write_text("file,legal_basis\na.jpg,x\n")
     with pytest.raises(SourceError, match="path"):
         list(iter_manifest(m, "s", None))
+
+
+def test_links_may_not_lead_out_of_the_folder(tmp_path: Path) -> None:
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(b"secret")
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "inside.jpg").write_bytes(b"ok")
+    (root / "alias.jpg").symlink_to(root / "inside.jpg")
+    (root / "escape.jpg").symlink_to(outside)
+    (root / "loop").symlink_to(root)  # a directory link loop is not followed
+    items = {Path(i.name).name: i for i in iter_paths([root], "s", "x")}
+    assert set(items) == {"alias.jpg", "escape.jpg", "inside.jpg"}
+    assert items["alias.jpg"].read() == b"ok"
+    assert items["escape.jpg"].error.reason == "link-outside-source"
+    with pytest.raises(ItemError):
+        items["escape.jpg"].read()

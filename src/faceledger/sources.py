@@ -197,8 +197,20 @@ def iter_paths(
         if not path.exists() and not path.is_symlink():
             raise SourceError(f"{path}: no such file or directory")
         if path.is_dir():
+            root = path.resolve()
             for f in _walk_folder(path):
-                yield SourceItem(str(f), _file_reader(f), replace(base, original_path=str(f)))
+                prov = replace(base, original_path=str(f))
+                # A link inside a folder may not lead out of it: faceledger reads only the
+                # paths it was given.
+                if f.is_symlink() and not f.resolve().is_relative_to(root):
+                    yield _failed(
+                        str(f),
+                        prov,
+                        "link-outside-source",
+                        "symbolic link points outside the folder being ingested",
+                    )
+                else:
+                    yield SourceItem(str(f), _file_reader(f), prov)
         elif _is_archive(path):
             yield from (_iter_zip if path.name.lower().endswith(".zip") else _iter_tar)(path, base)
         else:
