@@ -57,6 +57,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     """Decode ``data`` or raise :class:`DecodeError` with a specific reason."""
     if not data:
         raise DecodeError("empty-file", "file is empty (0 bytes)")
+    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftypavif"):
+        raise DecodeError(
+            "unsupported-format", "HEIC/HEIF/AVIF photos are not supported: convert to JPEG"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -20,6 +20,8 @@ from datetime import date, datetime
 from pathlib import Path, PurePosixPath
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+# Photo formats faceledger does not decode; listed so they are reported, not passed over.
+UNSUPPORTED_EXTENSIONS = {".heic", ".heif", ".avif", ".jp2", ".jxl", ".cr2", ".nef", ".dng"}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 MAX_FILE_BYTES = 100 * 1024 * 1024  # one image file, compressed
 
@@ -62,7 +64,13 @@ def _is_archive(path: Path) -> bool:
 
 
 def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    ext = os.path.splitext(name)[1].lower()
+    return ext in IMAGE_EXTENSIONS or ext in UNSUPPORTED_EXTENSIONS
+
+
+def display_name(path: Path | str) -> str:
+    """A printable, storable name for a path whose bytes may not be valid UTF-8."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 def _file_reader(path: Path) -> Callable[[], bytes]:
@@ -193,16 +201,22 @@ def iter_paths(
     """Files, folders (recursive) and archives, in the order given."""
     for raw in paths:
         path = Path(raw)
-        base = Provenance(source=source, legal_basis=legal_basis, original_path=str(path), **extra)
+        base = Provenance(
+            source=source, legal_basis=legal_basis, original_path=display_name(path), **extra
+        )
         if not path.exists() and not path.is_symlink():
             raise SourceError(f"{path}: no such file or directory")
         if path.is_dir():
             root = path.resolve()
             for f in _walk_folder(path):
-                prov = replace(base, original_path=str(f))
+                prov = replace(base, original_path=display_name(f))
                 # A link inside a folder may not lead out of it: faceledger reads only the
                 # paths it was given.
-                if f.is_symlink() and not f.resolve().is_relative_to(root):
+                try:
+                    outside = f.is_symlink() and not f.resolve().is_relative_to(root)
+                except (RuntimeError, OSError):  # a link loop: reading it reports the reason
+                    outside = False
+                if outside:
                     yield _failed(
                         str(f),
                         prov,
@@ -304,7 +318,7 @@ def iter_manifest(
             prov = Provenance(
                 source=source,
                 legal_basis=legal,
-                original_path=str(target),
+                original_path=display_name(target),
                 source_url=row.get("source_url") or None,
                 captured_at=parse_when(row.get("captured_at"), "captured_at"),
                 subject_label=row.get("subject_label") or row.get("subject") or None,
