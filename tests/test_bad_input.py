@@ -171,7 +171,7 @@ def test_every_bad_file_has_its_specific_reason(ingested) -> None:
 
 
 def test_good_files_in_the_batch_are_ingested(ingested) -> None:
-    tmp, store, summary, expected, _, _ = ingested
+    tmp, _store, summary, expected, _, _ = ingested
     good = [n for n, r in expected.items() if r is None]
     assert summary.new == len(good)
     raw = sqlite3.connect(tmp / "data" / "gallery.db")
