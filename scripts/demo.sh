@@ -33,10 +33,29 @@ else
   PROBE=${PROBE:-$LFW/Colin_Powell/Colin_Powell_0002.jpg}
 fi
 
+# Demo accounts: an admin and an investigator, passwords kept in the data dir (0600).
+CRED=$DATA/demo-credentials
+if [ ! -f "$CRED" ]; then
+  mkdir -p "$DATA"
+  umask 077
+  printf 'admin %s\ninvestigator %s\n' "$(head -c 12 /dev/urandom | base64 | tr -d '/+=')" \
+    "$(head -c 12 /dev/urandom | base64 | tr -d '/+=')" > "$CRED"
+fi
+ADMIN_PW=$(awk '$1=="admin"{print $2}' "$CRED")
+INV_PW=$(awk '$1=="investigator"{print $2}' "$CRED")
+if [ ! -f "$DATA/gallery.db" ] || ! FACELEDGER_PASSWORD=$ADMIN_PW $FL stats --as admin >/dev/null 2>&1; then
+  FACELEDGER_PASSWORD=$ADMIN_PW $FL init --admin admin
+  FACELEDGER_PASSWORD=$ADMIN_PW FACELEDGER_NEW_PASSWORD=$INV_PW \
+    $FL users add investigator --roles investigator --as admin
+fi
+
 echo "== ingest ${#GALLERY[@]} paths into $DATA"
-$FL ingest "${GALLERY[@]}" --source demo --legal-basis "$BASIS"
+FACELEDGER_PASSWORD=$ADMIN_PW $FL ingest "${GALLERY[@]}" --source demo --legal-basis "$BASIS" --as admin
 echo
-echo "== search $PROBE"
-$FL search "$PROBE" --top-k 5
+echo "== search $PROBE (as investigator, case DEMO-1)"
+FACELEDGER_PASSWORD=$INV_PW $FL search "$PROBE" --top-k 5 --as investigator \
+  --case DEMO-1 --purpose missing-person --justification "demo search on a public benchmark"
 echo
-$FL stats
+FACELEDGER_PASSWORD=$ADMIN_PW $FL stats --as admin
+echo
+echo "demo accounts (passwords in $CRED): admin / investigator"
