@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -311,16 +312,8 @@ def search(
             )
             continue
         t = Table(title=f"face {f['face_index']} at {f['bbox']} (quality {f['quality']:.2f})")
-        for col in (
-            "rank",
-            "score",
-            "est. FMR",
-            "expected false ≥ score",
-            "subject",
-            "source",
-            "image",
-        ):
-            t.add_column(col)
+        for col in ("rank", "score", "est. FMR", "expected false ≥ score", "face id", "provenance"):
+            t.add_column(col, overflow="fold")
         for c in f["candidates"]:
             p = c["provenance"][0] if c["provenance"] else {}
             fmr = (
@@ -333,14 +326,15 @@ def search(
                 if c["expected_false_candidates"] is None
                 else f"{c['expected_false_candidates']:.3g}"
             )
+            where = p.get("source_url") or Path(p.get("original_path") or "").name
+            label = f"{p.get('subject_label')}: " if p.get("subject_label") else ""
             t.add_row(
                 str(c["rank"]),
                 f"{c['score']:.3f}",
                 fmr,
                 exp,
-                str(p.get("subject_label") or ""),
-                str(p.get("source_url") or p.get("original_path") or ""),
-                c["image_path"],
+                str(c["face_id"]),
+                escape(f"{label}{where} ({p.get('source', '')}; {p.get('legal_basis', '')})"),
             )
         out.print(t)
     out.print("[dim]* estimated beyond the calibration data (extrapolated tail)[/]")
