@@ -63,6 +63,16 @@ DataDir = Annotated[
 Detector = Annotated[str, typer.Option(help="Face detector: hog, cnn, or hog+cnn.")]
 Embedder = Annotated[str, typer.Option(help="Embedder backend: onnx or dlib.")]
 MinFace = Annotated[int, typer.Option(help="Smallest face kept, in pixels (box side).")]
+ModelDir = Annotated[
+    str | None,
+    typer.Option(
+        "--model-dir",
+        envvar="FACELEDGER_MODEL_DIR",
+        help="Folder of operator-supplied ONNX models (SCRFD detector and/or "
+        "ArcFace-family recogniser), recognised by their graphs.",
+    ),
+]
+Device = Annotated[str, typer.Option(help="Inference device for ONNX models: cpu or cuda.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 AsUser = Annotated[
     str | None,
@@ -142,12 +152,27 @@ def session(data_dir: Path | None, as_user: str | None) -> Iterator[tuple[Any, A
         fl.store.close()
 
 
-def _analyzer(detector: str, embedder: str, min_face: int, threads: int | None = None) -> Any:
+def _analyzer(
+    detector: str,
+    embedder: str,
+    min_face: int,
+    threads: int | None = None,
+    model_dir: str | None = None,
+    device: str = "cpu",
+) -> Any:
     from faceledger.ingest import PipelineSettings
 
-    return PipelineSettings(
-        detector=detector, embedder=embedder, min_face=min_face, threads=threads or 1
-    ).analyzer()
+    try:
+        return PipelineSettings(
+            detector=detector,
+            embedder=embedder,
+            min_face=min_face,
+            threads=threads or 1,
+            model_dir=model_dir,
+            device=device,
+        ).analyzer()
+    except ValueError as exc:  # unknown names, unusable model files
+        fail(str(exc))
 
 
 def _dump(doc: Any) -> None:
@@ -201,6 +226,8 @@ def ingest(
     detector: Detector = "hog",
     embedder: Embedder = "default",
     min_face: MinFace = 40,
+    model_dir: ModelDir = None,
+    device: Device = "cpu",
     data_dir: DataDir = None,
     as_user: AsUser = None,
     as_json: JsonOut = False,
@@ -230,7 +257,9 @@ def ingest(
         total = sum(1 for _ in items())
     except SourceError as exc:
         fail(str(exc))
-    settings = PipelineSettings(detector=detector, embedder=embedder, min_face=min_face)
+    settings = PipelineSettings(
+        detector=detector, embedder=embedder, min_face=min_face, model_dir=model_dir, device=device
+    )
     n_workers = workers or default_workers()
     args = {
         "paths": [str(p) for p in paths or []],
@@ -276,6 +305,8 @@ def search(
     top_k: Annotated[
         int, typer.Option("--top-k", min=1, max=1000, help="Candidates per face.")
     ] = 10,
+    model_dir: ModelDir = None,
+    device: Device = "cpu",
     data_dir: DataDir = None,
     as_user: AsUser = None,
     as_json: JsonOut = False,
@@ -290,6 +321,7 @@ def search(
         fail(f"{photo}: cannot read probe ({exc.strerror or exc})")
     req = SearchRequest(case, purpose, justification, request, top_k)
     with session(data_dir, as_user) as (fl, actor):
+        fl.model_dir, fl.device = model_dir or fl.model_dir, device
         try:
             result = fl.search(actor, data, req)
         except NoFaceError as exc:
@@ -346,6 +378,8 @@ def embed(
     detector: Detector = "hog",
     embedder: Embedder = "default",
     min_face: MinFace = 20,
+    model_dir: ModelDir = None,
+    device: Device = "cpu",
     as_json: JsonOut = True,
 ) -> None:
     """Faces found in PHOTO: box, 5 landmarks, quality and embedding (touches no gallery)."""
@@ -359,7 +393,7 @@ def embed(
         fail(f"{photo}: cannot read ({exc.strerror or exc})")
     except DecodeError as exc:
         fail(f"{photo}: {exc}")
-    analyzer = _analyzer(detector, embedder, min_face)
+    analyzer = _analyzer(detector, embedder, min_face, model_dir=model_dir, device=device)
     faces = analyzer.analyze(img.pixels)
     _dump(
         {
@@ -730,25 +764,26 @@ def audit_report(
 
 
 def _lfw_setup(
-    lfw_dir: Path, detector: str, embedder: str, data_dir: Path | None
-) -> tuple[Any, Any, Path]:
+    detector: str, embedder: str, data_dir: Path | None, model_dir: str | None, device: str
+) -> tuple[Any, str, Path]:
     from functools import partial
 
     from faceledger.embedding import DEFAULT_EMBEDDER, create_embedder
 
     embedder = DEFAULT_EMBEDDER if embedder == "default" else embedder
-    model_id = create_embedder(embedder, threads=1).model_id
-    factory = partial(_analyzer_nocrop, detector, embedder)
-    cache = (
-        config.data_dir(data_dir)
-        / "eval"
-        / f"lfw_{model_id}_{embedder}_{detector.replace('+', '-')}.npz"
-    )
-    return factory, model_id, cache
+    try:
+        model_id = create_embedder(embedder, threads=1, model_dir=model_dir, device=device).model_id
+    except ValueError as exc:
+        fail(str(exc))
+    factory = partial(_analyzer_nocrop, detector, embedder, model_dir, device)
+    tag = f"{model_id}_{embedder}_{detector}"
+    for c in "+:/\\":
+        tag = tag.replace(c, "-")
+    return factory, model_id, config.data_dir(data_dir) / "eval" / f"lfw_{tag}.npz"
 
 
-def _analyzer_nocrop(detector: str, embedder: str) -> Any:
-    a = _analyzer(detector, embedder, 20)
+def _analyzer_nocrop(detector: str, embedder: str, model_dir: str | None, device: str) -> Any:
+    a = _analyzer(detector, embedder, 20, model_dir=model_dir, device=device)
     a.with_crops = False
     return a
 
@@ -759,6 +794,8 @@ def eval_lfw(
     detector: Detector = "hog+cnn",
     embedder: Embedder = "default",
     workers: Annotated[int, typer.Option(help="Worker processes (default: one per core).")] = 0,
+    model_dir: ModelDir = None,
+    device: Device = "cpu",
     data_dir: DataDir = None,
     no_cache: Annotated[bool, typer.Option(help="Recompute embeddings.")] = False,
     as_json: JsonOut = False,
@@ -767,7 +804,7 @@ def eval_lfw(
     from faceledger.evaluation import run_lfw
     from faceledger.ingest import default_workers
 
-    factory, model_id, cache = _lfw_setup(lfw_dir, detector, embedder, data_dir)
+    factory, model_id, cache = _lfw_setup(detector, embedder, data_dir, model_dir, device)
     try:
         with progress_bar("embed LFW", None, enabled=not as_json) as bar:
             tid = bar.task_ids[0]
@@ -797,6 +834,8 @@ def calibrate_lfw(
     detector: Detector = "hog+cnn",
     embedder: Embedder = "default",
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 0,
+    model_dir: ModelDir = None,
+    device: Device = "cpu",
     data_dir: DataDir = None,
 ) -> None:
     """Fit the score->FMR calibration on LFW's calibration split (a quarter of the people)."""
@@ -804,7 +843,7 @@ def calibrate_lfw(
     from faceledger.evaluation import LfwDataset, calibration_names, embed_lfw, impostor_scores
     from faceledger.ingest import default_workers
 
-    factory, model_id, cache = _lfw_setup(lfw_dir, detector, embedder, data_dir)
+    factory, model_id, cache = _lfw_setup(detector, embedder, data_dir, model_dir, device)
     ds = LfwDataset.load(lfw_dir)
     with progress_bar("embed LFW", len(ds.all_images())) as bar:
         table = embed_lfw(

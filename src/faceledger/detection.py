@@ -122,9 +122,21 @@ class FallbackDetector:
 
 
 def create_detector(
-    name: str = "hog", min_face: int = 40, upsample: int | None = None, max_side: int = 1600
+    name: str = "hog",
+    min_face: int = 40,
+    upsample: int | None = None,
+    max_side: int = 1600,
+    *,
+    model_dir: str | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
 ) -> Detector:
-    """``hog``, ``cnn`` or ``hog+cnn`` (HOG first, CNN only where HOG found nothing)."""
+    """``hog``, ``cnn`` or ``hog+cnn`` (HOG first, CNN only where HOG found nothing); or the
+    SCRFD detector in an operator's ``model_dir`` (see :mod:`faceledger.onnxmodels`)."""
+    if model_dir:
+        from faceledger.onnxmodels import load_detector
+
+        return load_detector(model_dir, device=device, threads=threads, min_face=min_face)
     kwargs = {"min_face": min_face, "upsample": upsample, "max_side": max_side}
     makers = {"hog": HogDetector, "cnn": CnnDetector}
     parts = name.split("+")

@@ -23,8 +23,8 @@ import numpy as np
 
 from faceledger.analysis import FaceAnalyzer
 from faceledger.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
-from faceledger.detection import create_detector
-from faceledger.embedding import create_embedder
+from faceledger.detection import Detector, create_detector
+from faceledger.embedding import Embedder, create_embedder
 from faceledger.index import IndexManager
 from faceledger.parallel import ordered_map
 from faceledger.sources import ItemError, SourceItem
@@ -50,11 +50,35 @@ class PipelineSettings:
     upsample: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     threads: int = 1  # inference threads per worker
+    model_dir: str | None = None  # operator's ONNX models (SCRFD and/or ArcFace-family)
+    device: str = "cpu"
+
+    def make_embedder(self, threads: int | None = None) -> Embedder:
+        return create_embedder(
+            self.embedder,
+            threads=threads or self.threads,
+            model_dir=self.model_dir,
+            device=self.device,
+        )
 
     def analyzer(self) -> FaceAnalyzer:
+        detector: Detector | None = None
+        if self.model_dir:
+            from faceledger.onnxmodels import route_model_dir
+
+            if route_model_dir(self.model_dir)[0] is not None:
+                detector = create_detector(
+                    self.detector,
+                    min_face=self.min_face,
+                    upsample=self.upsample,
+                    model_dir=self.model_dir,
+                    device=self.device,
+                    threads=self.threads,
+                )
         return FaceAnalyzer(
-            detector=create_detector(self.detector, min_face=self.min_face, upsample=self.upsample),
-            embedder=create_embedder(self.embedder, threads=self.threads),
+            detector=detector
+            or create_detector(self.detector, min_face=self.min_face, upsample=self.upsample),
+            embedder=self.make_embedder(),
         )
 
 
@@ -230,7 +254,7 @@ class Ingestor:
     ) -> IngestSummary:
         t0 = time.perf_counter()
         summary = IngestSummary()
-        probe_embedder = create_embedder(self.settings.embedder, threads=1)
+        probe_embedder = self.settings.make_embedder(threads=1)
         self.store.bind_model(probe_embedder.model_id, probe_embedder.dim)
         del probe_embedder
         summary.run_id = self.store.start_run(args or {})

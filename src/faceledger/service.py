@@ -55,7 +55,17 @@ SYSTEM = Actor(0, "system", frozenset(), via="system")
 
 
 class Faceledger:
-    def __init__(self, data_dir: Path, db_url: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        db_url: str | None = None,
+        model_dir: str | None = None,
+        device: str = "cpu",
+    ) -> None:
+        import os
+
+        self.model_dir = model_dir or os.environ.get("FACELEDGER_MODEL_DIR") or None
+        self.device = device
         self.store = Store(data_dir, url=db_url)
         self.data_dir = self.store.data_dir
         self._searcher: Searcher | None = None
@@ -516,8 +526,18 @@ class Faceledger:
                 model = self.store.model_id()
                 if model is None:
                     raise RefusedError("empty-gallery", "the gallery is empty: ingest first")
-                embedder = create_embedder_for_model(model)
-                self._searcher = Searcher(self.store, FaceAnalyzer(embedder=embedder))
+                from faceledger.ingest import PipelineSettings
+
+                embedder = create_embedder_for_model(
+                    model, model_dir=self.model_dir, device=self.device
+                )
+                settings = PipelineSettings(
+                    min_face=20, model_dir=self.model_dir, device=self.device
+                )
+                detector = settings.analyzer().detector if self.model_dir else None
+                self._searcher = Searcher(
+                    self.store, FaceAnalyzer(detector=detector, embedder=embedder)
+                )
             else:
                 self._searcher = Searcher(self.store, self._analyzer_factory())
         return self._searcher

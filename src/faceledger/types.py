@@ -32,15 +32,18 @@ class BBox:
 class Detection:
     """One face found by a detector, with five landmarks once a landmarker has run.
 
-    ``landmarks`` are five (x, y) points in dlib's 5-point order: right eye outer corner,
-    right eye inner corner, left eye outer corner, left eye inner corner, nose base
-    (for SCRFD-style detectors the ArcFace order is converted by the detector module).
+    ``landmarks`` are five (x, y) points in dlib's 5-point order: outer and inner corner of
+    the eye on the image's right (the subject's left eye), outer and inner corner of the
+    other eye, nose base. ``kps`` are the five points detectors such as SCRFD give, in
+    ArcFace order (image-left eye, image-right eye, nose tip, image-left and image-right
+    mouth corner); aligners for ArcFace-family models prefer them.
     """
 
     bbox: BBox
     score: float
     detector: str
-    landmarks: np.ndarray | None = None  # (5, 2) float32
+    landmarks: np.ndarray | None = None  # (5, 2) float32, dlib order
+    kps: np.ndarray | None = None  # (5, 2) float32, ArcFace order, from the detector
     fallback: bool = False  # True when no detector found a face and a centred box was used
 
 

@@ -8,6 +8,7 @@ exactly one model id and refuses to mix.
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 import numpy as np
@@ -39,8 +40,19 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 DEFAULT_EMBEDDER = "dlib"
 
 
-def create_embedder(name: str = DEFAULT_EMBEDDER, threads: int | None = None) -> Embedder:
-    """Build an embedder by backend name (``dlib`` or ``onnx``)."""
+def create_embedder(
+    name: str = DEFAULT_EMBEDDER,
+    threads: int | None = None,
+    *,
+    model_dir: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+) -> Embedder:
+    """An embedder: an operator's ONNX recogniser from ``model_dir`` (picked by its graph,
+    see :mod:`faceledger.onnxmodels`), else dlib's ResNet run by ``name`` (``dlib``)."""
+    if model_dir:
+        from faceledger.onnxmodels import load_embedder
+
+        return load_embedder(model_dir, device=device, threads=threads)
     if name == "dlib":
         from faceledger.embedding.dlib_backend import DlibResnetEmbedder
 
@@ -48,9 +60,28 @@ def create_embedder(name: str = DEFAULT_EMBEDDER, threads: int | None = None) ->
     raise ValueError(f"unknown embedder {name!r}; choose one of: dlib")
 
 
-def create_embedder_for_model(model_id: str, threads: int | None = None) -> Embedder:
-    """The default backend that produces vectors of ``model_id`` (for searching a gallery)."""
-    embedder = create_embedder(DEFAULT_EMBEDDER, threads=threads)
+def create_embedder_for_model(
+    model_id: str,
+    threads: int | None = None,
+    *,
+    model_dir: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+) -> Embedder:
+    """An embedder producing vectors of ``model_id`` (to search a gallery built with it)."""
+    if model_id.startswith("onnx:") and not model_dir:
+        raise ValueError(
+            f"this gallery was built with {model_id}; pass --model-dir (or set "
+            "$FACELEDGER_MODEL_DIR) to the folder holding that model"
+        )
+    embedder = create_embedder(
+        DEFAULT_EMBEDDER,
+        threads=threads,
+        model_dir=(model_dir if model_id.startswith("onnx:") else None),
+        device=device,
+    )
     if embedder.model_id != model_id:
-        raise ValueError(f"no embedder available for gallery model {model_id!r}")
+        raise ValueError(
+            f"the gallery's vectors come from {model_id!r} but the available model is "
+            f"{embedder.model_id!r}; refusing to mix models"
+        )
     return embedder
