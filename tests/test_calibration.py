@@ -58,7 +58,9 @@ def test_shipped_calibration_for_the_default_model() -> None:
     c = calibration.load("dlib_resnet_v1")
     assert c is not None, "run `faceledger calibrate lfw` and commit the JSON"
     assert c.info["impostor_pairs"] > 1_000_000
-    # dlib's documented same-person threshold (distance 0.6, cosine 0.82) should be rare
-    # among impostors but not impossibly so
-    assert 1e-6 < c.estimate(0.82).fmr < 1e-2
+    # dlib's unit-normalised descriptors sit in a narrow cone: impostor cosine scores are
+    # mostly 0.65-0.93, and LFW's best verification threshold is about 0.91 (FMR ~1 %).
+    assert 1e-3 < c.estimate(0.91).fmr < 3e-2
+    assert 1e-5 < c.estimate(0.94).fmr < 1e-3
+    assert c.estimate(0.99).extrapolated
     assert calibration.load("no_such_model") is None
