@@ -14,8 +14,3 @@ def data_dir(flag: Path | None) -> Path:
         return Path(flag)
     return Path(os.environ.get("FACELEDGER_DATA") or DEFAULT_DATA_DIR)
 
-
-def cache_dir() -> Path:
-    """Where converted models are cached: ``$FACELEDGER_CACHE`` or ``~/.cache/faceledger``."""
-    env = os.environ.get("FACELEDGER_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "faceledger"

@@ -24,7 +24,7 @@ import numpy as np
 from faceledger.analysis import FaceAnalyzer
 from faceledger.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from faceledger.detection import Detector, create_detector
-from faceledger.embedding import Embedder, create_embedder
+from faceledger.embedding import DEFAULT_EMBEDDER, Embedder, create_embedder
 from faceledger.index import IndexManager
 from faceledger.parallel import ordered_map
 from faceledger.sources import ItemError, SourceItem
@@ -45,7 +45,7 @@ EXTENSIONS = {
 @dataclass
 class PipelineSettings:
     detector: str = "hog"
-    embedder: str = "dlib"
+    embedder: str = DEFAULT_EMBEDDER
     min_face: int = 40
     upsample: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS

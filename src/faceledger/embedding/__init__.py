@@ -37,7 +37,9 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return (vectors / norms).astype(np.float32)
 
 
-DEFAULT_EMBEDDER = "dlib"
+# dlib's ResNet converted to ONNX (same vectors to 3e-7, about 10x faster); "dlib" runs the
+# same network in dlib itself, the reference.
+DEFAULT_EMBEDDER = "onnx"
 
 
 def create_embedder(
@@ -48,16 +50,21 @@ def create_embedder(
     device: str = "cpu",
 ) -> Embedder:
     """An embedder: an operator's ONNX recogniser from ``model_dir`` (picked by its graph,
-    see :mod:`faceledger.onnxmodels`), else dlib's ResNet run by ``name`` (``dlib``)."""
+    see :mod:`faceledger.onnxmodels`), else dlib's ResNet run by ``name``: ``onnx`` (the
+    converted network on ONNX Runtime) or ``dlib`` (dlib's own runtime)."""
     if model_dir:
         from faceledger.onnxmodels import load_embedder
 
         return load_embedder(model_dir, device=device, threads=threads)
+    if name == "onnx":
+        from faceledger.embedding.onnx_backend import OnnxDlibResnetEmbedder
+
+        return OnnxDlibResnetEmbedder(device=device, threads=threads)
     if name == "dlib":
         from faceledger.embedding.dlib_backend import DlibResnetEmbedder
 
         return DlibResnetEmbedder()
-    raise ValueError(f"unknown embedder {name!r}; choose one of: dlib")
+    raise ValueError(f"unknown embedder {name!r}; choose onnx or dlib (or --model-dir)")
 
 
 def create_embedder_for_model(

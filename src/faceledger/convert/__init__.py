@@ -1,0 +1,1 @@
+"""Model converters: turn the packaged model files into portable runtime formats."""
