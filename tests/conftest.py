@@ -32,7 +32,7 @@ def lfw_image(lfw: Path, name: str, n: int = 1) -> Path:
 def analyzer():
     from faceledger.ingest import PipelineSettings
 
-    return PipelineSettings(detector="hog", embedder="dlib").analyzer()
+    return PipelineSettings(detector="hog").analyzer()
 
 
 def side_by_side(paths: list[Path]) -> bytes:

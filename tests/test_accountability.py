@@ -47,7 +47,7 @@ def fl(lfw: Path, tmp_path: Path, analyzer) -> Faceledger:
     photos.mkdir()
     for name in PEOPLE:
         shutil.copy(lfw_image(lfw, name, 1), photos)
-    f.ingest(root, iter_paths([photos], "archive", "test"), PipelineSettings(embedder="dlib"))
+    f.ingest(root, iter_paths([photos], "archive", "test"), PipelineSettings())
     f.set_analyzer_factory(lambda: analyzer)
     return f
 
@@ -129,7 +129,7 @@ def test_roles_are_enforced_and_denials_recorded(fl: Faceledger, lfw: Path, user
         if op == "search":
             fl.search(actor, probe(lfw), GOOD)
         elif op == "ingest":
-            fl.ingest(actor, [], PipelineSettings(embedder="dlib"))
+            fl.ingest(actor, [], PipelineSettings())
         elif op == "erase":
             fl.erase(actor, face_ids=[1])
         elif op == "manage_users":
@@ -396,7 +396,7 @@ def test_erase_one_face_of_a_group_photo_blurs_it(lfw: Path, tmp_path: Path, ana
     (group / "group.jpg").write_bytes(
         side_by_side([lfw_image(lfw, "Al_Gore", 1), lfw_image(lfw, "Adrien_Brody", 1)])
     )
-    f.ingest(root, iter_paths([group], "s", "t"), PipelineSettings(embedder="dlib"))
+    f.ingest(root, iter_paths([group], "s", "t"), PipelineSettings())
     f.set_analyzer_factory(lambda: analyzer)
     raw = sqlite3.connect(f.data_dir / "gallery.db")
     rows = raw.execute("select id, bbox_json from faces order by id").fetchall()
@@ -425,7 +425,7 @@ def test_erase_by_probe_with_optout_blocks_reingest(fl: Faceledger, lfw: Path, t
     shutil.copy(lfw_image(lfw, "Adrien_Brody", 3), again / "other_photo.jpg")
     shutil.copy(lfw_image(lfw, "Abdullah_Gul", 2), again)
     summary = fl.ingest(
-        root, iter_paths([again], "archive2", "test"), PipelineSettings(embedder="dlib")
+        root, iter_paths([again], "archive2", "test"), PipelineSettings()
     )
     assert summary.opted_out == 2 and summary.new == 1
     assert "opted-out" in summary.line()
@@ -452,7 +452,7 @@ def test_expired_images_are_purged(lfw: Path, tmp_path: Path) -> None:
     p.mkdir()
     shutil.copy(lfw_image(lfw, "Al_Gore", 1), p)
     f.ingest(
-        root, iter_paths([p], "s", "t", expires_at="2001-01-01"), PipelineSettings(embedder="dlib")
+        root, iter_paths([p], "s", "t", expires_at="2001-01-01"), PipelineSettings()
     )
     assert f.store.stats()["images"] == 1
     assert f.purge(root) == {"images": 1, "probes": 0}

@@ -138,7 +138,7 @@ def ingested(lfw: Path, tmp_path_factory: pytest.TempPathFactory):
     archives.mkdir()
     expected_arch = build_archives(archives)
     store = Store(tmp / "data")
-    ingestor = Ingestor(store, PipelineSettings(embedder="dlib"))
+    ingestor = Ingestor(store, PipelineSettings())
     # something already in the gallery, which the bad batch must not disturb
     first = ingestor.run(iter_paths([lfw_image(lfw, "Colin_Powell", 1)], "s", "t"))
     assert first.new == 1
@@ -224,7 +224,7 @@ def test_bad_manifest_rows(lfw: Path, tmp_path: Path) -> None:
         b"b.jpg,,\r\n"
     )
     store = Store(tmp_path / "data")
-    s = Ingestor(store, PipelineSettings(embedder="dlib")).run(
+    s = Ingestor(store, PipelineSettings()).run(
         iter_manifest(tmp_path / "m.csv", "m", None)
     )
     assert s.new == 1

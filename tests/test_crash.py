@@ -50,8 +50,6 @@ def _ingest_cmd(data: Path, photos: Path) -> list[str]:
         str(data),
         "--workers",
         "1",
-        "--embedder",
-        "dlib",
         "--as",
         "root",
         "--json",

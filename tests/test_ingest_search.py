@@ -35,7 +35,7 @@ def gallery_dir(lfw: Path, tmp_path: Path) -> Path:
 
 
 def _ingest(store: Store, items, analyzer_settings=None, **kw):
-    return Ingestor(store, analyzer_settings or PipelineSettings(embedder="dlib"), **kw).run(items)
+    return Ingestor(store, analyzer_settings or PipelineSettings(), **kw).run(items)
 
 
 def test_ingest_counts_failures_and_goes_on(gallery_dir: Path, tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_interrupted_ingest_resumes_without_loss_or_duplication(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Ingestor(store, PipelineSettings(embedder="dlib")).run(
+        Ingestor(store, PipelineSettings()).run(
             iter_paths([gallery_dir], "s", "test"), advance=boom
         )
     partial = store.stats()

@@ -763,6 +763,9 @@ def audit_report(
         sys.stdout.write(text)
 
 
+EVAL_MIN_FACE = 40  # as ingest's default: evaluate the pipeline a gallery is built with
+
+
 def _lfw_setup(
     detector: str, embedder: str, data_dir: Path | None, model_dir: str | None, device: str
 ) -> tuple[Any, str, Path]:
@@ -776,14 +779,14 @@ def _lfw_setup(
     except ValueError as exc:
         fail(str(exc))
     factory = partial(_analyzer_nocrop, detector, embedder, model_dir, device)
-    tag = f"{model_id}_{embedder}_{detector}"
+    tag = f"{model_id}_{embedder}_{detector}_mf{EVAL_MIN_FACE}"
     for c in "+:/\\":
         tag = tag.replace(c, "-")
     return factory, model_id, config.data_dir(data_dir) / "eval" / f"lfw_{tag}.npz"
 
 
 def _analyzer_nocrop(detector: str, embedder: str, model_dir: str | None, device: str) -> Any:
-    a = _analyzer(detector, embedder, 20, model_dir=model_dir, device=device)
+    a = _analyzer(detector, embedder, EVAL_MIN_FACE, model_dir=model_dir, device=device)
     a.with_crops = False
     return a
 

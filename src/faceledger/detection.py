@@ -2,8 +2,11 @@
 
 Detectors implement :class:`Detector`; ``create_detector`` picks one by name. dlib's HOG
 frontal detector is the default, dlib's MMOD CNN is the accurate (slow on CPU) option.
-Large images are downscaled before detection and the boxes mapped back, so a 12-megapixel
-photo costs little more than a 1-megapixel one.
+Each image is resized once before detection so that faces of ``min_face`` pixels reach the
+detector's 80-pixel window, within a budget of working pixels (2 MP for HOG, 1 MP for the CNN):
+small images are enlarged, large ones reduced, and the boxes mapped back. A 12-megapixel photo
+therefore costs no more than a 2-megapixel one; in it, faces from
+:func:`effective_min_face` px up are found (about 200 px for 4000x3000).
 """
 
 from __future__ import annotations
@@ -27,48 +30,62 @@ class Detector(Protocol):
         ...
 
 
-def _downscale(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+WINDOW = 80  # px: the smallest face dlib's HOG and MMOD detectors find at scale 1
+
+
+def work_scale(height: int, width: int, min_face: int, max_work_pixels: int) -> float:
+    """The factor to resize an image by before detection.
+
+    Faces of ``min_face`` px must reach the detector's 80 px window (scale 80/min_face), but
+    the resized image may not exceed ``max_work_pixels``: a 12-megapixel photo is detected
+    at the same cost as a ``max_work_pixels`` one, and then keeps faces of at least
+    :func:`effective_min_face` px.
+    """
+    wanted = WINDOW / max(min_face, 1)
+    budget = math.sqrt(max_work_pixels / max(height * width, 1))
+    return min(wanted, budget)
+
+
+def effective_min_face(height: int, width: int, min_face: int, max_work_pixels: int) -> int:
+    """The smallest face (box side, px) detected in an image of this size."""
+    return max(min_face, math.ceil(WINDOW / work_scale(height, width, min_face, max_work_pixels)))
+
+
+def _resize(image: np.ndarray, scale: float) -> np.ndarray:
+    if abs(scale - 1.0) < 1e-3:
+        return image
     h, w = image.shape[:2]
-    side = max(h, w)
-    if side <= max_side:
-        return image, 1.0
-    scale = max_side / side
-    small = Image.fromarray(image).resize(
-        (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR
-    )
-    return np.asarray(small), scale
-
-
-def _auto_upsample(image: np.ndarray, min_face: int) -> int:
-    """Upsample so that faces of ``min_face`` px reach the HOG window (80 px)."""
-    if min_face >= 80:
-        return 0
-    return max(0, math.ceil(math.log2(80 / max(min_face, 1))))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
 
 
 class _DlibDetector:
     name = "base"
+    default_work_pixels = 2_000_000
 
-    def __init__(self, min_face: int = 40, upsample: int | None = None, max_side: int = 1600):
+    def __init__(
+        self,
+        min_face: int = 40,
+        upsample: int | None = None,
+        max_work_pixels: int | None = None,
+    ) -> None:
         self.min_face = min_face
-        self.upsample = upsample
-        self.max_side = max_side
+        self.upsample = upsample  # explicit dlib upsampling: overrides the min_face scale
+        self.max_work_pixels = max_work_pixels or self.default_work_pixels
 
     def _run(self, image: np.ndarray, upsample: int) -> list[tuple[dlib.rectangle, float]]:
         raise NotImplementedError
 
     def detect(self, image: np.ndarray) -> list[Detection]:
-        small, scale = _downscale(image, self.max_side)
-        min_face_small = max(1, round(self.min_face * scale))
-        upsample = (
-            self.upsample if self.upsample is not None else _auto_upsample(small, min_face_small)
-        )
-        # Never upsample into a huge image: cap the work at about 2.6 MP.
-        while upsample > 0 and (small.shape[0] * small.shape[1]) * (4**upsample) > 2_600_000:
-            upsample -= 1
         h, w = image.shape[:2]
+        if self.upsample is not None:
+            scale, work, upsample = 1.0, image, self.upsample
+        else:
+            scale = work_scale(h, w, self.min_face, self.max_work_pixels)
+            work, upsample = _resize(image, scale), 0
+            scale = work.shape[1] / w  # the exact factor after rounding
         found: list[Detection] = []
-        for rect, score in self._run(np.ascontiguousarray(small), upsample):
+        for rect, score in self._run(np.ascontiguousarray(work), upsample):
             box = BBox(
                 max(0, round(rect.left() / scale)),
                 max(0, round(rect.top() / scale)),
@@ -94,9 +111,11 @@ class HogDetector(_DlibDetector):
 
 
 class CnnDetector(_DlibDetector):
-    """dlib's MMOD CNN detector: finds more faces (profile-ish, small, blurred), ~1 s/img."""
+    """dlib's MMOD CNN detector: finds more faces (profile-ish, small, blurred); slow on a
+    CPU, so it works on at most 1 MP."""
 
     name = "cnn"
+    default_work_pixels = 1_000_000
 
     def __init__(self, **kwargs: int | None) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -125,7 +144,7 @@ def create_detector(
     name: str = "hog",
     min_face: int = 40,
     upsample: int | None = None,
-    max_side: int = 1600,
+    max_work_pixels: int | None = None,
     *,
     model_dir: str | None = None,
     device: str = "cpu",
@@ -137,7 +156,7 @@ def create_detector(
         from faceledger.onnxmodels import load_detector
 
         return load_detector(model_dir, device=device, threads=threads, min_face=min_face)
-    kwargs = {"min_face": min_face, "upsample": upsample, "max_side": max_side}
+    kwargs = {"min_face": min_face, "upsample": upsample, "max_work_pixels": max_work_pixels}
     makers = {"hog": HogDetector, "cnn": CnnDetector}
     parts = name.split("+")
     if not parts or any(p not in makers for p in parts):
