@@ -424,9 +424,7 @@ def test_erase_by_probe_with_optout_blocks_reingest(fl: Faceledger, lfw: Path, t
     shutil.copy(lfw_image(lfw, "Adrien_Brody", 1), again)
     shutil.copy(lfw_image(lfw, "Adrien_Brody", 3), again / "other_photo.jpg")
     shutil.copy(lfw_image(lfw, "Abdullah_Gul", 2), again)
-    summary = fl.ingest(
-        root, iter_paths([again], "archive2", "test"), PipelineSettings()
-    )
+    summary = fl.ingest(root, iter_paths([again], "archive2", "test"), PipelineSettings())
     assert summary.opted_out == 2 and summary.new == 1
     assert "opted-out" in summary.line()
     raw = sqlite3.connect(fl.data_dir / "gallery.db")
@@ -451,9 +449,7 @@ def test_expired_images_are_purged(lfw: Path, tmp_path: Path) -> None:
     p = tmp_path / "p"
     p.mkdir()
     shutil.copy(lfw_image(lfw, "Al_Gore", 1), p)
-    f.ingest(
-        root, iter_paths([p], "s", "t", expires_at="2001-01-01"), PipelineSettings()
-    )
+    f.ingest(root, iter_paths([p], "s", "t", expires_at="2001-01-01"), PipelineSettings())
     assert f.store.stats()["images"] == 1
     assert f.purge(root) == {"images": 1, "probes": 0}
     assert f.store.stats()["images"] == 0 and f.store.face_count() == 0

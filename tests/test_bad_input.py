@@ -224,8 +224,6 @@ def test_bad_manifest_rows(lfw: Path, tmp_path: Path) -> None:
         b"b.jpg,,\r\n"
     )
     store = Store(tmp_path / "data")
-    s = Ingestor(store, PipelineSettings()).run(
-        iter_manifest(tmp_path / "m.csv", "m", None)
-    )
+    s = Ingestor(store, PipelineSettings()).run(iter_manifest(tmp_path / "m.csv", "m", None))
     assert s.new == 1
     assert dict(s.failures) == {"duplicate-row": 2, "missing-file": 1, "no-legal-basis": 1}

@@ -13,4 +13,3 @@ def data_dir(flag: Path | None) -> Path:
     if flag is not None:
         return Path(flag)
     return Path(os.environ.get("FACELEDGER_DATA") or DEFAULT_DATA_DIR)
-

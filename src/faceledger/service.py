@@ -838,9 +838,20 @@ class Faceledger:
         self.record(actor, "audit.checkpoint", "ledger", seq=seq, hash=h)
         return f"{seq}:{h}"
 
-    def audit_entries(self, actor: Actor, **filters: Any) -> list[audit.Entry]:
-        self.require(actor, "read_ledger")
-        return list(audit.iter_entries(self.store, **filters))
+    def audit_entries(
+        self,
+        reader: Actor,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> list[audit.Entry]:
+        """Ledger entries, optionally filtered by who acted, action and time (auditors)."""
+        self.require(reader, "read_ledger")
+        return list(
+            audit.iter_entries(self.store, since=since, until=until, actor=actor, action=action)
+        )
 
     def audit_report(self, actor: Actor, start: Any, end: Any) -> dict[str, Any]:
         from faceledger import reports

@@ -1,0 +1,2216 @@
+"""The HTTP API (``/api/v1``), served with the web UI by uvicorn (``faceledger serve``).
+
+Every endpoint goes through :class:`faceledger.service.Faceledger`: the core authenticates,
+decides permissions, applies the search rules and writes the ledger. This module only
+translates HTTP to core calls and core refusals to HTTP errors (``{"code", "message"}``
+with a stable ``code``), plus what only an HTTP server needs:
+
+* **Authentication**: ``Authorization: Bearer <token>`` (tokens from
+  :meth:`~faceledger.service.Faceledger.create_token`), or the web UI's session cookie.
+  Logging in through the UI checks the password with the core and creates a one-day API
+  token named ``web-session`` for that user; its secret stays in the server's memory (the
+  cookie holds only a random session id) and every request authenticates with it, so a
+  disabled user, a revoked token or changed roles take effect at the next request. Logging
+  out, or the session idling out, revokes the token.
+* **CSRF**: requests authenticated by the cookie and not GET/HEAD/OPTIONS must send the
+  session's CSRF token (``X-CSRF-Token`` header, or a ``csrf_token`` form field for the
+  UI's forms). The cookie is ``HttpOnly; SameSite=Strict`` and ``Secure`` when the request
+  came over https (or always/never: ``FACELEDGER_COOKIE_SECURE=1/0``).
+* **Limits**: request bodies are capped while they are read (``FACELEDGER_MAX_UPLOAD_MB``,
+  ``FACELEDGER_MAX_INGEST_UPLOAD_MB`` for ingest uploads); a simple in-process token bucket
+  limits requests per user (all of one user's tokens and sessions share it), searches per
+  user, and login attempts per client address. Sessions and buckets live in this process:
+  run one server process per data dir.
+* **Concurrency**: endpoints are sync functions run in the server's threadpool; the face
+  analyzer (dlib) is used by one thread at a time (:attr:`AppContext.analysis_lock`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import threading
+import time
+import typing
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field, fields
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from faceledger import __version__, audit, reports
+from faceledger.auth import Actor, AuthError, PermissionDenied
+from faceledger.decode import DecodeError, decode_image
+from faceledger.jobs import JobManager
+from faceledger.policy import Policy, policy_path
+from faceledger.search import LEADS_NOTICE, NoFaceError
+from faceledger.service import Faceledger, PolicyTamperedError, RefusedError, SearchRequest
+from faceledger.sources import ItemError, SourceError, parse_when
+from faceledger.store import ModelMismatchError
+from faceledger.types import Face
+
+log = logging.getLogger("faceledger.api")
+
+API = "/api/v1"
+SESSION_COOKIE = "faceledger_session"
+LOGIN_CSRF_COOKIE = "faceledger_login_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MB = 1024 * 1024
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+IMAGE_TYPES = ("image/",)
+GENERIC_TYPES = ("application/octet-stream", "")
+ARCHIVE_TYPES = (
+    "application/zip",
+    "application/x-zip-compressed",
+    "application/x-tar",
+    "application/gzip",
+    "application/x-gzip",
+    "application/x-gtar",
+    "application/x-bzip2",
+    "application/x-xz",
+)
+MEDIA_TYPES = {
+    ".jpg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+    ".tif": "image/tiff",
+    ".gif": "image/gif",
+}
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+def _env_float(environ: typing.Mapping[str, str], key: str, default: float) -> float:
+    raw = environ.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"${key} must be a number, not {raw!r}") from exc
+
+
+@dataclass
+class ApiSettings:
+    """Server settings; :meth:`from_env` reads the ``FACELEDGER_*`` variables named here."""
+
+    max_upload_bytes: int = 20 * MB  # FACELEDGER_MAX_UPLOAD_MB: probes, any request body
+    max_ingest_upload_bytes: int = 2048 * MB  # FACELEDGER_MAX_INGEST_UPLOAD_MB
+    # FACELEDGER_INGEST_ROOTS (os.pathsep-separated): server-side folders an admin may ingest
+    # from over HTTP. Empty: server-side paths are refused, uploads only.
+    ingest_roots: tuple[Path, ...] = ()
+    cookie_secure: bool | None = None  # FACELEDGER_COOKIE_SECURE=1/0; unset: when https
+    session_idle_seconds: int = 30 * 60  # FACELEDGER_SESSION_IDLE_MINUTES
+    session_max_seconds: int = 12 * 3600  # FACELEDGER_SESSION_MAX_HOURS
+    rate_per_minute: float = 600.0  # FACELEDGER_RATE_PER_MINUTE: requests per user
+    rate_burst: int = 200
+    search_rate_per_minute: float = 30.0  # FACELEDGER_SEARCH_RATE_PER_MINUTE
+    search_rate_burst: int = 10
+    login_rate_per_minute: float = 10.0  # FACELEDGER_LOGIN_RATE_PER_MINUTE, per address
+    login_rate_burst: int = 10
+    ingest_workers: int = 1  # FACELEDGER_INGEST_WORKERS: processes per ingest job
+
+    @classmethod
+    def from_env(cls, environ: typing.Mapping[str, str] | None = None) -> ApiSettings:
+        env = os.environ if environ is None else environ
+        s = cls()
+        s.max_upload_bytes = int(
+            _env_float(env, "FACELEDGER_MAX_UPLOAD_MB", s.max_upload_bytes / MB) * MB
+        )
+        s.max_ingest_upload_bytes = int(
+            _env_float(env, "FACELEDGER_MAX_INGEST_UPLOAD_MB", s.max_ingest_upload_bytes / MB) * MB
+        )
+        roots = env.get("FACELEDGER_INGEST_ROOTS", "")
+        s.ingest_roots = tuple(Path(r).resolve() for r in roots.split(os.pathsep) if r.strip())
+        secure = env.get("FACELEDGER_COOKIE_SECURE", "").strip().lower()
+        if secure in ("1", "true", "yes"):
+            s.cookie_secure = True
+        elif secure in ("0", "false", "no"):
+            s.cookie_secure = False
+        s.session_idle_seconds = int(
+            _env_float(env, "FACELEDGER_SESSION_IDLE_MINUTES", s.session_idle_seconds / 60) * 60
+        )
+        s.session_max_seconds = int(
+            _env_float(env, "FACELEDGER_SESSION_MAX_HOURS", s.session_max_seconds / 3600) * 3600
+        )
+        s.rate_per_minute = _env_float(env, "FACELEDGER_RATE_PER_MINUTE", s.rate_per_minute)
+        s.search_rate_per_minute = _env_float(
+            env, "FACELEDGER_SEARCH_RATE_PER_MINUTE", s.search_rate_per_minute
+        )
+        s.login_rate_per_minute = _env_float(
+            env, "FACELEDGER_LOGIN_RATE_PER_MINUTE", s.login_rate_per_minute
+        )
+        s.ingest_workers = max(1, int(_env_float(env, "FACELEDGER_INGEST_WORKERS", 1)))
+        return s
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An error this module raises itself (the core raises its own exceptions)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+REFUSAL_STATUS = {
+    "quota-exceeded": 429,
+    "not-approved": 403,
+    "self-approval": 403,
+    "missing-case-fields": 400,
+    "low-quality": 422,
+    "already-decided": 409,
+    "already-initialised": 409,
+    "user-exists": 409,
+    "self-disable": 409,
+    "empty-gallery": 409,
+    "bad-username": 400,
+    "bad-expiry": 400,
+}
+
+HTTP_CODES = {
+    400: "bad-request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    406: "not-acceptable",
+    413: "too-large",
+    415: "unsupported-media-type",
+    422: "invalid-request",
+    429: "rate-limited",
+}
+
+
+def refusal_status(code: str) -> int:
+    if code in REFUSAL_STATUS:
+        return REFUSAL_STATUS[code]
+    return 404 if code.startswith("no-such-") else 400
+
+
+def error_for(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
+    """(status, code, message, headers) for an exception the API knows; 500 otherwise."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code, exc.message, exc.headers
+    if isinstance(exc, AuthError):
+        return 401, "unauthenticated", str(exc), {"WWW-Authenticate": "Bearer"}
+    if isinstance(exc, PermissionDenied):
+        return 403, "permission-denied", str(exc), {}
+    if isinstance(exc, RefusedError):
+        return refusal_status(exc.code), exc.code, str(exc), {}
+    if isinstance(exc, DecodeError):
+        return 422, exc.reason, str(exc), {}
+    if isinstance(exc, NoFaceError):
+        return 422, "no-face", str(exc), {}
+    if isinstance(exc, PolicyTamperedError):
+        return 409, "policy-tampered", str(exc), {}
+    if isinstance(exc, ModelMismatchError):
+        return 409, "model-mismatch", str(exc), {}
+    if isinstance(exc, SourceError):
+        return 400, "source-error", str(exc), {}
+    if isinstance(exc, HTTPException):
+        code = HTTP_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code
+        return exc.status_code, code, message, dict(exc.headers or {})
+    return 500, "internal-error", "internal error; see the server log", {}
+
+
+KNOWN_ERRORS = (
+    ApiError,
+    AuthError,
+    PermissionDenied,
+    RefusedError,
+    DecodeError,
+    NoFaceError,
+    PolicyTamperedError,
+    ModelMismatchError,
+    SourceError,
+)
+
+
+@contextmanager
+def invalid_input(code: str) -> Iterator[None]:
+    """Turn the core's ValueErrors (bad roles, weak password, bad policy...) into 400s."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ApiError(400, code, str(exc)) from exc
+
+
+# -- body size limit, security headers ----------------------------------------------------------
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while a body is read past its limit (an HTTPException, so that FastAPI's body
+    parsing passes it on instead of turning it into a generic 400)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over the limit: by Content-Length up front, else while reading.
+
+    The ingest endpoints (``/api/v1/ingest`` and the admin page's ingest form) get the
+    larger ingest limit; every other request the upload limit.
+    """
+
+    def __init__(self, app: ASGIApp, settings: ApiSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    def limit_for(self, path: str) -> int:
+        if path in (f"{API}/ingest", "/admin/ingest"):
+            return self.settings.max_ingest_upload_bytes
+        return self.settings.max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope.get("path", ""))
+        message = f"request body is larger than the {limit / MB:.0f} MB limit"
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0 or declared > limit:
+                    status = 413 if declared > limit else 400
+                    code = "too-large" if declared > limit else "bad-request"
+                    text = message if declared > limit else "bad Content-Length header"
+                    await _send_json(send, status, {"code": code, "message": text})
+                    return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            msg = await receive()
+            if msg["type"] == "http.request":
+                received += len(msg.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(message)
+            return msg
+
+        await self.app(scope, limited_receive, send)
+
+
+async def _send_json(send: Send, status: int, doc: dict[str, Any]) -> None:
+    body = json.dumps(doc).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+
+
+class SecurityHeadersMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = scope.get("path", "").startswith("/static/")
+
+        async def send_with_headers(msg: Message) -> None:
+            if msg["type"] == "http.response.start":
+                headers = list(msg.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                extra = {
+                    b"x-content-type-options": b"nosniff",
+                    b"x-frame-options": b"DENY",
+                    b"referrer-policy": b"no-referrer",
+                    b"content-security-policy": CSP.encode(),
+                    b"cache-control": b"public, max-age=3600" if static else b"no-store",
+                }
+                headers += [(k, v) for k, v in extra.items() if k not in present]
+                msg = {**msg, "headers": headers}
+            await send(msg)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# -- sessions and rate limits -------------------------------------------------------------------
+
+
+@dataclass
+class WebSession:
+    sid: str
+    csrf: str
+    token_id: int
+    secret: str = field(repr=False)
+    username: str
+    created: float
+    last_seen: float
+    flashes: list[tuple[str, str]] = field(default_factory=list)
+
+
+class SessionStore:
+    """Server-side UI sessions, in memory: cookie value -> the session's API token."""
+
+    def __init__(self, idle_seconds: int, max_seconds: int) -> None:
+        self.idle = idle_seconds
+        self.max = max_seconds
+        self._by_sid: dict[str, WebSession] = {}
+        self._lock = threading.Lock()
+
+    def create(self, token_id: int, secret: str, username: str) -> WebSession:
+        now = time.monotonic()
+        sess = WebSession(
+            sid=secrets.token_urlsafe(32),
+            csrf=secrets.token_urlsafe(32),
+            token_id=token_id,
+            secret=secret,
+            username=username,
+            created=now,
+            last_seen=now,
+        )
+        with self._lock:
+            self._by_sid[sess.sid] = sess
+        return sess
+
+    def _expired(self, sess: WebSession, now: float) -> bool:
+        return now - sess.last_seen > self.idle or now - sess.created > self.max
+
+    def get(self, sid: str) -> tuple[WebSession | None, WebSession | None]:
+        """(live session, expired session to end) for a cookie value."""
+        now = time.monotonic()
+        with self._lock:
+            sess = self._by_sid.get(sid)
+            if sess is None:
+                return None, None
+            if self._expired(sess, now):
+                del self._by_sid[sid]
+                return None, sess
+            sess.last_seen = now
+            return sess, None
+
+    def pop(self, sid: str) -> WebSession | None:
+        with self._lock:
+            return self._by_sid.pop(sid, None)
+
+    def pop_all(self) -> list[WebSession]:
+        with self._lock:
+            gone, self._by_sid = list(self._by_sid.values()), {}
+        return gone
+
+    def pop_expired(self) -> list[WebSession]:
+        now = time.monotonic()
+        with self._lock:
+            gone = [s for s in self._by_sid.values() if self._expired(s, now)]
+            for s in gone:
+                del self._by_sid[s.sid]
+        return gone
+
+
+class RateLimiter:
+    """Token buckets in memory: ``rate_per_minute`` refill, up to ``burst`` at once."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, rate_per_minute: float, burst: int) -> float:
+        """0 when allowed, else the seconds to wait."""
+        if rate_per_minute <= 0:
+            return 0.0
+        now = time.monotonic()
+        rate = rate_per_minute / 60.0
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - last) * rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            if len(self._buckets) > 50_000:  # forget idle keys (their buckets are full)
+                horizon = now - burst / rate
+                self._buckets = {k: v for k, v in self._buckets.items() if v[1] > horizon}
+            return (1.0 - tokens) / rate
+
+    def waiting(self, key: str, rate_per_minute: float, burst: int) -> float:
+        """Like :meth:`take` but consumes nothing: 0 when a token is there, else the wait."""
+        if rate_per_minute <= 0:
+            return 0.0
+        now = time.monotonic()
+        rate = rate_per_minute / 60.0
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - last) * rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
+
+    def check(self, key: str, rate_per_minute: float, burst: int, what: str) -> None:
+        wait = self.take(key, rate_per_minute, burst)
+        if wait:
+            raise ApiError(
+                429,
+                "rate-limited",
+                f"too many {what}; try again in {math.ceil(wait)} s",
+                {"Retry-After": str(math.ceil(wait))},
+            )
+
+
+# -- the application context --------------------------------------------------------------------
+
+
+class AppContext:
+    """What every request handler shares: the core, sessions, limits, jobs, the analyzer lock."""
+
+    def __init__(self, fl: Faceledger, settings: ApiSettings) -> None:
+        self.fl = fl
+        self.settings = settings
+        self.sessions = SessionStore(settings.session_idle_seconds, settings.session_max_seconds)
+        self.limiter = RateLimiter()
+        # dlib's detector, landmarker and network are not documented as thread-safe: one
+        # thread at a time uses the shared analyzer (searches, detection, 1:1, probe erasure).
+        self.analysis_lock = threading.Lock()
+        self.jobs = JobManager(fl, settings.ingest_workers)
+
+    # sessions ---------------------------------------------------------------------------------
+    def start_session(self, actor: Actor) -> WebSession:
+        for old in self.sessions.pop_expired():
+            self.end_session(old)
+        token_id, secret = self.fl.create_token(actor, actor.username, "web-session", days=1)
+        return self.sessions.create(token_id, secret, actor.username)
+
+    def end_session(self, sess: WebSession) -> None:
+        """Revoke the session's token (best effort: it may be revoked or expired already)."""
+        try:
+            actor = self.fl.authenticate_token(sess.secret, record_use=False)
+            self.fl.revoke_token(actor, sess.token_id)
+        except (AuthError, RefusedError, PermissionDenied):
+            pass
+
+    def session_for(self, sid: str | None) -> WebSession | None:
+        if not sid:
+            return None
+        live, expired = self.sessions.get(sid)
+        if expired is not None:
+            self.end_session(expired)
+        return live
+
+    def session_actor(self, sess: WebSession) -> Actor:
+        try:
+            return self.fl.authenticate_token(sess.secret)
+        except AuthError:
+            self.sessions.pop(sess.sid)
+            raise
+
+    def check_csrf(self, sess: WebSession, sent: str | None, where: str) -> None:
+        if not sent or not secrets.compare_digest(sent, sess.csrf):
+            self.fl.record(
+                Actor(0, sess.username, frozenset(), via="session"),
+                "csrf.rejected",
+                where,
+            )
+            raise ApiError(403, "csrf", "missing or wrong CSRF token; reload the page")
+
+    def limit_user(self, actor: Actor) -> None:
+        s = self.settings
+        self.limiter.check(f"user:{actor.user_id}", s.rate_per_minute, s.rate_burst, "requests")
+
+    def limit_search(self, actor: Actor) -> None:
+        s = self.settings
+        self.limiter.check(
+            f"search:{actor.user_id}", s.search_rate_per_minute, s.search_rate_burst, "searches"
+        )
+
+    def limit_login(self, client: str) -> None:
+        s = self.settings
+        self.limiter.check(
+            f"login:{client}", s.login_rate_per_minute, s.login_rate_burst, "login attempts"
+        )
+
+    def check_failed_auth(self, client: str) -> None:
+        """Refuse (429) an address whose recent bad tokens used up its allowance, before the
+        core sees (and records) yet another one."""
+        s = self.settings
+        wait = self.limiter.waiting(
+            f"authfail:{client}", s.login_rate_per_minute, s.login_rate_burst
+        )
+        if wait:
+            raise ApiError(
+                429,
+                "rate-limited",
+                f"too many failed authentications; try again in {math.ceil(wait)} s",
+                {"Retry-After": str(math.ceil(wait))},
+            )
+
+    def note_failed_auth(self, client: str) -> None:
+        s = self.settings
+        self.limiter.take(f"authfail:{client}", s.login_rate_per_minute, s.login_rate_burst)
+
+    def cookie_secure(self, request: Request) -> bool:
+        if self.settings.cookie_secure is not None:
+            return self.settings.cookie_secure
+        return request.url.scheme == "https"
+
+
+def ctx_of(request: Request) -> AppContext:
+    return typing.cast(AppContext, request.app.state.ctx)
+
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="An API token (`faceledger tokens create`, or POST /api/v1/tokens).",
+)
+cookie_scheme = APIKeyCookie(
+    name=SESSION_COOKIE,
+    auto_error=False,
+    description="The web UI's session; other than GET, requests also need the "
+    "X-CSRF-Token header with the session's CSRF token.",
+)
+
+
+def current_actor(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    sid: Annotated[str | None, Depends(cookie_scheme)],
+) -> Actor:
+    """Who is calling: a bearer token, else the session cookie (with CSRF on writes)."""
+    ctx = ctx_of(request)
+    if creds is not None:
+        client = request.client.host if request.client else "unknown"
+        ctx.check_failed_auth(client)
+        try:
+            actor = ctx.fl.authenticate_token(creds.credentials)
+        except AuthError:
+            ctx.note_failed_auth(client)
+            raise
+    else:
+        sess = ctx.session_for(sid)
+        if sess is None:
+            raise AuthError(
+                "authentication required: send 'Authorization: Bearer <token>' or log in"
+                if not sid
+                else "your session has ended; log in again"
+            )
+        if request.method not in SAFE_METHODS:
+            ctx.check_csrf(sess, request.headers.get(CSRF_HEADER), request.url.path)
+        actor = ctx.session_actor(sess)
+    ctx.limit_user(actor)
+    return actor
+
+
+CurrentActor = Annotated[Actor, Depends(current_actor)]
+
+
+def ctx_dep(request: Request) -> AppContext:
+    return ctx_of(request)
+
+
+Ctx = Annotated[AppContext, Depends(ctx_dep)]
+
+
+# -- core helpers that the API adds (candidates for service.py) -----------------------------------
+
+
+def parse_box(text: str, field_name: str = "face_box") -> list[int] | None:
+    """'left,top,right,bottom' in pixels of the (orientation-corrected) photo."""
+    if not text or not text.strip():
+        return None
+    try:
+        box = [round(float(v)) for v in text.split(",")]
+    except ValueError:
+        box = []
+    if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
+        raise ApiError(400, "bad-face-box", f"{field_name} must be 'left,top,right,bottom'")
+    return box
+
+
+def iou(a: list[int], b: list[int]) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def region_around(box: list[int], width: int, height: int, margin: float = 1.0) -> list[int]:
+    """The face box grown by ``margin`` box sizes on every side, inside the photo."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    m = round(max(w, h) * margin)
+    return [max(0, box[0] - m), max(0, box[1] - m), min(width, box[2] + m), min(height, box[3] + m)]
+
+
+def crop_png(pixels: np.ndarray, region: list[int], masks: Sequence[list[int]] = ()) -> bytes:
+    """The region as a PNG, with the ``masks`` boxes (other people's faces) painted grey."""
+    from PIL import Image
+
+    x0, y0, x1, y1 = region
+    out = np.array(pixels[y0:y1, x0:x1], copy=True)
+    for left, top, right, bottom in masks:
+        m = round(0.15 * max(right - left, bottom - top))  # hair and chin too
+        ml, mt = max(0, left - m - x0), max(0, top - m - y0)
+        mr, mb = min(x1, right + m) - x0, min(y1, bottom + m) - y0
+        if mr > ml and mb > mt:
+            out[mt:mb, ml:mr] = 128
+    buf = io.BytesIO()
+    Image.fromarray(out).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+QUALITY_HINTS = {
+    "small": "the face is small: fewer details to compare",
+    "blurred": "the face is blurred",
+    "turned": "the face is turned away from the camera",
+}
+
+
+WARN_BELOW = 0.6  # a quality factor (0..1, see faceledger.quality) below this is flagged
+
+
+def quality_warnings(size: int, sharpness: float, yaw: float) -> list[str]:
+    """Which of the quality factors (size, sharpness, pose) are low enough to warn about."""
+    from faceledger import quality as q
+
+    warnings = []
+    if size < q.MIN_SIZE + WARN_BELOW * (q.GOOD_SIZE - q.MIN_SIZE):
+        warnings.append("small")
+    if sharpness < WARN_BELOW * q.GOOD_SHARPNESS:
+        warnings.append("blurred")
+    if abs(yaw) > (1 - WARN_BELOW) * q.MAX_YAW:
+        warnings.append("turned")
+    return warnings
+
+
+def detect_faces(ctx: AppContext, actor: Actor, photo: bytes) -> dict[str, Any]:
+    """The faces in a photo (boxes, quality), for picking one before a search.
+
+    Investigators only (the search permission); compares nothing and stores nothing, and
+    is recorded in the ledger with the photo's hash and the number of faces.
+    """
+    fl = ctx.fl
+    fl.require(actor, "search", "detect")
+    sha = hashlib.sha256(photo).hexdigest()
+    img = decode_image(photo)
+    pol = fl.policy()
+    with ctx.analysis_lock:
+        faces = fl.searcher().analyzer.analyze(img.pixels)
+    fl.record(actor, "probe.detect", sha[:16], photo_sha256=sha, faces=len(faces))
+    out = []
+    for i, f in enumerate(faces):
+        warnings = quality_warnings(f.size, f.sharpness, f.yaw)
+        out.append(
+            {
+                "face_index": i,
+                "bbox": f.detection.bbox.as_list(),
+                "quality": f.quality,
+                "size": f.size,
+                "sharpness": round(f.sharpness, 2),
+                "yaw": round(f.yaw, 3),
+                "warnings": warnings,
+                "warning_text": [QUALITY_HINTS[w] for w in warnings],
+                "below_min_quality": f.quality < pol.min_probe_quality,
+            }
+        )
+    return {
+        "photo_sha256": sha,
+        "width": img.width,
+        "height": img.height,
+        "faces": out,
+        "min_probe_quality": pol.min_probe_quality,
+    }
+
+
+def search_photo(
+    ctx: AppContext,
+    actor: Actor,
+    photo: bytes,
+    req: SearchRequest,
+    face_box: list[int] | None = None,
+) -> dict[str, Any]:
+    """A search through the core.
+
+    With ``face_box``, the probe is the region around that face, with any other face found
+    there painted out, so the other people in the photo are not compared; an extra ledger
+    entry links the search to the whole photo's hash and the region used.
+    """
+    fl = ctx.fl
+    region = None
+    probe = photo
+    if face_box is not None:
+        fl.authorise_search(actor, req)  # the rules, before the photo is even decoded
+        try:
+            img = decode_image(photo)
+        except DecodeError:
+            img = None  # the core refuses it below, and records the bad probe
+        if img is not None:
+            if face_box[2] > img.width or face_box[3] > img.height:
+                raise ApiError(400, "bad-face-box", "face_box lies outside the photo")
+            with ctx.analysis_lock:
+                found = fl.searcher().analyzer.detector.detect(img.pixels)
+            others = [b for b in (d.bbox.as_list() for d in found) if iou(b, face_box) < 0.3]
+            region = region_around(face_box, img.width, img.height)
+            probe = crop_png(img.pixels, region, others)
+    with ctx.analysis_lock:
+        result = fl.search(actor, probe, req)
+    result["photo_sha256"] = hashlib.sha256(photo).hexdigest()
+    result["probe_region"] = region
+    if region is not None:
+        x0, y0 = region[0], region[1]
+        for f in result["faces"]:
+            f["bbox"] = [f["bbox"][0] + x0, f["bbox"][1] + y0, f["bbox"][2] + x0, f["bbox"][3] + y0]
+            if f.get("landmarks"):
+                f["landmarks"] = [[p[0] + x0, p[1] + y0] for p in f["landmarks"]]
+        assert face_box is not None
+        best = max(result["faces"], key=lambda f: iou(f["bbox"], face_box), default=None)
+        for f in result["faces"]:
+            f["selected"] = f is best
+        fl.record(
+            actor,
+            "search.probe_region",
+            req.case_number,
+            search_id=result["search_id"],
+            photo_sha256=result["photo_sha256"],
+            probe_sha256=result["probe_sha256"],
+            region=region,
+        )
+    return result
+
+
+def verify_photos(
+    ctx: AppContext,
+    actor: Actor,
+    photo_a: bytes,
+    photo_b: bytes,
+    req: SearchRequest,
+    box_a: list[int] | None = None,
+    box_b: list[int] | None = None,
+) -> dict[str, Any]:
+    """1:1 comparison of one face in each photo, under the same rules as a search.
+
+    Investigators only (verify and search permissions), with case, purpose, justification,
+    approval and quota checked by :meth:`Faceledger.authorise_search`; the probe-quality
+    minimum applies to both faces; the comparison is recorded in the ledger (hashes, score,
+    no image). The face is the one matching ``box_*`` or else the largest in each photo.
+    """
+    fl = ctx.fl
+    fl.require(actor, "verify", req.case_number)
+    pol = fl.authorise_search(actor, req)
+    shas = [hashlib.sha256(p).hexdigest() for p in (photo_a, photo_b)]
+    chosen: list[Face | None] = []
+    counts: list[int] = []
+    with ctx.analysis_lock:
+        searcher = fl.searcher()
+        for label, data, sha, box in (
+            ("A", photo_a, shas[0], box_a),
+            ("B", photo_b, shas[1], box_b),
+        ):
+            try:
+                img = decode_image(data)
+            except DecodeError as exc:
+                fl.record(
+                    actor,
+                    "verify.bad_photo",
+                    req.case_number,
+                    photo=label,
+                    photo_sha256=sha,
+                    error=exc.reason,
+                )
+                raise
+            faces = searcher.analyzer.analyze(img.pixels)
+            counts.append(len(faces))
+            if not faces:
+                chosen.append(None)
+                continue
+            if box is not None:
+                chosen.append(max(faces, key=lambda f: iou(f.detection.bbox.as_list(), box)))
+            else:
+                chosen.append(max(faces, key=lambda f: f.size))
+        calib = searcher.calibration
+        model_id = searcher.analyzer.model_id
+    base = {
+        "purpose": req.purpose,
+        "request_id": req.request_id,
+        "photo_a_sha256": shas[0],
+        "photo_b_sha256": shas[1],
+        "faces_a": counts[0],
+        "faces_b": counts[1],
+    }
+    missing = [label for label, f in zip("AB", chosen, strict=True) if f is None]
+    if missing:
+        fl.record(actor, "verify", req.case_number, **base, outcome="no-face")
+        raise NoFaceError(f"no face found in photo {' and '.join(missing)}")
+    face_a, face_b = chosen
+    assert face_a is not None and face_b is not None
+    low = [
+        label for label, f in (("A", face_a), ("B", face_b)) if f.quality < pol.min_probe_quality
+    ]
+    if low:
+        fl.record(actor, "verify", req.case_number, **base, outcome="low-quality")
+        raise RefusedError(
+            "low-quality",
+            f"the face in photo {' and '.join(low)} is below the policy's minimum quality "
+            f"({pol.min_probe_quality})",
+        )
+    score = float(np.dot(face_a.embedding, face_b.embedding))
+    est = calib.estimate(score) if calib else None
+    fl.record(
+        actor,
+        "verify",
+        req.case_number,
+        **base,
+        outcome="compared",
+        score=round(score, 4),
+        est_fmr=None if est is None else est.fmr,
+    )
+    return {
+        "case_number": req.case_number,
+        "purpose": req.purpose,
+        "model_id": model_id,
+        "score": round(score, 5),
+        "est_fmr": None if est is None else est.fmr,
+        "est_fmr_extrapolated": None if est is None else est.extrapolated,
+        "faces": [
+            {
+                "photo": label,
+                "photo_sha256": sha,
+                "faces_in_photo": n,
+                "bbox": f.detection.bbox.as_list(),
+                "quality": f.quality,
+                "warnings": quality_warnings(f.size, f.sharpness, f.yaw),
+            }
+            for label, sha, n, f in zip("AB", shas, counts, (face_a, face_b), strict=True)
+        ],
+        "notice": LEADS_NOTICE,
+    }
+
+
+def face_crop_path(fl: Faceledger, actor: Actor, face_id: int) -> Path:
+    """The crop of a gallery face, for those allowed to view gallery images; each view is
+    recorded (like :meth:`Faceledger.view_image_path`)."""
+    fl.require(actor, "view_image", f"face {face_id}")
+    rec = fl.store.candidates([face_id]).get(face_id)
+    if rec is None:
+        raise RefusedError("no-such-face", f"no face {face_id}")
+    fl.record(actor, "face.crop_view", f"face {face_id}", image_sha256=rec.image_sha)
+    return fl.data_dir / rec.crop_path
+
+
+def candidate_out(c: dict[str, Any]) -> dict[str, Any]:
+    doc = {k: v for k, v in c.items() if k not in ("crop_path", "image_path")}
+    doc["crop_url"] = f"{API}/faces/{c['face_id']}/crop"
+    doc["image_url"] = f"{API}/images/{c['image_sha256']}"
+    return doc
+
+
+def search_out(result: dict[str, Any]) -> dict[str, Any]:
+    out = dict(result)
+    faces = []
+    for f in result["faces"]:
+        face = dict(f)
+        face["candidates"] = [candidate_out(c) for c in f["candidates"]]
+        face["warnings"] = quality_warnings(
+            f.get("size", 0), f.get("sharpness", 1e9), f.get("yaw", 0.0)
+        )
+        face.setdefault("selected", None)
+        faces.append(face)
+    out["faces"] = faces
+    return out
+
+
+def read_upload(
+    upload: UploadFile | None, field_name: str, allowed: tuple[str, ...] = IMAGE_TYPES
+) -> bytes:
+    """The bytes of an uploaded file part, after a content-type check."""
+    if upload is None or (not upload.filename and upload.size in (None, 0)):
+        raise ApiError(400, "missing-file", f"send the photo as the multipart file '{field_name}'")
+    ctype = (upload.content_type or "").split(";")[0].strip().lower()
+    if not (ctype in GENERIC_TYPES or any(ctype.startswith(a) for a in allowed)):
+        raise ApiError(
+            415,
+            "unsupported-media-type",
+            f"'{field_name}' is {ctype}; send an image (image/jpeg, image/png, ...)",
+        )
+    return upload.file.read()
+
+
+def parse_request_id(text: str) -> int | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ApiError(400, "bad-request-id", "request_id must be a number")
+    return int(text)
+
+
+def parse_day(text: str | None, name: str) -> date:
+    try:
+        return date.fromisoformat((text or "").strip())
+    except ValueError as exc:
+        raise ApiError(400, "bad-date", f"{name} must be a date like 2026-01-31") from exc
+
+
+def day_bound(text: str | None, name: str, end: bool = False) -> str | None:
+    """A ledger timestamp bound from a date (whole days; ``end`` is inclusive) or a time."""
+    if not text:
+        return None
+    text = text.strip()
+    if len(text) == 10:
+        d = parse_day(text, name)
+        return (d + timedelta(days=1)).isoformat() if end else d.isoformat()
+    try:
+        from datetime import datetime
+
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
+    except ValueError as exc:
+        raise ApiError(400, "bad-date", f"{name} must be a date or an ISO 8601 time") from exc
+
+
+def safe_filename(name: str) -> str:
+    base = Path(name.replace("\\", "/")).name
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "upload"
+    return base[:120]
+
+
+def start_ingest(
+    ctx: AppContext,
+    actor: Actor,
+    source: str,
+    legal_basis: str,
+    expires_at: str,
+    server_path: str,
+    uploads: list[UploadFile],
+) -> dict[str, Any]:
+    """Queue an ingest job from a server-side path (under the allowed roots) or uploads."""
+    fl = ctx.fl
+    fl.require(actor, "ingest", source)
+    uploads = [u for u in uploads if u.filename or (u.size or 0) > 0]
+    source = source.strip()
+    if not source or len(source) > 200:
+        raise ApiError(400, "missing-source", "name the source of these photos (source)")
+    if len(legal_basis.strip()) < 3:
+        raise ApiError(
+            400, "missing-legal-basis", "legal_basis is required: why you may hold these photos"
+        )
+    if bool(server_path.strip()) == bool(uploads):
+        raise ApiError(400, "nothing-to-ingest", "give either a server-side path or files")
+    try:
+        expiry = parse_when(expires_at, "expires_at")
+    except ItemError as exc:
+        raise ApiError(400, "bad-date", str(exc)) from exc
+    if server_path.strip():
+        raw = Path(server_path.strip())
+        resolved = raw.resolve()
+        roots = ctx.settings.ingest_roots
+        if not raw.is_absolute() or not any(resolved.is_relative_to(r) for r in roots):
+            fl.record(actor, "ingest.path_refused", str(raw), roots=[str(r) for r in roots])
+            raise ApiError(
+                403,
+                "path-not-allowed",
+                "server-side paths must be absolute and inside an allowed root "
+                "(FACELEDGER_INGEST_ROOTS)" + ("; none is configured" if not roots else ""),
+            )
+        if not resolved.exists():
+            raise ApiError(400, "no-such-path", f"{raw} does not exist on the server")
+        job = ctx.jobs.submit_ingest(actor, [resolved], source, legal_basis.strip(), expiry)
+        return job.as_dict()
+    job_id, folder = ctx.jobs.new_upload_dir()
+    try:
+        names: list[str] = []
+        for i, up in enumerate(uploads):
+            ctype = (up.content_type or "").split(";")[0].strip().lower()
+            if not (ctype in GENERIC_TYPES or ctype.startswith("image/") or ctype in ARCHIVE_TYPES):
+                raise ApiError(
+                    415,
+                    "unsupported-media-type",
+                    f"{up.filename}: {ctype} is neither an image nor a zip/tar archive",
+                )
+            name = safe_filename(up.filename or f"file{i}")
+            if name in names:
+                name = f"{i}_{name}"
+            names.append(name)
+            with open(folder / name, "wb") as out:
+                while chunk := up.file.read(1 << 20):
+                    out.write(chunk)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    job = ctx.jobs.submit_ingest(
+        actor,
+        [folder / n for n in names],  # each file: archives are opened, not skipped
+        source,
+        legal_basis.strip(),
+        expiry,
+        upload_dir=folder,
+        job_id=job_id,
+        shown_paths=[f"upload:{n}" for n in names],
+    )
+    return job.as_dict()
+
+
+def job_for(ctx: AppContext, actor: Actor, job_id: str) -> dict[str, Any]:
+    ctx.fl.require(actor, "ingest", f"job {job_id}")
+    job = ctx.jobs.get(job_id)
+    if job is None:
+        raise ApiError(404, "no-such-job", f"no job {job_id} (jobs are kept until a restart)")
+    return job.as_dict()
+
+
+def erase_request(
+    ctx: AppContext,
+    actor: Actor,
+    face_ids: str,
+    image_sha: str,
+    source: str,
+    probe: bytes | None,
+    threshold: float | None,
+    optout_reference: str,
+    reason: str,
+) -> dict[str, Any]:
+    ids: list[int] | None = None
+    if face_ids.strip():
+        try:
+            ids = [int(x) for x in re.split(r"[,\s]+", face_ids.strip()) if x]
+        except ValueError as exc:
+            raise ApiError(400, "bad-face-ids", "face_ids are numbers, comma-separated") from exc
+    with invalid_input("invalid-erasure"):
+        if probe is not None:
+            with ctx.analysis_lock:
+                report = ctx.fl.erase(
+                    actor,
+                    probe=probe,
+                    threshold=threshold,
+                    optout_reference=optout_reference.strip() or None,
+                    reason=reason.strip(),
+                )
+        else:
+            report = ctx.fl.erase(
+                actor,
+                face_ids=ids,
+                image_sha=image_sha.strip() or None,
+                source=source.strip() or None,
+                optout_reference=optout_reference.strip() or None,
+                reason=reason.strip(),
+            )
+    return typing.cast(dict[str, Any], report.as_dict())
+
+
+def current_policy_for_edit(fl: Faceledger) -> Policy:
+    """The policy to change: the valid current one, else (tampered or missing) the file's
+    contents or the defaults, as ``faceledger policy set`` does."""
+    try:
+        return fl.policy()
+    except PolicyTamperedError:
+        path = policy_path(fl.data_dir)
+        try:
+            return Policy.from_bytes(path.read_bytes()) if path.is_file() else Policy()
+        except ValueError:
+            return Policy()
+
+
+def policy_dict(p: Policy) -> dict[str, Any]:
+    return {f.name: getattr(p, f.name) for f in fields(p)}
+
+
+# -- OpenAPI models ---------------------------------------------------------------------------
+
+
+class ErrorOut(BaseModel):
+    code: str = Field(description="Stable machine-readable code")
+    message: str = Field(description="What went wrong, for people")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "code": "missing-case-fields",
+                    "message": "a search needs a case number (--case); a justification of "
+                    "at least 10 characters",
+                }
+            ]
+        }
+    )
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "Bad input, or a refusal by the search rules"},
+    401: {"model": ErrorOut, "description": "Not authenticated"},
+    403: {"model": ErrorOut, "description": "Not permitted (recorded in the ledger)"},
+    429: {"model": ErrorOut, "description": "Rate limit or daily search quota"},
+}
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    413: {"model": ErrorOut, "description": "Upload larger than the limit"},
+    415: {"model": ErrorOut, "description": "Not an image content type"},
+    422: {
+        "model": ErrorOut,
+        "description": "Not a usable image (code from the decoder), or no face",
+    },
+}
+
+
+class HealthOut(BaseModel):
+    status: str
+    version: str
+    initialised: bool
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ok", "version": "0.1.0", "initialised": True}]}
+    )
+
+
+class MeOut(BaseModel):
+    username: str
+    roles: list[str]
+    unit: str | None
+    via: str
+    token_id: int | None
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "username": "ivy",
+                    "roles": ["investigator"],
+                    "unit": "north",
+                    "via": "token",
+                    "token_id": 3,
+                }
+            ]
+        }
+    )
+
+
+class CandidateOut(BaseModel):
+    rank: int
+    face_id: int
+    score: float = Field(description="Cosine similarity of the two face vectors")
+    est_fmr: float | None = Field(
+        description="Estimated false match rate at this score (calibrated on impostor pairs); "
+        "null without a calibration for the model"
+    )
+    est_fmr_extrapolated: bool | None
+    expected_false_candidates: float | None = Field(
+        description="Different people expected to score at least this high in a gallery of "
+        "this size (gallery faces x est_fmr)"
+    )
+    quality: float
+    bbox: list[int] = Field(description="The face in the source image: left, top, right, bottom")
+    crop_url: str
+    image_sha256: str
+    image_url: str
+    provenance: list[dict[str, Any]]
+
+
+class ProbeFaceOut(BaseModel):
+    face_index: int
+    bbox: list[int]
+    quality: float
+    size: int
+    sharpness: float | None = None
+    yaw: float | None = None
+    warnings: list[str]
+    below_min_quality: bool
+    selected: bool | None = Field(
+        None, description="With face_box: the face that was asked for (others are not searched)"
+    )
+    candidates: list[CandidateOut]
+
+
+SEARCH_EXAMPLE: dict[str, Any] = {
+    "search_id": 12,
+    "probe_sha256": "9f2c...e1",
+    "photo_sha256": "41ab...07",
+    "probe_region": [210, 0, 500, 250],
+    "case_number": "CASE-2026-114",
+    "purpose": "violent-crime",
+    "gallery_faces": 5210,
+    "model_id": "dlib_resnet_v1",
+    "notice": LEADS_NOTICE,
+    "faces": [
+        {
+            "face_index": 0,
+            "bbox": [318, 68, 425, 175],
+            "quality": 0.91,
+            "size": 107,
+            "sharpness": 88.1,
+            "yaw": 0.04,
+            "warnings": [],
+            "below_min_quality": False,
+            "selected": True,
+            "candidates": [
+                {
+                    "rank": 1,
+                    "face_id": 881,
+                    "score": 0.9512,
+                    "est_fmr": 2.1e-06,
+                    "est_fmr_extrapolated": True,
+                    "expected_false_candidates": 0.011,
+                    "quality": 0.88,
+                    "bbox": [67, 68, 174, 175],
+                    "crop_url": "/api/v1/faces/881/crop",
+                    "image_sha256": "5d1e...c3",
+                    "image_url": "/api/v1/images/5d1e...c3",
+                    "provenance": [
+                        {
+                            "source": "press-archive",
+                            "original_path": "/srv/photos/2019/0412.jpg",
+                            "source_url": "https://example.org/photo/0412",
+                            "captured_at": "2019-04-12",
+                            "legal_basis": "public press archive, licence 17/2019",
+                            "subject_label": None,
+                            "ingested_at": "2026-01-02T10:11:12+00:00",
+                        }
+                    ],
+                }
+            ],
+        }
+    ],
+}
+
+
+class SearchOut(BaseModel):
+    search_id: int
+    probe_sha256: str = Field(description="SHA-256 of the probe compared (the face region)")
+    photo_sha256: str = Field(description="SHA-256 of the uploaded photo")
+    probe_region: list[int] | None
+    case_number: str
+    purpose: str
+    gallery_faces: int
+    model_id: str
+    notice: str
+    faces: list[ProbeFaceOut]
+    model_config = ConfigDict(json_schema_extra={"examples": [SEARCH_EXAMPLE]})
+
+
+class DetectFaceOut(BaseModel):
+    face_index: int
+    bbox: list[int]
+    quality: float
+    size: int
+    sharpness: float
+    yaw: float
+    warnings: list[str] = Field(description="small, blurred, turned")
+    warning_text: list[str]
+    below_min_quality: bool
+
+
+class DetectOut(BaseModel):
+    photo_sha256: str
+    width: int
+    height: int
+    min_probe_quality: float
+    faces: list[DetectFaceOut]
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "photo_sha256": "41ab...07",
+                    "width": 500,
+                    "height": 250,
+                    "min_probe_quality": 0.0,
+                    "faces": [
+                        {
+                            "face_index": 0,
+                            "bbox": [68, 68, 175, 175],
+                            "quality": 0.93,
+                            "size": 107,
+                            "sharpness": 91.2,
+                            "yaw": 0.02,
+                            "warnings": [],
+                            "warning_text": [],
+                            "below_min_quality": False,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+
+class VerifyOut(BaseModel):
+    case_number: str
+    purpose: str
+    model_id: str
+    score: float
+    est_fmr: float | None
+    est_fmr_extrapolated: bool | None
+    faces: list[dict[str, Any]]
+    notice: str
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "case_number": "CASE-2026-114",
+                    "purpose": "identity-fraud",
+                    "model_id": "dlib_resnet_v1",
+                    "score": 0.947,
+                    "est_fmr": 1.3e-05,
+                    "est_fmr_extrapolated": False,
+                    "faces": [
+                        {
+                            "photo": "A",
+                            "photo_sha256": "41ab...07",
+                            "faces_in_photo": 1,
+                            "bbox": [68, 68, 175, 175],
+                            "quality": 0.93,
+                            "warnings": [],
+                        }
+                    ],
+                    "notice": LEADS_NOTICE,
+                }
+            ]
+        }
+    )
+
+
+class SearchRecordOut(BaseModel):
+    id: int
+    username: str
+    case_number: str
+    purpose: str
+    justification: str
+    request_id: int | None
+    probe_sha256: str
+    faces: int
+    created_at: str
+    results: list[dict[str, Any]] = Field(
+        description="Per probe face: candidate [face_id, score] pairs as recorded"
+    )
+
+
+class CaseRequestIn(BaseModel):
+    case_number: str = ""
+    purpose: str = ""
+    justification: str = ""
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "case_number": "FRAUD-9",
+                    "purpose": "identity-fraud",
+                    "justification": "passport application photo does not match the holder",
+                }
+            ]
+        }
+    )
+
+
+class CaseDecisionIn(BaseModel):
+    note: str = ""
+    model_config = ConfigDict(json_schema_extra={"examples": [{"note": "grounds documented"}]})
+
+
+class CaseRequestOut(BaseModel):
+    id: int
+    case_number: str
+    purpose: str
+    justification: str
+    requested_by: int
+    requested_by_name: str
+    unit: str | None
+    status: str
+    decided_by: int | None
+    decided_at: str | None
+    decision_note: str | None
+    created_at: str
+
+
+class CreatedOut(BaseModel):
+    id: int
+    model_config = ConfigDict(json_schema_extra={"examples": [{"id": 7}]})
+
+
+class OkOut(BaseModel):
+    ok: bool = True
+
+
+class UserIn(BaseModel):
+    username: str
+    password: str = Field(description="At least 10 characters")
+    roles: list[str] = Field(description="admin, investigator, supervisor, auditor")
+    unit: str | None = None
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "username": "ivy",
+                    "password": "a long passphrase",
+                    "roles": ["investigator"],
+                    "unit": "north",
+                }
+            ]
+        }
+    )
+
+
+class UserPatch(BaseModel):
+    disabled: bool | None = None
+    roles: list[str] | None = None
+    model_config = ConfigDict(json_schema_extra={"examples": [{"disabled": True}]})
+
+
+class UserOut(BaseModel):
+    id: int
+    username: str
+    roles: list[str]
+    unit: str | None
+    disabled: bool
+    locked_until: str | None
+    created_at: str
+
+
+class TokenIn(BaseModel):
+    user: str | None = Field(None, description="Whose token (default: yourself; others: admin)")
+    name: str = "api"
+    days: int = 90
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"user": "ivy", "name": "case-tool", "days": 30}]}
+    )
+
+
+class TokenCreatedOut(BaseModel):
+    id: int
+    user: str
+    secret: str = Field(description="Shown once; store it now")
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"id": 4, "user": "ivy", "secret": "flt_Xq...9w"}]}
+    )
+
+
+class TokenOut(BaseModel):
+    id: int
+    name: str
+    created_at: str
+    expires_at: str
+    revoked_at: str | None
+    last_used_at: str | None
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    status: str = Field(description="queued, counting, running, done, failed or cancelled")
+    created_by: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    total: int | None
+    done: int
+    progress: float | None
+    args: dict[str, Any]
+    summary: dict[str, Any] | None
+    error: dict[str, str] | None
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "3f9a0c1d2b4e",
+                    "kind": "ingest",
+                    "status": "running",
+                    "created_by": "root",
+                    "created_at": "2026-01-02T10:11:12+00:00",
+                    "started_at": "2026-01-02T10:11:12+00:00",
+                    "finished_at": None,
+                    "total": 1200,
+                    "done": 311,
+                    "progress": 0.2592,
+                    "args": {"source": "press-archive", "legal_basis": "licence 17/2019"},
+                    "summary": None,
+                    "error": None,
+                }
+            ]
+        }
+    )
+
+
+class LedgerVerifyOut(BaseModel):
+    ok: bool
+    entries: int
+    head_hash: str
+    first_bad_seq: int | None
+    problem: str | None
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "ok": True,
+                    "entries": 1204,
+                    "head_hash": "c0ffee...",
+                    "first_bad_seq": None,
+                    "problem": None,
+                }
+            ]
+        }
+    )
+
+
+class CheckpointOut(BaseModel):
+    checkpoint: str = Field(description="seq:hash; keep it outside this machine")
+
+
+class LedgerEntryOut(BaseModel):
+    seq: int
+    ts: str
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class LedgerPageOut(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    entries: list[LedgerEntryOut]
+
+
+class ErasureOut(BaseModel):
+    faces_erased: int
+    face_ids: list[int]
+    images_deleted: list[str]
+    images_blurred: list[str]
+    provenance_removed: int
+    blocklisted: int
+
+
+def _policy_models() -> tuple[type[BaseModel], type[BaseModel]]:
+    hints = typing.get_type_hints(Policy)
+    example = policy_dict(Policy())
+    full: dict[str, Any] = {}
+    partial: dict[str, Any] = {}
+    for f in fields(Policy):
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        full[f.name] = (hints[f.name], default)
+        partial[f.name] = (hints[f.name] | None, None)
+    cfg = ConfigDict(extra="forbid", json_schema_extra={"examples": [example]})
+    pin = create_model("PolicyIn", __config__=cfg, **full)
+    pcfg = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"daily_quota": 20}]})
+    ppatch = create_model("PolicyPatch", __config__=pcfg, **partial)
+    return pin, ppatch
+
+
+PolicyIn, PolicyPatch = _policy_models()
+
+
+# -- routes -----------------------------------------------------------------------------------
+
+router = APIRouter(prefix=API)
+FormStr = Annotated[str, Form()]
+
+
+@router.get("/health", response_model=HealthOut, tags=["server"])
+def health(ctx: Ctx) -> dict[str, Any]:
+    """Liveness and readiness (no authentication): the database answers."""
+    return {"status": "ok", "version": __version__, "initialised": ctx.fl.has_users()}
+
+
+@router.get("/me", response_model=MeOut, responses=ERRORS, tags=["server"])
+def me(actor: CurrentActor) -> dict[str, Any]:
+    """Who the credentials belong to."""
+    return {
+        "username": actor.username,
+        "roles": sorted(actor.roles),
+        "unit": actor.unit,
+        "via": actor.via,
+        "token_id": actor.token_id,
+    }
+
+
+@router.get("/stats", responses=ERRORS, tags=["server"])
+def stats(ctx: Ctx, actor: CurrentActor) -> dict[str, Any]:
+    """What the gallery holds (any role)."""
+    return ctx.fl.stats(actor)
+
+
+CASE_FIELDS_DOC = (
+    "case_number, purpose (from the policy) and justification (10+ characters) are required; "
+    "purposes that need approval also need request_id, an approved case request of yours."
+)
+
+
+@router.post("/detect", response_model=DetectOut, responses=UPLOAD_ERRORS, tags=["search"])
+def detect(
+    ctx: Ctx,
+    actor: CurrentActor,
+    photo: Annotated[UploadFile | None, File(description="The probe photo")] = None,
+) -> dict[str, Any]:
+    """Find the faces in a photo (boxes and quality warnings) without comparing anything.
+
+    For picking one face before a search; investigators only; recorded in the ledger."""
+    ctx.limit_search(actor)
+    data = read_upload(photo, "photo")
+    return detect_faces(ctx, actor, data)
+
+
+@router.post(
+    "/searches",
+    response_model=SearchOut,
+    responses=UPLOAD_ERRORS,
+    tags=["search"],
+    description="Search the gallery with a probe photo: ranked candidates per face, as leads "
+    "for human review. " + CASE_FIELDS_DOC,
+)
+def create_search(
+    ctx: Ctx,
+    actor: CurrentActor,
+    probe: Annotated[UploadFile | None, File(description="The probe photo")] = None,
+    case_number: Annotated[str, Form(examples=["CASE-2026-114"])] = "",
+    purpose: Annotated[str, Form(examples=["violent-crime"])] = "",
+    justification: Annotated[str, Form(examples=["CCTV still from the robbery at ..."])] = "",
+    request_id: Annotated[str, Form(description="Approved case request id", examples=[""])] = "",
+    top_k: Annotated[int, Form(ge=1, le=1000, description="Candidates per face")] = 10,
+    face_box: Annotated[
+        str,
+        Form(
+            description="left,top,right,bottom of one face (from /detect): only that face is "
+            "searched",
+            examples=["318,68,425,175"],
+        ),
+    ] = "",
+) -> dict[str, Any]:
+    ctx.limit_search(actor)
+    data = read_upload(probe, "probe")
+    req = SearchRequest(case_number, purpose, justification, parse_request_id(request_id), top_k)
+    box = parse_box(face_box)
+    return search_out(search_photo(ctx, actor, data, req, box))
+
+
+@router.get(
+    "/searches/{search_id}", response_model=SearchRecordOut, responses=ERRORS, tags=["search"]
+)
+def get_search(ctx: Ctx, actor: CurrentActor, search_id: int) -> dict[str, Any]:
+    """A recorded search (own searches; supervisors their unit's; auditors all)."""
+    return ctx.fl.get_search(actor, search_id)
+
+
+@router.post(
+    "/verify",
+    response_model=VerifyOut,
+    responses=UPLOAD_ERRORS,
+    tags=["search"],
+    description="1:1: how alike one face in each of two photos is (score and estimated FMR). "
+    "Investigators only, under the same rules as a search, and recorded in the ledger. "
+    + CASE_FIELDS_DOC,
+)
+def verify(
+    ctx: Ctx,
+    actor: CurrentActor,
+    photo_a: Annotated[UploadFile | None, File()] = None,
+    photo_b: Annotated[UploadFile | None, File()] = None,
+    case_number: FormStr = "",
+    purpose: FormStr = "",
+    justification: FormStr = "",
+    request_id: FormStr = "",
+    face_box_a: Annotated[str, Form(description="Which face in photo A (else the largest)")] = "",
+    face_box_b: Annotated[str, Form(description="Which face in photo B (else the largest)")] = "",
+) -> dict[str, Any]:
+    ctx.limit_search(actor)
+    a = read_upload(photo_a, "photo_a")
+    b = read_upload(photo_b, "photo_b")
+    req = SearchRequest(case_number, purpose, justification, parse_request_id(request_id))
+    return verify_photos(
+        ctx,
+        actor,
+        a,
+        b,
+        req,
+        parse_box(face_box_a, "face_box_a"),
+        parse_box(face_box_b, "face_box_b"),
+    )
+
+
+def _file_response(path: Path, filename: str) -> FileResponse:
+    if not path.is_file():
+        raise ApiError(404, "file-missing", "the file is gone (erased or purged)")
+    media = MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    return FileResponse(
+        path,
+        media_type=media,
+        headers={
+            "Cache-Control": "private, no-store",
+            "Content-Disposition": f'inline; filename="{filename}"',
+        },
+    )
+
+
+IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {"content": {"image/jpeg": {}}, "description": "The image"},
+    404: {"model": ErrorOut, "description": "No such face or image"},
+}
+
+
+@router.get("/faces/{face_id}/crop", responses=IMAGE_RESPONSES, tags=["gallery"])
+def face_crop(ctx: Ctx, actor: CurrentActor, face_id: int) -> FileResponse:
+    """A gallery face's crop (investigators, admins); each view is recorded."""
+    path = face_crop_path(ctx.fl, actor, face_id)
+    return _file_response(path, f"face-{face_id}.jpg")
+
+
+@router.get("/images/{sha}", responses=IMAGE_RESPONSES, tags=["gallery"])
+def image(ctx: Ctx, actor: CurrentActor, sha: str) -> FileResponse:
+    """A stored gallery image by SHA-256 (investigators, admins); each view is recorded."""
+    if not SHA_RE.match(sha):
+        raise ApiError(404, "no-such-image", "images are named by their SHA-256 (64 hex digits)")
+    path = ctx.fl.view_image_path(actor, sha)
+    return _file_response(path, f"{sha[:16]}{path.suffix}")
+
+
+@router.post(
+    "/ingest", status_code=202, response_model=JobOut, responses=UPLOAD_ERRORS, tags=["gallery"]
+)
+def ingest(
+    ctx: Ctx,
+    actor: CurrentActor,
+    source: Annotated[str, Form(description="Source name recorded as provenance")] = "",
+    legal_basis: Annotated[str, Form(description="Why you may hold these photos")] = "",
+    expires_at: Annotated[str, Form(description="Retention: delete after this ISO date")] = "",
+    path: Annotated[
+        str, Form(description="A server-side file, folder or archive under FACELEDGER_INGEST_ROOTS")
+    ] = "",
+    files: Annotated[
+        list[UploadFile] | None, File(description="Photos or zip/tar archives")
+    ] = None,
+) -> dict[str, Any]:
+    """Start an ingest job (admin); poll GET /api/v1/jobs/{id} for its progress."""
+    return start_ingest(ctx, actor, source, legal_basis, expires_at, path, files or [])
+
+
+@router.get("/jobs", response_model=list[JobOut], responses=ERRORS, tags=["gallery"])
+def list_jobs(ctx: Ctx, actor: CurrentActor) -> list[dict[str, Any]]:
+    """Ingest jobs of this server process (admin)."""
+    ctx.fl.require(actor, "ingest", "jobs")
+    return [j.as_dict() for j in ctx.jobs.list()]
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS, tags=["gallery"])
+def get_job(ctx: Ctx, actor: CurrentActor, job_id: str) -> dict[str, Any]:
+    """An ingest job's progress and, once done, its summary (admin)."""
+    return job_for(ctx, actor, job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=ERRORS, tags=["gallery"])
+def cancel_job(ctx: Ctx, actor: CurrentActor, job_id: str) -> dict[str, Any]:
+    """Stop a job after its current image; what it already stored stays (admin)."""
+    job_for(ctx, actor, job_id)
+    ctx.jobs.cancel(job_id)
+    ctx.fl.record(actor, "ingest.cancel_requested", f"job {job_id}")
+    return job_for(ctx, actor, job_id)
+
+
+@router.post("/erasures", response_model=ErasureOut, responses=UPLOAD_ERRORS, tags=["gallery"])
+def erase(
+    ctx: Ctx,
+    actor: CurrentActor,
+    face_ids: Annotated[str, Form(description="Face ids, comma-separated")] = "",
+    image_sha: Annotated[str, Form(description="An image's SHA-256")] = "",
+    source: Annotated[str, Form(description="Every image only held from this source")] = "",
+    probe: Annotated[
+        UploadFile | None, File(description="The subject's photo: erase faces scoring >= threshold")
+    ] = None,
+    threshold: Annotated[float | None, Form(ge=-1, le=1)] = None,
+    optout_reference: Annotated[
+        str, Form(description="With probe: keep the subject out of future ingests")
+    ] = "",
+    reason: Annotated[str, Form(description="Why (e.g. the erasure request number)")] = "",
+) -> dict[str, Any]:
+    """Erase faces for good (admin): by face ids, image, source, or a subject's photo."""
+    ctx.fl.require(actor, "erase")
+    photo = read_upload(probe, "probe") if probe is not None and probe.filename else None
+    return erase_request(
+        ctx, actor, face_ids, image_sha, source, photo, threshold, optout_reference, reason
+    )
+
+
+@router.post("/purge", responses=ERRORS, tags=["gallery"])
+def purge(ctx: Ctx, actor: CurrentActor) -> dict[str, int]:
+    """Delete gallery images and retained probes past their retention date (admin)."""
+    return ctx.fl.purge(actor)
+
+
+@router.get("/cases", response_model=list[CaseRequestOut], responses=ERRORS, tags=["cases"])
+def list_cases(
+    ctx: Ctx,
+    actor: CurrentActor,
+    status: Annotated[str | None, Query(pattern="^(pending|approved|denied)$")] = None,
+) -> list[dict[str, Any]]:
+    """Case requests you may see: your own; supervisors their unit's; admins, auditors all."""
+    return ctx.fl.list_case_requests(actor, status)
+
+
+@router.post("/cases", status_code=201, response_model=CreatedOut, responses=ERRORS, tags=["cases"])
+def request_case(ctx: Ctx, actor: CurrentActor, body: CaseRequestIn) -> dict[str, int]:
+    """Ask a supervisor to approve searches for a case and purpose (investigators)."""
+    rid = ctx.fl.request_case(actor, body.case_number, body.purpose, body.justification)
+    return {"id": rid}
+
+
+@router.post("/cases/{request_id}/approve", response_model=OkOut, responses=ERRORS, tags=["cases"])
+def approve_case(
+    ctx: Ctx, actor: CurrentActor, request_id: int, body: CaseDecisionIn | None = None
+) -> dict[str, bool]:
+    """Approve a pending request (supervisors; not your own)."""
+    ctx.fl.decide_case(actor, request_id, True, (body or CaseDecisionIn()).note)
+    return {"ok": True}
+
+
+@router.post("/cases/{request_id}/deny", response_model=OkOut, responses=ERRORS, tags=["cases"])
+def deny_case(
+    ctx: Ctx, actor: CurrentActor, request_id: int, body: CaseDecisionIn | None = None
+) -> dict[str, bool]:
+    """Deny a pending request (supervisors)."""
+    ctx.fl.decide_case(actor, request_id, False, (body or CaseDecisionIn()).note)
+    return {"ok": True}
+
+
+@router.get(
+    "/audit/report",
+    responses={
+        **ERRORS,
+        200: {
+            "description": "The report as JSON, CSV or a self-contained HTML page",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "from": "2026-01-01",
+                        "to": "2026-01-31",
+                        "searches": 42,
+                        "searches_per_user": {"ivy": 30, "ian": 12},
+                        "searches_per_purpose": {"violent-crime": 40, "missing-person": 2},
+                        "searches_per_case": {"CASE-1": 20},
+                        "searches_per_week": {"2026-W02": {"violent-crime": 12}},
+                        "case_requests": {"requested": 3, "approved": 2, "denied": 1},
+                        "refusals": {"quota": 1},
+                        "erasure": {
+                            "erasures": 1,
+                            "faces_erased": 2,
+                            "images_deleted": 1,
+                            "purges": 0,
+                        },
+                    }
+                },
+                "text/csv": {},
+                "text/html": {},
+            },
+        },
+    },
+    tags=["audit"],
+)
+def audit_report(
+    ctx: Ctx,
+    actor: CurrentActor,
+    date_from: Annotated[str, Query(alias="from", examples=["2026-01-01"])],
+    date_to: Annotated[str, Query(alias="to", examples=["2026-01-31"])],
+    fmt: Annotated[str, Query(alias="format", pattern="^(json|csv|html)$")] = "json",
+) -> Response:
+    """Transparency report from the ledger (auditors; supervisors: their unit)."""
+    start, end = parse_day(date_from, "from"), parse_day(date_to, "to")
+    if end < start:
+        raise ApiError(400, "bad-date", "'to' is before 'from'")
+    rep = ctx.fl.audit_report(actor, start, end)
+    name = f"faceledger-report-{start}-{end}"
+    if fmt == "csv":
+        return Response(
+            reports.to_csv(rep),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
+        )
+    if fmt == "html":
+        return Response(
+            reports.to_html(rep),
+            media_type="text/html",
+            headers={
+                # the report is self-contained: inline style and a data: chart, nothing else
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                "img-src data:",
+                "Content-Disposition": f'inline; filename="{name}.html"',
+            },
+        )
+    return JSONResponse(rep)
+
+
+@router.get("/audit/verify", response_model=LedgerVerifyOut, responses=ERRORS, tags=["audit"])
+def audit_verify(
+    ctx: Ctx,
+    actor: CurrentActor,
+    checkpoint: Annotated[str | None, Query(description="seq:hash kept elsewhere")] = None,
+) -> dict[str, Any]:
+    """Recompute the ledger's hash chain (auditors, admins); the check is itself recorded."""
+    res = ctx.fl.audit_verify(actor, checkpoint or None)
+    return res.__dict__
+
+
+@router.post("/audit/checkpoint", response_model=CheckpointOut, responses=ERRORS, tags=["audit"])
+def audit_checkpoint(ctx: Ctx, actor: CurrentActor) -> dict[str, str]:
+    """The head of the chain (seq:hash), to keep outside this machine (auditors, admins)."""
+    return {"checkpoint": ctx.fl.audit_checkpoint(actor)}
+
+
+@router.get("/audit/entries", response_model=LedgerPageOut, responses=ERRORS, tags=["audit"])
+def audit_entries(
+    ctx: Ctx,
+    actor: CurrentActor,
+    actor_name: Annotated[str | None, Query(alias="actor")] = None,
+    action: str | None = None,
+    since: Annotated[str | None, Query(alias="from", description="Date or ISO time")] = None,
+    until: Annotated[
+        str | None, Query(alias="to", description="Date (inclusive) or ISO time")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+) -> dict[str, Any]:
+    """Ledger entries with filters (auditors), newest first by default."""
+    entries = ledger_page(ctx.fl, actor, actor_name, action, since, until)
+    if order == "desc":
+        entries.reverse()
+    return {
+        "total": len(entries),
+        "offset": offset,
+        "limit": limit,
+        "entries": [e.__dict__ for e in entries[offset : offset + limit]],
+    }
+
+
+def ledger_page(
+    fl: Faceledger,
+    actor: Actor,
+    actor_name: str | None,
+    action: str | None,
+    since: str | None,
+    until: str | None,
+) -> list[audit.Entry]:
+    return fl.audit_entries(
+        actor,
+        actor=actor_name or None,
+        action=action or None,
+        since=day_bound(since, "from"),
+        until=day_bound(until, "to", end=True),
+    )
+
+
+@router.get("/users", response_model=list[UserOut], responses=ERRORS, tags=["admin"])
+def list_users(ctx: Ctx, actor: CurrentActor) -> list[dict[str, Any]]:
+    """All users (admin)."""
+    return ctx.fl.list_users(actor)
+
+
+@router.post("/users", status_code=201, response_model=CreatedOut, responses=ERRORS, tags=["admin"])
+def add_user(ctx: Ctx, actor: CurrentActor, body: UserIn) -> dict[str, int]:
+    """Add a user (admin)."""
+    with invalid_input("invalid-user"):
+        uid = ctx.fl.add_user(actor, body.username, body.password, body.roles, body.unit)
+    return {"id": uid}
+
+
+@router.patch("/users/{username}", response_model=OkOut, responses=ERRORS, tags=["admin"])
+def patch_user(ctx: Ctx, actor: CurrentActor, username: str, body: UserPatch) -> dict[str, bool]:
+    """Disable or enable a user, or set their roles (admin)."""
+    if body.disabled is None and body.roles is None:
+        raise ApiError(400, "nothing-to-change", "give disabled and/or roles")
+    with invalid_input("invalid-user"):
+        if body.roles is not None:
+            ctx.fl.set_roles(actor, username, body.roles)
+        if body.disabled is not None:
+            ctx.fl.set_disabled(actor, username, body.disabled)
+    return {"ok": True}
+
+
+@router.get("/tokens", response_model=list[TokenOut], responses=ERRORS, tags=["admin"])
+def list_tokens(ctx: Ctx, actor: CurrentActor, user: str | None = None) -> list[dict[str, Any]]:
+    """Your tokens, or (admin) another user's."""
+    return ctx.fl.list_tokens(actor, user or None)
+
+
+@router.post(
+    "/tokens", status_code=201, response_model=TokenCreatedOut, responses=ERRORS, tags=["admin"]
+)
+def create_token(ctx: Ctx, actor: CurrentActor, body: TokenIn) -> dict[str, Any]:
+    """A new API token for yourself, or (admin) for another user; the secret is shown once."""
+    user = body.user or actor.username
+    tid, secret = ctx.fl.create_token(actor, user, body.name.strip() or "api", body.days)
+    return {"id": tid, "user": user, "secret": secret}
+
+
+@router.delete("/tokens/{token_id}", response_model=OkOut, responses=ERRORS, tags=["admin"])
+def revoke_token(ctx: Ctx, actor: CurrentActor, token_id: int) -> dict[str, bool]:
+    """Revoke a token (your own; admins any)."""
+    ctx.fl.revoke_token(actor, token_id)
+    return {"ok": True}
+
+
+@router.get("/policy", response_model=PolicyIn, responses=ERRORS, tags=["admin"])
+def get_policy(ctx: Ctx, actor: CurrentActor) -> dict[str, Any]:
+    """The search policy in force (any role: purposes, quota, limits)."""
+    return policy_dict(ctx.fl.policy())
+
+
+@router.put("/policy", response_model=PolicyIn, responses=ERRORS, tags=["admin"])
+def put_policy(ctx: Ctx, actor: CurrentActor, body: PolicyIn) -> dict[str, Any]:  # type: ignore[valid-type]
+    """Replace the policy (admin); the change is recorded with old and new values."""
+    with invalid_input("invalid-policy"):
+        new = Policy(**body.model_dump())  # type: ignore[attr-defined]
+        ctx.fl.save_policy(actor, new)
+    return policy_dict(new)
+
+
+@router.patch("/policy", response_model=PolicyIn, responses=ERRORS, tags=["admin"])
+def patch_policy(ctx: Ctx, actor: CurrentActor, body: PolicyPatch) -> dict[str, Any]:  # type: ignore[valid-type]
+    """Change some policy settings (admin)."""
+    ctx.fl.require(actor, "manage_policy")
+    changes = {k: v for k, v in body.model_dump().items() if v is not None}  # type: ignore[attr-defined]
+    with invalid_input("invalid-policy"):
+        new = Policy(**(policy_dict(current_policy_for_edit(ctx.fl)) | changes))
+        ctx.fl.save_policy(actor, new)
+    return policy_dict(new)
+
+
+# -- the application --------------------------------------------------------------------------
+
+
+def _json_error(status: int, code: str, message: str, headers: dict[str, str]) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    from faceledger import web
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        status, code, message, headers = error_for(exc)
+        if status >= 500:
+            log.error("error on %s %s", request.method, request.url.path, exc_info=exc)
+        if request.url.path.startswith("/api/"):
+            return _json_error(status, code, message, headers)
+        return web.error_page(request, exc, status, code, message)
+
+    async def validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query"))
+            problems.append(f"{where}: {e.get('msg', 'invalid')}" if where else e.get("msg", ""))
+        message = "invalid request: " + "; ".join(problems)
+        if request.url.path.startswith("/api/"):
+            return _json_error(422, "invalid-request", message, {})
+        return web.error_page(request, exc, 422, "invalid-request", message)
+
+    for cls in (*KNOWN_ERRORS, HTTPException, Exception):
+        app.add_exception_handler(cls, handle)
+    app.add_exception_handler(RequestValidationError, validation)
+
+
+def create_app(
+    data_dir: Path,
+    *,
+    settings: ApiSettings | None = None,
+    faceledger: Faceledger | None = None,
+) -> FastAPI:
+    """The API and the web UI over one data dir.
+
+    ``faceledger`` lets a caller (tests) pass a prepared core; else one is opened on
+    ``data_dir``. ``settings`` default to :meth:`ApiSettings.from_env`.
+    """
+    from fastapi.staticfiles import StaticFiles
+
+    from faceledger import web
+
+    settings = settings or ApiSettings.from_env()
+    fl = faceledger or Faceledger(Path(data_dir))
+    ctx = AppContext(fl, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from starlette.concurrency import run_in_threadpool
+
+        from faceledger.privacy import purge_expired
+        from faceledger.service import SYSTEM
+
+        if fl.has_users():
+            try:  # retention applies at server start, as at every ingest
+                await run_in_threadpool(purge_expired, fl, SYSTEM)
+            except Exception:
+                log.exception("retention purge at start failed")
+        yield
+        # Sessions live in this process only: end them all (revoking their tokens).
+        for sess in ctx.sessions.pop_all():
+            await run_in_threadpool(ctx.end_session, sess)
+        ctx.jobs.shutdown()
+
+    app = FastAPI(
+        title="faceledger",
+        version=__version__,
+        description=(
+            "Face search over a lawfully held gallery, with accountability built in. "
+            + LEADS_NOTICE
+            + " Errors are JSON objects with a stable `code` and a `message`."
+        ),
+        lifespan=lifespan,
+        docs_url=None,  # the Swagger UI needs a CDN; the contract is /openapi.json
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    app.include_router(router)
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
+    app.add_middleware(BodyLimitMiddleware, settings=settings)  # type: ignore[arg-type]
+    app.add_middleware(SecurityHeadersMiddleware)  # type: ignore[arg-type]
+    return app
+
+
+def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the API and web UI with uvicorn (one process: sessions and limits are in memory).
+
+    Behind a TLS-terminating proxy, set FORWARDED_ALLOW_IPS to the proxy's address so that
+    the session cookie gets its Secure flag (or force it with FACELEDGER_COOKIE_SECURE=1).
+    """
+    import uvicorn
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(Path(data_dir))
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        workers=1,
+        proxy_headers=True,
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        server_header=False,
+        log_level="info",
+    )

@@ -1,0 +1,91 @@
+// faceledger web UI: small behaviours shared by every page (no framework, no build step).
+"use strict";
+
+window.faceledger = (() => {
+  const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content || "";
+
+  // Calls the API with the session cookie and the CSRF header; errors carry the API's code.
+  async function api(path, options = {}) {
+    const headers = Object.assign({ Accept: "application/json" }, options.headers || {});
+    if (options.method && options.method !== "GET") headers["X-CSRF-Token"] = csrf();
+    const response = await fetch(path, Object.assign({ credentials: "same-origin" }, options, { headers }));
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      body = { code: "bad-response", message: `${response.status} ${response.statusText}` };
+    }
+    if (response.status === 401) {
+      window.location.href = "/login?next=" + encodeURIComponent(window.location.pathname);
+    }
+    if (!response.ok) {
+      const err = new Error(body.message || response.statusText);
+      err.code = body.code;
+      err.status = response.status;
+      throw err;
+    }
+    return body;
+  }
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs)) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value === true ? "" : value);
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  // Forms that need a confirmation before they change something irreversible.
+  document.addEventListener("submit", (event) => {
+    const form = event.target.closest("form[data-confirm]");
+    if (form && !window.confirm(form.dataset.confirm)) event.preventDefault();
+  });
+
+  // Ingest jobs on the admin page: poll their progress while any is unfinished.
+  function pollJobs() {
+    const list = document.getElementById("jobs-list");
+    if (!list || list.dataset.poll !== "yes") return;
+    const tick = async () => {
+      let jobs;
+      try {
+        jobs = await api("/api/v1/jobs");
+      } catch (_) {
+        setTimeout(tick, 3000);
+        return;
+      }
+      let running = false;
+      for (const job of jobs) {
+        const item = list.querySelector(`[data-job="${job.id}"]`);
+        if (!item) continue;
+        const finished = ["done", "failed", "cancelled"].includes(job.status);
+        running = running || !finished;
+        const status = item.querySelector('[data-field="status"]');
+        status.textContent = job.status;
+        status.className = `status-pill status-${job.status}`;
+        const bar = item.querySelector('[data-field="progress"]');
+        if (job.total) {
+          bar.max = job.total;
+          bar.value = job.done;
+        }
+        const text = item.querySelector('[data-field="text"]');
+        if (job.summary) text.textContent = job.summary.line;
+        else if (job.error) text.textContent = job.error.message;
+        else text.textContent = `${job.done} of ${job.total ?? "…"} images`;
+        if (finished) item.querySelector('[data-field="cancel"]')?.remove();
+      }
+      if (running) setTimeout(tick, 1000);
+    };
+    setTimeout(tick, 500);
+  }
+  document.addEventListener("DOMContentLoaded", pollJobs);
+
+  return { api, el, csrf };
+})();
