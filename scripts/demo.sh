@@ -58,4 +58,13 @@ FACELEDGER_PASSWORD=$INV_PW $FL search "$PROBE" --top-k 5 --as investigator \
 echo
 FACELEDGER_PASSWORD=$ADMIN_PW $FL stats --as admin
 echo
-echo "demo accounts (passwords in $CRED): admin / investigator"
+HOST=${HOST:-127.0.0.1}
+PORT=${PORT:-8000}
+echo "demo accounts (also in $CRED):"
+echo "  admin         $ADMIN_PW"
+echo "  investigator  $INV_PW"
+if [ "${DEMO_SERVE:-1}" = 1 ]; then
+  echo
+  echo "== serving the web UI and API at http://$HOST:$PORT/  (Ctrl-C to stop)"
+  exec $FL serve --host "$HOST" --port "$PORT"
+fi
