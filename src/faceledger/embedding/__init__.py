@@ -40,6 +40,34 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 # dlib's ResNet converted to ONNX (same vectors to 3e-7, about 10x faster); "dlib" runs the
 # same network in dlib itself, the reference.
 DEFAULT_EMBEDDER = "onnx"
+FLIP_SUFFIX = "+flip"
+
+
+class FlipAveraged:
+    """Test-time augmentation: the mean of a face's and its mirror image's embeddings.
+
+    On LFW View 2 (dlib's ResNet, 10 folds) it raised verification accuracy from 0.9888 to
+    0.9908 for twice the embedding work. The vectors are a different space from the plain
+    ones (model id + ``+flip``), so a gallery never mixes the two.
+    """
+
+    backend: str
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id + FLIP_SUFFIX
+        self.dim = inner.dim
+        self.backend = inner.backend
+
+    def align(self, image: np.ndarray, detection: Detection) -> np.ndarray:
+        return self.inner.align(image, detection)
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray:
+        chips = np.asarray(chips)
+        if len(chips) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        both = self.inner.embed_chips(np.concatenate([chips, chips[:, :, ::-1]]))
+        return l2_normalise(both[: len(chips)] + both[len(chips) :])
 
 
 def create_embedder(
@@ -48,23 +76,28 @@ def create_embedder(
     *,
     model_dir: str | os.PathLike[str] | None = None,
     device: str = "cpu",
+    flip: bool = True,
 ) -> Embedder:
     """An embedder: an operator's ONNX recogniser from ``model_dir`` (picked by its graph,
     see :mod:`faceledger.onnxmodels`), else dlib's ResNet run by ``name``: ``onnx`` (the
-    converted network on ONNX Runtime) or ``dlib`` (dlib's own runtime)."""
+    converted network on ONNX Runtime) or ``dlib`` (dlib's own runtime). With ``flip``
+    (the default) each face is embedded with its mirror image (:class:`FlipAveraged`)."""
+    embedder: Embedder
     if model_dir:
         from faceledger.onnxmodels import load_embedder
 
-        return load_embedder(model_dir, device=device, threads=threads)
-    if name == "onnx":
+        embedder = load_embedder(model_dir, device=device, threads=threads)
+    elif name == "onnx":
         from faceledger.embedding.onnx_backend import OnnxDlibResnetEmbedder
 
-        return OnnxDlibResnetEmbedder(device=device, threads=threads)
-    if name == "dlib":
+        embedder = OnnxDlibResnetEmbedder(device=device, threads=threads)
+    elif name == "dlib":
         from faceledger.embedding.dlib_backend import DlibResnetEmbedder
 
-        return DlibResnetEmbedder()
-    raise ValueError(f"unknown embedder {name!r}; choose onnx or dlib (or --model-dir)")
+        embedder = DlibResnetEmbedder()
+    else:
+        raise ValueError(f"unknown embedder {name!r}; choose onnx or dlib (or --model-dir)")
+    return FlipAveraged(embedder) if flip else embedder
 
 
 def create_embedder_for_model(
@@ -85,6 +118,7 @@ def create_embedder_for_model(
         threads=threads,
         model_dir=(model_dir if model_id.startswith("onnx:") else None),
         device=device,
+        flip=model_id.endswith(FLIP_SUFFIX),
     )
     if embedder.model_id != model_id:
         raise ValueError(
