@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnx
+
+from faceledger.embedding.onnx_backend import select_providers
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -43,8 +44,6 @@ ATTRIBUTE = "attribute"
 UNKNOWN = "unknown"
 USED_TASKS = (RECOGNITION, DETECTION)
 
-CPU_PROVIDER = "CPUExecutionProvider"
-CUDA_PROVIDER = "CUDAExecutionProvider"
 
 # outputs -> (strides, anchors per location, has keypoints), as InsightFace's SCRFD reads them
 SCRFD_LAYOUTS: dict[int, tuple[tuple[int, ...], int, bool]] = {
@@ -271,21 +270,6 @@ def inspect_models(path: str | os.PathLike[str]) -> list[ModelInfo]:
     if path.is_file():
         return [inspect_model(path)]
     raise ModelRouterError(f"{path}: no such model file or folder")
-
-
-def select_providers(device: str, available: Sequence[str]) -> list[str]:
-    """ONNX Runtime providers for ``device`` ('cpu' or 'cuda'; CUDA keeps CPU as fallback)."""
-    wanted = device.strip().lower()
-    if wanted == "cpu":
-        return [CPU_PROVIDER]
-    if wanted == "cuda":
-        if CUDA_PROVIDER not in available:
-            raise RuntimeError(
-                f"device='cuda' was requested but this onnxruntime has no {CUDA_PROVIDER} "
-                f"(available: {', '.join(available) or 'none'}); install onnxruntime-gpu or use cpu"
-            )
-        return [CUDA_PROVIDER, CPU_PROVIDER]
-    raise ValueError(f"unknown device {device!r}; choose 'cpu' or 'cuda'")
 
 
 def create_session(
