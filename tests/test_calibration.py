@@ -54,8 +54,12 @@ def test_too_few_scores_refused() -> None:
         calibration.fit(np.zeros(10), "m", {})
 
 
-def test_shipped_calibration_for_the_default_model() -> None:
-    c = calibration.load("dlib_resnet_v1")
+@pytest.mark.parametrize("model_id", ["dlib_resnet_v1", "dlib_resnet_v1+flip"])
+def test_shipped_calibration_for_the_default_model(model_id: str) -> None:
+    from faceledger.embedding import create_embedder
+
+    assert create_embedder(threads=1).model_id in ("dlib_resnet_v1", "dlib_resnet_v1+flip")
+    c = calibration.load(model_id)
     assert c is not None, "run `faceledger calibrate lfw` and commit the JSON"
     assert c.info["impostor_pairs"] > 1_000_000
     # dlib's unit-normalised descriptors sit in a narrow cone: impostor cosine scores are
