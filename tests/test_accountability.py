@@ -424,6 +424,7 @@ def test_erase_by_probe_with_optout_blocks_reingest(fl: Faceledger, lfw: Path, t
     shutil.copy(lfw_image(lfw, "Adrien_Brody", 1), again)
     shutil.copy(lfw_image(lfw, "Adrien_Brody", 3), again / "other_photo.jpg")
     shutil.copy(lfw_image(lfw, "Abdullah_Gul", 2), again)
+    # an unrelated person in the same batch is kept: the opt-out threshold is calibrated
     summary = fl.ingest(root, iter_paths([again], "archive2", "test"), PipelineSettings())
     assert summary.opted_out == 2 and summary.new == 1
     assert "opted-out" in summary.line()

@@ -265,7 +265,7 @@ def test_search_returns_leads_with_calibration_fields_urls_and_provenance(env: E
     assert r.status_code == 200, r.text
     res = r.json()
     assert "not identifications" in res["notice"]
-    assert res["gallery_faces"] == 4 and res["model_id"] == "dlib_resnet_v1"
+    assert res["gallery_faces"] == 4 and res["model_id"] == "dlib_resnet_v1+flip"
     face = res["faces"][0]
     cands = face["candidates"]
     assert "Al_Gore" in cands[0]["provenance"][0]["original_path"]

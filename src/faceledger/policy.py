@@ -13,6 +13,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+# Opt-out matching errs towards dropping: a face goes if it matches an opted-out subject at a
+# score that an unrelated person reaches once in 10,000 comparisons.
+OPTOUT_FMR = 1e-4
+
 DEFAULT_PURPOSES = [
     "violent-crime",
     "missing-person",
@@ -30,7 +34,9 @@ class Policy:
     min_probe_quality: float = 0.0  # 0..1, see quality.py
     max_candidates: int = 20
     retain_probes_days: int = 0  # 0: probe photos are never stored
-    optout_threshold: float = 0.80  # cosine score at which a face matches the opt-out list
+    # Cosine score at which a face matches the opt-out list; 0 means "the score whose
+    # calibrated false match rate is OPTOUT_FMR for the gallery's model".
+    optout_threshold: float = 0.0
     image_retention_days: int = 0  # 0: gallery images never expire unless a source sets it
 
     def validate(self) -> None:
@@ -45,8 +51,8 @@ class Policy:
             raise ValueError("min_probe_quality must be between 0 and 1")
         if self.retain_probes_days < 0 or self.image_retention_days < 0:
             raise ValueError("retention days must be >= 0")
-        if not -1.0 <= self.optout_threshold <= 1.0:
-            raise ValueError("optout_threshold is a cosine score between -1 and 1")
+        if not 0.0 <= self.optout_threshold <= 1.0:
+            raise ValueError("optout_threshold is a cosine score between 0 and 1 (0: calibrated)")
 
     def to_bytes(self) -> bytes:
         return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
@@ -91,3 +97,17 @@ class Policy:
 
 def policy_path(data_dir: Path) -> Path:
     return Path(data_dir) / "policy.json"
+
+
+def optout_threshold(policy: Policy, model_id: str | None) -> float:
+    """The cosine score at which ingest drops a face matching the opt-out list."""
+    if policy.optout_threshold > 0:
+        return policy.optout_threshold
+    from faceledger import calibration
+
+    calib = calibration.load(model_id) if model_id else None
+    if calib is None:
+        raise ValueError(
+            f"no calibration for model {model_id!r}: set policy optout_threshold explicitly"
+        )
+    return calib.threshold_for(OPTOUT_FMR)

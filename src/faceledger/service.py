@@ -24,7 +24,7 @@ from faceledger import audit, auth
 from faceledger.analysis import FaceAnalyzer
 from faceledger.auth import Actor, AuthError, PermissionDenied
 from faceledger.decode import decode_image
-from faceledger.policy import Policy, policy_path
+from faceledger.policy import Policy, optout_threshold, policy_path
 from faceledger.schema import blocklist, case_requests, probes, searches, tokens, users
 from faceledger.search import LEADS_NOTICE, NoFaceError, Searcher
 from faceledger.store import Store, atomic_write, now_iso
@@ -765,7 +765,9 @@ class Faceledger:
         purge_expired(self, SYSTEM)
         ingestor = Ingestor(self.store, settings, workers=workers)
         ingestor.blocklist = load_blocklist(self.store)
-        ingestor.optout_threshold = pol.optout_threshold
+        ingestor.optout_threshold = (
+            optout_threshold(pol, self.store.model_id()) if len(ingestor.blocklist) else 1.0
+        )
         ingestor.retention_days = pol.image_retention_days
         self.record(actor, "ingest.start", (args or {}).get("source", ""), args=args or {})
         summary = ingestor.run(items, args, advance)
