@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 from faceledger import config
+from faceledger.cli_bench import bench_app
 from faceledger.detection import DEFAULT_MIN_FACE
 
 app = typer.Typer(
@@ -30,6 +31,27 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def main(
+    index: Annotated[
+        str | None,
+        typer.Option(
+            "--index",
+            envvar="FACELEDGER_INDEX",
+            help="Vector index: local FAISS files in the data dir (default), or a Milvus "
+            "server milvus://host:port, or a Milvus Lite file *.db.",
+        ),
+    ] = None,
+) -> None:
+    """faceledger: face search over a lawfully held gallery, with accountability."""
+    import os
+
+    if index:
+        os.environ["FACELEDGER_INDEX"] = index  # read by IndexManager, also in worker processes
+
+
 eval_app = typer.Typer(help="Evaluate accuracy on public benchmarks.", no_args_is_help=True)
 calibrate_app = typer.Typer(help="Fit score calibrations.", no_args_is_help=True)
 index_app = typer.Typer(help="Manage the vector index.", no_args_is_help=True)
@@ -40,6 +62,7 @@ policy_app = typer.Typer(help="Search policy (admin).", no_args_is_help=True)
 cases_app = typer.Typer(help="Case requests and supervisor approval.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident ledger and reports.", no_args_is_help=True)
 for sub, name in (
+    (bench_app, "bench"),
     (eval_app, "eval"),
     (calibrate_app, "calibrate"),
     (index_app, "index"),
@@ -86,7 +109,7 @@ AsUser = Annotated[
 ]
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
