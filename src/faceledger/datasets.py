@@ -14,6 +14,7 @@ import tarfile
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 LFW_BASE_URL = "http://vis-www.cs.umass.edu/lfw/"
@@ -108,7 +109,7 @@ def fetch_lfw(
             download(
                 base_url + f.name,
                 local,
-                None if progress is None else (lambda d, t, n=f.name: progress(n, d, t)),
+                None if progress is None else partial(progress, f.name),
             )
         verify(local, f.md5)
         if f.archive:

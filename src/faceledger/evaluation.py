@@ -248,7 +248,9 @@ def identification(
 ) -> dict[str, Any]:
     at = table.lookup()
     gallery_idx, gallery_owner = [], []
-    mated, mated_owner, nonmated = [], [], []
+    mated: list[int] = []
+    mated_owner: list[str] = []
+    nonmated: list[int] = []
     for name, imgs in ds.people.items():
         if in_calibration_split(name):
             continue

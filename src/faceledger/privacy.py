@@ -75,7 +75,7 @@ def finish_pending_files(store: Store) -> int:
 
 def blur_regions(data: bytes, boxes: list[list[int]]) -> bytes:
     """Pixelate and blur the given boxes (with a margin) out of an image; JPEG/PNG kept."""
-    img = Image.open(io.BytesIO(data))
+    img: Image.Image = Image.open(io.BytesIO(data))
     fmt = img.format or "PNG"
     img = img.convert("RGB")
     for left, top, right, bottom in boxes:
@@ -200,10 +200,11 @@ def erase(
     else:
         if threshold is None:
             raise ValueError("--probe needs --threshold (cosine score)")
+        assert probe is not None  # exactly one of the selectors is given (checked above)
         from faceledger.decode import decode_image
 
         searcher = fl.searcher()
-        probe_faces = searcher.analyzer.analyze(decode_image(probe).pixels)  # type: ignore[arg-type]
+        probe_faces = searcher.analyzer.analyze(decode_image(probe).pixels)
         if not probe_faces:
             raise ValueError("no face found in the erasure photo")
         # The subject's photo: their face is the largest one in it; others are ignored.

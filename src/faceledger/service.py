@@ -102,7 +102,7 @@ class Faceledger:
         with self.store.writer.begin() as conn:
             if conn.execute(select(func.count()).select_from(users)).scalar_one():
                 raise RefusedError("already-initialised", "this data dir already has users")
-            uid = conn.execute(
+            pk = conn.execute(
                 insert(users).values(
                     username=username,
                     password_hash=auth.hash_password(password),
@@ -111,7 +111,9 @@ class Faceledger:
                     failed_logins=0,
                     created_at=now_iso(),
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key
+            assert pk is not None  # a single-row INSERT always reports its key
+            uid = pk[0]
             audit.append(conn, username, "user.init_admin", username, {"roles": ["admin"]})
         self.save_policy(
             Actor(int(uid), username, frozenset({"admin"}), via="bootstrap"), Policy(), initial=True
@@ -159,6 +161,7 @@ class Faceledger:
             if problem:
                 audit.append(conn, username, "login.failed", username, {"reason": problem})
             else:
+                assert row is not None  # an unknown user always sets a problem
                 conn.execute(
                     update(users)
                     .where(users.c.id == row.id)
@@ -206,6 +209,7 @@ class Faceledger:
                 token_id=None if row is None else row.id,
             )
             raise AuthError(f"token refused: {problem}")
+        assert row is not None  # an unknown token always sets a problem
         actor = Actor(
             int(row.user_id),
             row.username,
@@ -247,7 +251,7 @@ class Faceledger:
         with self.store.writer.begin() as conn:
             if conn.execute(select(users.c.id).where(users.c.username == username)).first():
                 raise RefusedError("user-exists", f"user {username!r} already exists")
-            uid = conn.execute(
+            pk = conn.execute(
                 insert(users).values(
                     username=username,
                     password_hash=auth.hash_password(password),
@@ -257,7 +261,9 @@ class Faceledger:
                     failed_logins=0,
                     created_at=now_iso(),
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key
+            assert pk is not None  # a single-row INSERT always reports its key
+            uid = pk[0]
             audit.append(
                 conn, actor.username, "user.add", username, {"roles": sorted(parsed), "unit": unit}
             )
@@ -326,11 +332,13 @@ class Faceledger:
         expires = (auth.utcnow() + timedelta(days=days)).isoformat(timespec="seconds")
         with self.store.writer.begin() as conn:
             uid = self._user_id(conn, username)
-            tid = conn.execute(
+            pk = conn.execute(
                 insert(tokens).values(
                     user_id=uid, token_hash=h, name=name, created_at=now_iso(), expires_at=expires
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key
+            assert pk is not None  # a single-row INSERT always reports its key
+            tid = pk[0]
             audit.append(
                 conn,
                 actor.username,
@@ -428,7 +436,7 @@ class Faceledger:
         self.require(actor, "request_case", case_number)
         self._check_case_fields(actor, case_number, purpose, justification)
         with self.store.writer.begin() as conn:
-            rid = conn.execute(
+            pk = conn.execute(
                 insert(case_requests).values(
                     case_number=case_number.strip(),
                     purpose=purpose,
@@ -437,7 +445,9 @@ class Faceledger:
                     status="pending",
                     created_at=now_iso(),
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key
+            assert pk is not None  # a single-row INSERT always reports its key
+            rid = pk[0]
             audit.append(
                 conn,
                 actor.username,
@@ -622,7 +632,7 @@ class Faceledger:
         searchable = [f for f in faces if f.quality >= pol.min_probe_quality]
         results = searcher.search_faces(searchable, top_k) if searchable else []
         by_index = {id(f): r for f, r in zip(searchable, results, strict=True)}
-        probe_faces = []
+        probe_faces: list[dict[str, Any]] = []
         for i, f in enumerate(faces):
             r = by_index.get(id(f))
             if r is None:
@@ -649,21 +659,21 @@ class Faceledger:
             for pf in probe_faces
         ]
         with self.store.writer.begin() as conn:
-            sid = int(
-                conn.execute(
-                    insert(searches).values(
-                        user_id=actor.user_id,
-                        case_number=req.case_number.strip(),
-                        purpose=req.purpose,
-                        justification=req.justification.strip(),
-                        request_id=req.request_id,
-                        probe_sha256=probe_sha,
-                        faces=len(faces),
-                        result_json=json.dumps(summary),
-                        created_at=now_iso(),
-                    )
-                ).inserted_primary_key[0]
-            )
+            pk = conn.execute(
+                insert(searches).values(
+                    user_id=actor.user_id,
+                    case_number=req.case_number.strip(),
+                    purpose=req.purpose,
+                    justification=req.justification.strip(),
+                    request_id=req.request_id,
+                    probe_sha256=probe_sha,
+                    faces=len(faces),
+                    result_json=json.dumps(summary),
+                    created_at=now_iso(),
+                )
+            ).inserted_primary_key
+            assert pk is not None  # a single-row INSERT always reports its key
+            sid = int(pk[0])
             audit.append(
                 conn,
                 actor.username,

@@ -17,7 +17,9 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
+from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 # Photo formats faceledger does not decode; listed so they are reported, not passed over.
@@ -122,7 +124,7 @@ def _safe_member_name(name: str) -> str | None:
     return str(p)
 
 
-def _capped_reader(open_member: Callable[[], io.BufferedIOBase | None]) -> Callable[[], bytes]:
+def _capped_reader(open_member: Callable[[], IO[bytes] | None]) -> Callable[[], bytes]:
     def read() -> bytes:
         fh = open_member()
         if fh is None:
@@ -157,8 +159,8 @@ def _iter_zip(path: Path, prov: Provenance) -> Iterator[SourceItem]:
         else:
             yield SourceItem(
                 name,
-                _capped_reader(lambda i=info: zf.open(i)),
-                item_prov,  # type: ignore[misc]
+                _capped_reader(partial(zf.open, info)),
+                item_prov,
             )
 
 
@@ -181,7 +183,7 @@ def _iter_tar(path: Path, prov: Provenance) -> Iterator[SourceItem]:
         else:
             yield SourceItem(
                 name,
-                _capped_reader(lambda m=member: tf.extractfile(m)),  # type: ignore[misc]
+                _capped_reader(partial(tf.extractfile, member)),
                 item_prov,
             )
 

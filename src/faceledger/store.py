@@ -154,7 +154,9 @@ class Store:
                     started_at=now_iso(), status="running", args_json=json.dumps(args)
                 )
             )
-            return int(res.inserted_primary_key[0])
+            pk = res.inserted_primary_key
+            assert pk is not None  # a single-row INSERT always reports its key
+            return int(pk[0])
 
     def finish_run(self, run_id: int, summary: dict[str, Any], status: str = "done") -> None:
         with self.writer.begin() as conn:
@@ -174,9 +176,11 @@ class Store:
     def _source_id(self, conn: Connection, name: str) -> int:
         sid = conn.execute(select(sources.c.id).where(sources.c.name == name)).scalar()
         if sid is None:
-            sid = conn.execute(
+            pk = conn.execute(
                 insert(sources).values(name=name, created_at=now_iso())
-            ).inserted_primary_key[0]
+            ).inserted_primary_key
+            assert pk is not None  # a single-row INSERT always reports its key
+            sid = pk[0]
         return int(sid)
 
     def add_provenance(self, sha: str, prov: Provenance, run_id: int | None) -> bool:
@@ -262,7 +266,9 @@ class Store:
                         created_at=now_iso(),
                     )
                 )
-                ids.append(int(res.inserted_primary_key[0]))
+                pk = res.inserted_primary_key
+                assert pk is not None  # a single-row INSERT always reports its key
+                ids.append(int(pk[0]))
             if face_rows:
                 self._bump(conn)
         return ids

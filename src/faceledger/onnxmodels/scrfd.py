@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image
@@ -118,7 +119,9 @@ class ScrfdDetector:
                 )
             self.input_size = fixed
         else:
-            self.input_size = tuple(wanted) if wanted is not None else DEFAULT_INPUT_SIZE
+            self.input_size = (
+                cast("tuple[int, int]", tuple(wanted)) if wanted is not None else DEFAULT_INPUT_SIZE
+            )
         top = self.info.strides[-1]
         if self.input_size[0] % top or self.input_size[1] % top:
             raise ModelRouterError(
