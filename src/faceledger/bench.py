@@ -44,7 +44,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import faiss
 import numpy as np
@@ -74,10 +74,22 @@ LFW_IMPOSTOR_SKEW = -0.223104
 LFW_IMPOSTOR_Q999 = 0.926429
 # log-log slope of the top 64 within-identity covariance eigenvalues of the same embeddings
 LFW_WITHIN_DECAY = 0.406446
+
+
+class _FitParams(TypedDict):
+    """The fitted :class:`FaceModel` parameters (``_FIT_FIELDS``), as keyword arguments."""
+
+    mean_weight: float
+    centre_decay: float
+    noise: float
+    noise_spread: float
+    group_share: float
+
+
 # Models solved from the statistics above by ``calibrate_from`` (``fit_face_model``, seed 1
 # simulation of 4,000 identities; G picked by the 99.9th impostor percentile):
 DEFAULT_GROUPS = 8  # tried 4, 8, 16, 32: q99.9 0.9203, 0.9266, 0.9357, 0.9462
-DEFAULT_MODELS: dict[int, dict[str, float]] = {
+DEFAULT_MODELS: dict[int, _FitParams] = {
     128: {
         "mean_weight": 2.54102,
         "centre_decay": 0.615783,
@@ -280,7 +292,8 @@ def _to_x(model: FaceModel) -> np.ndarray:
 
 def _from_x(base: FaceModel, x: np.ndarray) -> FaceModel:
     vals = [float(np.exp(v)) for v in x[:-1]] + [float(1 / (1 + np.exp(-x[-1])))]
-    return replace(base, **dict(zip(_FIT_FIELDS, vals, strict=True)))
+    fitted: dict[str, Any] = dict(zip(_FIT_FIELDS, vals, strict=True))
+    return replace(base, **fitted)
 
 
 def fit_face_model(
@@ -328,7 +341,7 @@ def fit_with_groups(
 ) -> tuple[FaceModel, list[dict[str, Any]]]:
     """Fit for every group count in ``choices``; keep the best 99.9th impostor percentile."""
     base = replace(start or FaceModel(), dim=dim, noise_decay=noise_decay)
-    tried = []
+    tried: list[dict[str, Any]] = []
     for groups in choices:
         model = fit_face_model(target, replace(base, groups=groups))
         got = simulate_stats(model)

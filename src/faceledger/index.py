@@ -47,12 +47,23 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import faiss
 import numpy as np
 
 from faceledger.store import Store, atomic_write
+
+if TYPE_CHECKING:
+    # numpy's stubs give ndarray ``__buffer__`` only on Python >= 3.12, so on 3.11 an array
+    # is not a ``Buffer`` to the type checker though it supports the buffer protocol.
+    from typing_extensions import Buffer
+
+# faiss' bundled stubs are incomplete: index_factory / downcast_index results are typed as
+# the base ``faiss.Index`` (no hnsw, nlist, storage, codes, ...), the Python wrappers'
+# conveniences (remove_ids with an id array, keyword SearchParameters) are missing, as are
+# SearchParametersHNSW, BlockInvertedLists and knn_inner_products_by_idx. Those uses carry
+# a ``# type: ignore[<code>]``.
 
 # --- measured defaults -------------------------------------------------------------------
 # All measured on synthetic LFW-calibrated faces (faceledger.bench), 128-d, k=10, one search
@@ -147,7 +158,9 @@ class FlatIndex:
             )
 
     def remove(self, ids: np.ndarray) -> int:
-        return int(self._index.remove_ids(np.asarray(ids, dtype=np.int64)))
+        id_arr = np.asarray(ids, dtype=np.int64)
+        # faiss' Python wrapper accepts an id array; the stub of Index.remove_ids does not
+        return int(self._index.remove_ids(id_arr))  # type: ignore[arg-type]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -160,7 +173,8 @@ class FlatIndex:
     def max_id(self) -> int:
         if len(self) == 0:
             return 0
-        return int(faiss.vector_to_array(self._index.id_map).max())
+        id_map = self._index.id_map  # type: ignore[attr-defined]  # an IndexIDMap2 at runtime
+        return int(faiss.vector_to_array(id_map).max())
 
     def to_bytes(self) -> bytes:
         return faiss.serialize_index(self._index).tobytes()
@@ -301,7 +315,8 @@ class RowStore:
     def _block_crcs(self, first_block: int) -> list[int]:
         out = []
         for start in range(first_block * BLOCK_ROWS, self.rows, BLOCK_ROWS):
-            out.append(zlib.crc32(np.ascontiguousarray(self.vectors[start : start + BLOCK_ROWS])))
+            block = np.ascontiguousarray(self.vectors[start : start + BLOCK_ROWS])
+            out.append(zlib.crc32(cast("Buffer", block)))
         return out
 
     # views
@@ -335,7 +350,7 @@ class RowStore:
         start = self.rows
         fd = os.open(self.path, os.O_WRONLY)
         try:
-            view = memoryview(vecs).cast("B")
+            view = memoryview(cast("Buffer", vecs)).cast("B")
             off, pos = start * self.dim * 4, 0
             while pos < len(view):
                 pos += os.pwrite(fd, view[pos : pos + (1 << 26)], off + pos)
@@ -376,9 +391,8 @@ class RowStore:
         self.n_dead += len(rows)
         for b in np.unique(rows // BLOCK_ROWS):
             start = int(b) * BLOCK_ROWS
-            self.crcs[b] = zlib.crc32(
-                np.ascontiguousarray(self.vectors[start : start + BLOCK_ROWS])
-            )
+            block = np.ascontiguousarray(self.vectors[start : start + BLOCK_ROWS])
+            self.crcs[b] = zlib.crc32(cast("Buffer", block))
         return rows
 
     def flush(self) -> None:
@@ -427,7 +441,7 @@ def _new_ann(kind: str, dim: int, n: int, params: AnnParams) -> faiss.Index:
         return faiss.index_factory(dim, f"IVF{nlist},SQ8", faiss.METRIC_L2)
     if kind == "hnsw_sq8":
         ann = faiss.index_factory(dim, f"HNSW{params.hnsw_m}_SQ8", faiss.METRIC_L2)
-        ann.hnsw.efConstruction = params.ef_construction
+        ann.hnsw.efConstruction = params.ef_construction  # type: ignore[attr-defined]
         return ann
     raise ValueError(f"unknown approximate index kind {kind!r}")
 
@@ -475,7 +489,8 @@ class FaceIndex:
             raise ValueError("compact the rows before building an approximate index")
         n = self.rows.rows
         ann = _new_ann(kind, self.dim, n, self.params)
-        per_list = IVF_TRAIN_PER_LIST * (ann.nlist if kind in IVF_KINDS else 1)
+        nlist = ann.nlist if kind in IVF_KINDS else 1  # type: ignore[attr-defined]
+        per_list = IVF_TRAIN_PER_LIST * nlist
         n_train = min(n, max(per_list, 100_000))
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(n, size=n_train, replace=False)) if n_train < n else None
@@ -514,7 +529,7 @@ class FaceIndex:
             self.ann.remove_ids(faiss.IDSelectorBatch(rows.astype(np.int64)))
         elif self.kind == "hnsw_sq8" and self.ann is not None:
             # The graph keeps the node for navigation; wipe its quantised vector too.
-            storage = faiss.downcast_index(self.ann.storage)
+            storage: Any = faiss.downcast_index(self.ann.storage)  # type: ignore[attr-defined]
             codes = faiss.rev_swig_ptr(storage.codes.data(), storage.codes.size())
             codes.reshape(-1, storage.code_size)[rows] = 0
         self._selector = self._bitmap = None
@@ -574,14 +589,14 @@ class FaceIndex:
         if self.kind in IVF_KINDS:
             ivf = faiss.extract_index_ivf(self.ann)
             nprobe = self.params.nprobe or auto_nprobe(ivf.nlist)
-            sp: Any = faiss.SearchParametersIVF(nprobe=nprobe)
+            sp: Any = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
         else:
             ef = max(self.params.ef_search, c)
             sel = self._live_selector()
             sp = (
-                faiss.SearchParametersHNSW(efSearch=ef)
+                faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]
                 if sel is None
-                else faiss.SearchParametersHNSW(efSearch=ef, sel=sel)
+                else faiss.SearchParametersHNSW(efSearch=ef, sel=sel)  # type: ignore[attr-defined]
             )
         _, rows = self.ann.search(q, c, params=sp)
         return rows
@@ -596,7 +611,7 @@ class FaceIndex:
         nq, c = subset.shape
         scores = np.empty((nq, k), np.float32)
         rows = np.empty((nq, k), np.int64)
-        faiss.knn_inner_products_by_idx(
+        faiss.knn_inner_products_by_idx(  # type: ignore[attr-defined]
             faiss.swig_ptr(q),
             faiss.swig_ptr(self.rows.vectors),
             faiss.swig_ptr(subset),
@@ -625,16 +640,17 @@ def _ann_bytes(ann: faiss.Index, kind: str) -> int:
     """Heap bytes of the data structures of an approximate index (codes, ids, graph)."""
     if kind in IVF_KINDS:
         ivf = faiss.extract_index_ivf(ann)
-        invl = faiss.downcast_InvertedLists(ivf.invlists)
+        invl = faiss.downcast_InvertedLists(ivf.invlists)  # type: ignore[arg-type]
         sizes = [invl.list_size(i) for i in range(ivf.nlist)]
-        if isinstance(invl, faiss.BlockInvertedLists):  # fast-scan: codes in blocks of 32
+        if isinstance(invl, faiss.BlockInvertedLists):  # type: ignore[attr-defined]
+            # fast-scan: codes in blocks of 32
             per = invl.n_per_block
             codes = sum((s + per - 1) // per for s in sizes) * invl.block_size
         else:
             codes = sum(sizes) * invl.code_size
         return int(codes + sum(sizes) * 8 + ivf.nlist * ivf.d * 4)
-    hnsw = ann.hnsw
-    storage = faiss.downcast_index(ann.storage)
+    hnsw = ann.hnsw  # type: ignore[attr-defined]
+    storage: Any = faiss.downcast_index(ann.storage)  # type: ignore[attr-defined]
     return int(
         hnsw.neighbors.size() * 4
         + hnsw.levels.size() * 4

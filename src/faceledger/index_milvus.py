@@ -193,13 +193,13 @@ class MilvusIndex:
         self._count = None
 
     def remove(self, ids: np.ndarray) -> int:
-        ids = [int(i) for i in np.asarray(ids, np.int64)]
-        if not ids:
+        id_list = [int(i) for i in np.asarray(ids, np.int64)]
+        if not id_list:
             return 0
         before = len(self)
-        for s in range(0, len(ids), DELETE_BATCH):
+        for s in range(0, len(id_list), DELETE_BATCH):
             self.client.delete(
-                self.collection, ids=ids[s : s + DELETE_BATCH], partition_name=self.partition
+                self.collection, ids=id_list[s : s + DELETE_BATCH], partition_name=self.partition
             )
         return before - self.count()
 
