@@ -26,6 +26,7 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/mypy src/faceledger
 
 format: install
 	$(BIN)/ruff format src tests benchmarks scripts
