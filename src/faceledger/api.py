@@ -47,6 +47,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
@@ -74,6 +75,7 @@ CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MB = 1024 * 1024
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_ID = 2**63 - 1  # database ids are signed 64-bit integers
 IMAGE_TYPES = ("image/",)
 GENERIC_TYPES = ("application/octet-stream", "")
 ARCHIVE_TYPES = (
@@ -235,6 +237,9 @@ def error_for(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
         code = HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code
         return exc.status_code, code, message, dict(exc.headers or {})
+    if isinstance(exc, UnicodeEncodeError) and "surrogates" in exc.reason:
+        # JSON allows "\ud800" escapes; such text cannot be stored, hashed or logged as UTF-8
+        return 400, "bad-text", "text must be valid Unicode (no lone surrogates)", {}
     return 500, "internal-error", "internal error; see the server log", {}
 
 
@@ -579,6 +584,14 @@ class AppContext:
         s = self.settings
         self.limiter.take(f"authfail:{client}", s.login_rate_per_minute, s.login_rate_burst)
 
+    def record_anonymous(self, client: str, method: str, path: str, reason: str) -> None:
+        """Record an API request refused for want of credentials. Per address, as many as
+        the login allowance; past it they are refused unrecorded (no ledger flood)."""
+        s = self.settings
+        if not self.limiter.take(f"anon:{client}", s.login_rate_per_minute, s.login_rate_burst):
+            who = Actor(0, "anonymous", frozenset(), via="http")
+            self.fl.record(who, "auth.missing", path, method=method, client=client, reason=reason)
+
     def cookie_secure(self, request: Request) -> bool:
         if self.settings.cookie_secure is not None:
             return self.settings.cookie_secure
@@ -619,6 +632,9 @@ def current_actor(
     else:
         sess = ctx.session_for(sid)
         if sess is None:
+            client = request.client.host if request.client else "unknown"
+            reason = "no credentials" if not sid else "session ended"
+            ctx.record_anonymous(client, request.method, request.url.path, reason)
             raise AuthError(
                 "authentication required: send 'Authorization: Bearer <token>' or log in"
                 if not sid
@@ -969,7 +985,7 @@ def parse_request_id(text: str) -> int | None:
     text = (text or "").strip()
     if not text:
         return None
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_ID:
         raise ApiError(400, "bad-request-id", "request_id must be a number")
     return int(text)
 
@@ -988,6 +1004,8 @@ def day_bound(text: str | None, name: str, end: bool = False) -> str | None:
     text = text.strip()
     if len(text) == 10:
         d = parse_day(text, name)
+        if end and d == date.max:
+            return None  # nothing can come after the last representable day
         return (d + timedelta(days=1)).isoformat() if end else d.isoformat()
     try:
         from datetime import datetime
@@ -1104,6 +1122,8 @@ def erase_request(
     if face_ids.strip():
         try:
             ids = [int(x) for x in re.split(r"[,\s]+", face_ids.strip()) if x]
+            if any(abs(i) > MAX_ID for i in ids):
+                raise ValueError("out of range")
         except ValueError as exc:
             raise ApiError(400, "bad-face-ids", "face_ids are numbers, comma-separated") from exc
     with invalid_input("invalid-erasure"):
@@ -1168,6 +1188,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "Bad input, or a refusal by the search rules"},
     401: {"model": ErrorOut, "description": "Not authenticated"},
     403: {"model": ErrorOut, "description": "Not permitted (recorded in the ledger)"},
+    404: {"model": ErrorOut, "description": "No such user, token, search, job, case request..."},
+    409: {
+        "model": ErrorOut,
+        "description": "Conflicts with the current state (already exists or decided, "
+        "policy changed outside faceledger, empty gallery...)",
+    },
     429: {"model": ErrorOut, "description": "Rate limit or daily search quota"},
 }
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -1629,6 +1655,7 @@ PolicyIn, PolicyPatch = _policy_models()
 
 router = APIRouter(prefix=API)
 FormStr = Annotated[str, Form()]
+DbId = Annotated[int, PathParam(ge=1, le=MAX_ID)]  # ids in paths (larger: 422, not a crash)
 
 
 @router.get("/health", response_model=HealthOut, tags=["server"])
@@ -1711,7 +1738,7 @@ def create_search(
 @router.get(
     "/searches/{search_id}", response_model=SearchRecordOut, responses=ERRORS, tags=["search"]
 )
-def get_search(ctx: Ctx, actor: CurrentActor, search_id: int) -> dict[str, Any]:
+def get_search(ctx: Ctx, actor: CurrentActor, search_id: DbId) -> dict[str, Any]:
     """A recorded search (own searches; supervisors their unit's; auditors all)."""
     return ctx.fl.get_search(actor, search_id)
 
@@ -1774,7 +1801,7 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/faces/{face_id}/crop", responses=IMAGE_RESPONSES, tags=["gallery"])
-def face_crop(ctx: Ctx, actor: CurrentActor, face_id: int) -> FileResponse:
+def face_crop(ctx: Ctx, actor: CurrentActor, face_id: DbId) -> FileResponse:
     """A gallery face's crop (investigators, admins); each view is recorded."""
     path = face_crop_path(ctx.fl, actor, face_id)
     return _file_response(path, f"face-{face_id}.jpg")
@@ -1880,7 +1907,7 @@ def request_case(ctx: Ctx, actor: CurrentActor, body: CaseRequestIn) -> dict[str
 
 @router.post("/cases/{request_id}/approve", response_model=OkOut, responses=ERRORS, tags=["cases"])
 def approve_case(
-    ctx: Ctx, actor: CurrentActor, request_id: int, body: CaseDecisionIn | None = None
+    ctx: Ctx, actor: CurrentActor, request_id: DbId, body: CaseDecisionIn | None = None
 ) -> dict[str, bool]:
     """Approve a pending request (supervisors; not your own)."""
     ctx.fl.decide_case(actor, request_id, True, (body or CaseDecisionIn()).note)
@@ -1889,7 +1916,7 @@ def approve_case(
 
 @router.post("/cases/{request_id}/deny", response_model=OkOut, responses=ERRORS, tags=["cases"])
 def deny_case(
-    ctx: Ctx, actor: CurrentActor, request_id: int, body: CaseDecisionIn | None = None
+    ctx: Ctx, actor: CurrentActor, request_id: DbId, body: CaseDecisionIn | None = None
 ) -> dict[str, bool]:
     """Deny a pending request (supervisors)."""
     ctx.fl.decide_case(actor, request_id, False, (body or CaseDecisionIn()).note)
@@ -2066,7 +2093,7 @@ def create_token(ctx: Ctx, actor: CurrentActor, body: TokenIn) -> dict[str, Any]
 
 
 @router.delete("/tokens/{token_id}", response_model=OkOut, responses=ERRORS, tags=["admin"])
-def revoke_token(ctx: Ctx, actor: CurrentActor, token_id: int) -> dict[str, bool]:
+def revoke_token(ctx: Ctx, actor: CurrentActor, token_id: DbId) -> dict[str, bool]:
     """Revoke a token (your own; admins any)."""
     ctx.fl.revoke_token(actor, token_id)
     return {"ok": True}
@@ -2127,7 +2154,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return _json_error(422, "invalid-request", message, {})
         return web.error_page(request, exc, 422, "invalid-request", message)
 
-    for cls in (*KNOWN_ERRORS, HTTPException, Exception):
+    for cls in (*KNOWN_ERRORS, UnicodeEncodeError, HTTPException, Exception):
         app.add_exception_handler(cls, handle)
     app.add_exception_handler(RequestValidationError, validation)
 

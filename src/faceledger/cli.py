@@ -75,7 +75,7 @@ for sub, name in (
 ):
     app.add_typer(sub, name=name)
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 DataDir = Annotated[
@@ -142,12 +142,19 @@ def session(data_dir: Path | None, as_user: str | None) -> Iterator[tuple[Any, A
     """Open the data dir, authenticate, and turn the core's refusals into clear errors."""
     import os
 
+    from sqlalchemy.exc import OperationalError
+
     from faceledger.auth import AuthError, PermissionDenied
     from faceledger.decode import DecodeError
     from faceledger.service import Faceledger, PolicyTamperedError, RefusedError
     from faceledger.store import ModelMismatchError
 
-    fl = Faceledger(config.data_dir(data_dir))
+    try:
+        fl = Faceledger(config.data_dir(data_dir))
+    except (OSError, OperationalError) as exc:
+        if not is_storage_error(config.data_dir(data_dir), exc):
+            raise
+        fail(storage_problem(config.data_dir(data_dir), exc), STORAGE_EXIT)
     try:
         token = os.environ.get("FACELEDGER_TOKEN")
         if as_user is None and token:
@@ -172,8 +179,48 @@ def session(data_dir: Path | None, as_user: str | None) -> Iterator[tuple[Any, A
         fail(str(exc), 5)
     except (DecodeError, ModelMismatchError, ValueError) as exc:
         fail(str(exc))
+    except (OSError, OperationalError) as exc:  # disk full, read-only, I/O error
+        if not is_storage_error(fl.data_dir, exc):
+            raise
+        fail(storage_problem(fl.data_dir, exc), STORAGE_EXIT)
     finally:
         fl.store.close()
+
+
+STORAGE_EXIT = 6  # exit code: the data dir cannot be written
+
+
+def is_storage_error(data_dir: Path, exc: BaseException) -> bool:
+    """Whether ``exc`` says the data dir (files or database) cannot be written, as opposed
+    to, say, a missing input file given on the command line."""
+    import errno
+
+    if not isinstance(exc, OSError):
+        return True  # the database's own OperationalError: full, read-only, locked...
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES):
+        return False
+    where = exc.filename
+    return where is None or Path(where).resolve().is_relative_to(Path(data_dir).resolve())
+
+
+def storage_problem(data_dir: Path, exc: BaseException) -> str:
+    """A clear message for a data dir that cannot be written (disk full, read-only...)."""
+    import os
+
+    orig = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the database's own error
+    what = getattr(orig, "strerror", None) or str(orig).splitlines()[0]
+    try:
+        fs = os.statvfs(data_dir)
+        if fs.f_flag & os.ST_RDONLY:
+            what += " (the data dir is on a read-only file system)"
+        elif fs.f_bavail * fs.f_frsize < 1 << 20:
+            what += f" (the disk is full: {fs.f_bavail * fs.f_frsize // 1024} KiB free)"
+    except OSError:
+        pass
+    return escape(
+        f"cannot write to the data dir {data_dir}: {what}. What was stored before is "
+        "unchanged; free some space or make the data dir writable, then run the command again"
+    )
 
 
 def _analyzer(

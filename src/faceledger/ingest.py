@@ -10,6 +10,7 @@ picks up where it stopped (the committed images are reported as duplicates).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -197,23 +198,33 @@ class Ingestor:
             prov = replace(prov, expires_at=expiry.isoformat(timespec="seconds"))
         ext = EXTENSIONS.get(res.format, "img")
         rel_image = f"images/{sha[:2]}/{sha}.{ext}"
-        atomic_write(self.store.data_dir / rel_image, data)
         rows = []
-        for i, face in enumerate(res.faces):
-            rel_crop = f"crops/{sha[:2]}/{sha}_{i}.jpg"
-            atomic_write(self.store.data_dir / rel_crop, face.crop_jpeg)
-            rows.append((face, rel_crop))
-        self.store.add_image(
-            sha,
-            res.width,
-            res.height,
-            res.format,
-            len(data),
-            rel_image,
-            prov,
-            rows,
-            summary.run_id,
-        )
+        try:
+            atomic_write(self.store.data_dir / rel_image, data)
+            for i, face in enumerate(res.faces):
+                rel_crop = f"crops/{sha[:2]}/{sha}_{i}.jpg"
+                atomic_write(self.store.data_dir / rel_crop, face.crop_jpeg)
+                rows.append((face, rel_crop))
+            self.store.add_image(
+                sha,
+                res.width,
+                res.height,
+                res.format,
+                len(data),
+                rel_image,
+                prov,
+                rows,
+                summary.run_id,
+            )
+        except BaseException:
+            # A write failed (disk full, read-only...): leave no files the database does
+            # not know, unless the image is known after all (another ingest stored it).
+            with contextlib.suppress(Exception):
+                if not self.store.has_image(sha):
+                    crops = (f"crops/{sha[:2]}/{sha}_{i}.jpg" for i in range(len(res.faces)))
+                    for rel in [rel_image, *crops]:
+                        (self.store.data_dir / rel).unlink(missing_ok=True)
+            raise
         summary.new += 1
         summary.faces += len(res.faces)
         summary.no_face += int(not res.faces)

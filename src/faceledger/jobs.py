@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import OperationalError
+
 from faceledger.auth import Actor, AuthError, PermissionDenied
 from faceledger.sources import SourceError, SourceItem, iter_paths
 from faceledger.store import ModelMismatchError, now_iso
@@ -259,6 +261,14 @@ class JobManager:
             return "failed", {"code": "source-error", "message": str(exc)}
         except ModelMismatchError as exc:
             return "failed", {"code": "model-mismatch", "message": str(exc)}
+        except (OSError, OperationalError) as exc:  # disk full, read-only, I/O error
+            orig = getattr(exc, "orig", None) or exc
+            what = getattr(orig, "strerror", None) or str(orig).splitlines()[0]
+            return "failed", {
+                "code": "storage-error",
+                "message": f"the data dir could not be written: {what}; what was stored "
+                "before is unchanged, and the same ingest can be run again once it is fixed",
+            }
         job.summary = summary.as_dict()
         job.summary["line"] = summary.line()
         return "done", None

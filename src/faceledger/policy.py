@@ -16,6 +16,8 @@ from typing import Any
 # Opt-out matching errs towards dropping: a face goes if it matches an opted-out subject at a
 # score that an unrelated person reaches once in 10,000 comparisons.
 OPTOUT_FMR = 1e-4
+# Retention settings above this (100 years) are refused: expiry dates must stay computable.
+MAX_RETENTION_DAYS = 36_500
 
 DEFAULT_PURPOSES = [
     "violent-crime",
@@ -49,8 +51,11 @@ class Policy:
             raise ValueError("daily_quota must be >= 0 and max_candidates >= 1")
         if not 0.0 <= self.min_probe_quality <= 1.0:
             raise ValueError("min_probe_quality must be between 0 and 1")
-        if self.retain_probes_days < 0 or self.image_retention_days < 0:
-            raise ValueError("retention days must be >= 0")
+        if not (
+            0 <= self.retain_probes_days <= MAX_RETENTION_DAYS
+            and 0 <= self.image_retention_days <= MAX_RETENTION_DAYS
+        ):
+            raise ValueError(f"retention days must be between 0 and {MAX_RETENTION_DAYS}")
         if not 0.0 <= self.optout_threshold <= 1.0:
             raise ValueError("optout_threshold is a cosine score between 0 and 1 (0: calibrated)")
 

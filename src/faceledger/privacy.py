@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +31,13 @@ from sqlalchemy import delete, insert, select
 from faceledger import audit
 from faceledger.auth import Actor
 from faceledger.schema import blocklist, faces, images, pending_files, probes, provenance, sources
-from faceledger.store import Store, now_iso
+from faceledger.store import Store, atomic_write, now_iso
 
 if TYPE_CHECKING:
     from faceledger.service import Faceledger
+
+# Blurred copies of images wait here (named pid.sha.random.blurred) for their erasure to commit
+PENDING_DIR = "pending"
 
 
 @dataclass
@@ -65,12 +69,39 @@ def finish_pending_files(store: Store) -> int:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         elif r.action == "replace" and r.tmp_path:
-            tmp = store.data_dir / r.tmp_path
-            if tmp.exists():
-                os.replace(tmp, path)
+            # gone: carried out already (by another process, or before a crash)
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(store.data_dir / r.tmp_path, path)
         with store.writer.begin() as conn:
             conn.execute(delete(pending_files).where(pending_files.c.id == r.id))
+    _remove_orphan_copies(store)
     return len(rows)
+
+
+def _remove_orphan_copies(store: Store) -> None:
+    """Delete blurred copies whose erasure never committed (its process died first).
+
+    A copy is written before its transaction commits; its name starts with the writer's
+    pid, and it is removed once no journal row names it and that process is gone.
+    """
+    folder = store.data_dir / PENDING_DIR
+    if not folder.is_dir():
+        return
+    with store.engine.connect() as conn:
+        named = {r[0] for r in conn.execute(select(pending_files.c.tmp_path))}
+    for p in folder.iterdir():
+        try:
+            pid = int(p.name.lstrip(".").split(".")[0])
+        except ValueError:
+            continue
+        if f"{PENDING_DIR}/{p.name}" in named or pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except PermissionError:
+            pass
 
 
 def blur_regions(data: bytes, boxes: list[list[int]]) -> bytes:
@@ -124,10 +155,20 @@ def _erase_faces_tx(conn: Any, store: Store, face_ids: list[int], report: Erasur
                 journal.append({"action": "delete", "path": stored, "tmp_path": None})
         elif stored:
             report.images_blurred.append(sha)
-            src = store.data_dir / stored
-            blurred = blur_regions(src.read_bytes(), [json.loads(r.bbox_json) for r in erased])
-            tmp_rel = f"{stored}.blurred.tmp"
-            (store.data_dir / tmp_rel).write_bytes(blurred)
+            # Blur the newest copy: an earlier erasure's blurred copy may still be waiting
+            # to replace the stored image (its process died, or has not got there yet).
+            waiting = conn.execute(
+                select(pending_files.c.tmp_path)
+                .where(pending_files.c.path == stored, pending_files.c.action == "replace")
+                .order_by(pending_files.c.id.desc())
+            ).scalar()
+            try:
+                original = (store.data_dir / (waiting or stored)).read_bytes()
+            except FileNotFoundError:  # it replaced the stored image meanwhile
+                original = (store.data_dir / stored).read_bytes()
+            blurred = blur_regions(original, [json.loads(r.bbox_json) for r in erased])
+            tmp_rel = f"{PENDING_DIR}/{os.getpid()}.{sha}.{uuid.uuid4().hex[:8]}.blurred"
+            atomic_write(store.data_dir / tmp_rel, blurred)  # on disk before the commit
             journal.append({"action": "replace", "path": stored, "tmp_path": tmp_rel})
     store.delete_faces(conn, [r.id for r in rows])
     for sha in report.images_deleted:

@@ -30,7 +30,8 @@ def build(
 ) -> dict[str, Any]:
     """Report over [start, end] inclusive; ``unit_users`` restricts to a supervisor's unit."""
     since = start.isoformat()
-    until = date.fromordinal(end.toordinal() + 1).isoformat()
+    # the day after ``end``; none after the last representable day
+    until = None if end == date.max else date.fromordinal(end.toordinal() + 1).isoformat()
     per_user: Counter[str] = Counter()
     per_purpose: Counter[str] = Counter()
     per_case: Counter[str] = Counter()

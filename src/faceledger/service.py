@@ -459,6 +459,19 @@ class Faceledger:
 
     def decide_case(self, actor: Actor, request_id: int, approve: bool, note: str = "") -> None:
         self.require(actor, "decide_case", f"request {request_id}")
+        with self.store.engine.connect() as conn:  # who asked never changes: no lock needed
+            asker = conn.execute(
+                select(case_requests.c.requested_by).where(case_requests.c.id == request_id)
+            ).scalar()
+        if asker is not None and asker == actor.user_id:  # refused, and recorded like a denial
+            self.record(
+                actor,
+                "authz.denied",
+                f"request {request_id}",
+                permission="decide_case",
+                reason="self-approval",
+            )
+            raise RefusedError("self-approval", "you cannot decide your own request")
         with self.store.writer.begin() as conn:
             row = conn.execute(
                 select(case_requests).where(case_requests.c.id == request_id)
