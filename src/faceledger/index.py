@@ -680,6 +680,34 @@ class _Meta:
     count: int = 0
 
 
+class _Tracked(Protocol):
+    store: Store
+    generation: int
+    delete_generation: int
+    max_id: int
+
+
+def catch_up(state: _Tracked, index: Any) -> bool:
+    """Apply the database's changes since ``state``'s generations to ``index``.
+
+    Erased faces (tombstones) are removed, faces with ids above ``max_id`` added, and the
+    generations and ``max_id`` on ``state`` advanced. True if anything changed.
+    """
+    gen, dgen = state.store.generations()
+    changed = False
+    if dgen != state.delete_generation:
+        index.remove(state.store.tombstones_after(state.delete_generation))
+        state.delete_generation = dgen
+        changed = True
+    if gen != state.generation:
+        for ids, vecs in state.store.iter_vectors(min_id=state.max_id):
+            index.add(ids, vecs)
+            state.max_id = int(ids[-1])
+        state.generation = gen
+        changed = True
+    return changed
+
+
 class IndexManager:
     """Keeps the index in step with the database and on disk.
 
@@ -850,18 +878,7 @@ class IndexManager:
                 self._save_locked()
                 return self.index
             index: FaceIndex = self.index
-            gen, dgen = self.store.generations()
-            changed = False
-            if dgen != self.delete_generation:
-                index.remove(self.store.tombstones_after(self.delete_generation))
-                self.delete_generation = dgen
-                changed = True
-            if gen != self.generation:
-                for ids, vecs in self.store.iter_vectors(min_id=self.max_id):
-                    index.add(ids, vecs)
-                    self.max_id = int(ids[-1])
-                self.generation = gen
-                changed = True
+            changed = catch_up(self, index)
             if changed or self.token is None:
                 target = self._target_kind(len(index))
                 grown = (

@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
+from faceledger.index import catch_up
 from faceledger.store import Store, atomic_write
 
 HNSW_M = 32
@@ -299,19 +300,7 @@ class MilvusIndexManager:
             self.rebuild()
             self.save()
             return index
-        gen, dgen = self.store.generations()
-        changed = False
-        if dgen != self.delete_generation:
-            index.remove(self.store.tombstones_after(self.delete_generation))
-            self.delete_generation = dgen
-            changed = True
-        if gen != self.generation:
-            for ids, vecs in self.store.iter_vectors(min_id=self.max_id):
-                index.add(ids, vecs)
-                self.max_id = int(ids[-1])
-            self.generation = gen
-            changed = True
-        if changed:
+        if catch_up(self, index):
             index.count()
             self.save()
         return index
