@@ -102,23 +102,30 @@ class Faceledger:
         with self.store.writer.begin() as conn:
             if conn.execute(select(func.count()).select_from(users)).scalar_one():
                 raise RefusedError("already-initialised", "this data dir already has users")
-            pk = conn.execute(
-                insert(users).values(
-                    username=username,
-                    password_hash=auth.hash_password(password),
-                    roles="admin",
-                    disabled=False,
-                    failed_logins=0,
-                    created_at=now_iso(),
-                )
-            ).inserted_primary_key
-            assert pk is not None  # a single-row INSERT always reports its key
-            uid = pk[0]
+            uid = self._insert_user(conn, username, password, frozenset({"admin"}), None)
             audit.append(conn, username, "user.init_admin", username, {"roles": ["admin"]})
         self.save_policy(
             Actor(int(uid), username, frozenset({"admin"}), via="bootstrap"), Policy(), initial=True
         )
         return Actor(int(uid), username, frozenset({"admin"}), via="bootstrap")
+
+    @staticmethod
+    def _insert_user(
+        conn: Any, username: str, password: str, roles: frozenset[str], unit: str | None
+    ) -> int:
+        pk = conn.execute(
+            insert(users).values(
+                username=username,
+                password_hash=auth.hash_password(password),
+                roles=",".join(sorted(roles)),
+                unit=unit,
+                disabled=False,
+                failed_logins=0,
+                created_at=now_iso(),
+            )
+        ).inserted_primary_key
+        assert pk is not None  # a single-row INSERT always reports its key
+        return int(pk[0])
 
     def _actor_from_row(self, row: Any, via: str, token_id: int | None = None) -> Actor:
         return Actor(
@@ -251,19 +258,7 @@ class Faceledger:
         with self.store.writer.begin() as conn:
             if conn.execute(select(users.c.id).where(users.c.username == username)).first():
                 raise RefusedError("user-exists", f"user {username!r} already exists")
-            pk = conn.execute(
-                insert(users).values(
-                    username=username,
-                    password_hash=auth.hash_password(password),
-                    roles=",".join(sorted(parsed)),
-                    unit=unit,
-                    disabled=False,
-                    failed_logins=0,
-                    created_at=now_iso(),
-                )
-            ).inserted_primary_key
-            assert pk is not None  # a single-row INSERT always reports its key
-            uid = pk[0]
+            uid = self._insert_user(conn, username, password, parsed, unit)
             audit.append(
                 conn, actor.username, "user.add", username, {"roles": sorted(parsed), "unit": unit}
             )
