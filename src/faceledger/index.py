@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import faiss
 import numpy as np
 
-from faceledger.store import Store, atomic_write
+from faceledger.store import Store, atomic_write, process_alive
 
 if TYPE_CHECKING:
     # numpy's stubs give ndarray ``__buffer__`` only on Python >= 3.12, so on 3.11 an array
@@ -824,14 +824,8 @@ class IndexManager:
                 pid = int(p.name.split(".")[3])
             except (IndexError, ValueError):
                 continue
-            if pid == os.getpid():
-                continue
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if pid != os.getpid() and not process_alive(pid):
                 p.unlink(missing_ok=True)
-            except PermissionError:
-                pass
 
     # public API
     def rebuild(self) -> Any:

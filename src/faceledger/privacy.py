@@ -31,7 +31,7 @@ from sqlalchemy import delete, insert, select
 from faceledger import audit
 from faceledger.auth import Actor
 from faceledger.schema import blocklist, faces, images, pending_files, probes, provenance, sources
-from faceledger.store import Store, atomic_write, now_iso
+from faceledger.store import Store, atomic_write, now_iso, process_alive
 
 if TYPE_CHECKING:
     from faceledger.service import Faceledger
@@ -96,12 +96,8 @@ def _remove_orphan_copies(store: Store) -> None:
             continue
         if f"{PENDING_DIR}/{p.name}" in named or pid == os.getpid():
             continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not process_alive(pid):
             p.unlink(missing_ok=True)
-        except PermissionError:
-            pass
 
 
 def blur_regions(data: bytes, boxes: list[list[int]]) -> bytes:

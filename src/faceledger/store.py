@@ -430,6 +430,17 @@ def install_ledger_guards(engine: Engine) -> None:
             conn.exec_driver_sql(sql)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (so temp files it names may still be in use)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
