@@ -872,12 +872,28 @@ def eval_lfw(
     device: Device = "cpu",
     data_dir: DataDir = None,
     no_cache: Annotated[bool, typer.Option(help="Recompute embeddings.")] = False,
+    indexes: Annotated[
+        str | None,
+        typer.Option(
+            "--indexes",
+            help="Also run the 1:N searches through these search indexes, comma-separated, "
+            "and compare each one's ranked lists with exact search: exact, flat, ivf_pqfs, "
+            "ivf_sq8, hnsw_sq8 (built whatever the gallery size), milvus (Milvus Lite in a "
+            "temporary directory), or all; options as kind:name=value, e.g. "
+            "ivf_pqfs:nprobe=8 (faceledger.index.AnnParams fields; milvus: hnsw_m, "
+            "ef_construction, ef_search, candidate_factor, candidates_min, flush).",
+        ),
+    ] = None,
     as_json: JsonOut = False,
 ) -> None:
     """LFW View-2 verification and a 1:N identification protocol (see evaluation.py)."""
-    from faceledger.evaluation import run_lfw
+    from faceledger.evaluation import parse_index_list, run_lfw
     from faceledger.ingest import default_workers
 
+    try:
+        specs = parse_index_list(indexes) if indexes is not None else None
+    except ValueError as exc:
+        fail(f"--indexes: {exc}")
     factory, model_id, cache = _lfw_setup(detector, embedder, data_dir, model_dir, device)
     try:
         with progress_bar("embed LFW", None, enabled=not as_json) as bar:
@@ -890,6 +906,7 @@ def eval_lfw(
                 workers or default_workers(),
                 advance=lambda n: bar.advance(tid, n),
                 set_total=lambda n: bar.update(tid, total=n),
+                indexes=specs,
             )
     except FileNotFoundError as exc:
         fail(str(exc))
@@ -897,8 +914,39 @@ def eval_lfw(
     if as_json:
         _dump(res)
         return
+    by_index = res.pop("indexes", None)
     for k, v in res.items():
         out.print(f"{k}: {v}")
+    if by_index:
+        t = Table(
+            "index",
+            "rank1",
+            "rank10",
+            "FNIR@FPIR.003",
+            "top10 differ",
+            "rank1 differ",
+            "beyond ties",
+            "max gap",
+            "search s",
+            "params",
+            title=f"1:N per index (k={res['index_k']}, ties: scores within "
+            f"{res['index_tie_tolerance']:g})",
+        )
+        for name, r in by_index.items():
+            ref = bool(r.get("reference"))
+            t.add_row(
+                escape(name),
+                f"{r['rank1']:.4f}",
+                f"{r['rank10']:.4f}",
+                f"{r['fnir_at_fpir_0_003']:.4f}",
+                "ref" if ref else str(r["top10_lists_differ"]),
+                "ref" if ref else str(r["rank1_ids_differ"]),
+                "ref" if ref else str(r["top10_lists_differ_beyond_ties"]),
+                "" if ref else f"{r['max_rank_score_gap']:.2g}",
+                f"{r['search_seconds']:.2f}",
+                escape(" ".join(f"{k}={v}" for k, v in r["params"].items())),
+            )
+        out.print(t)
 
 
 @calibrate_app.command("lfw")
