@@ -7,7 +7,7 @@ LFW    ?= $(abspath ../shared/data/lfw)
 DATA   ?= faceledger-data
 DEMO_PEOPLE ?= 300
 
-.PHONY: install demo test lint format bench eval clean
+.PHONY: install demo test test-sqlite test-postgres lint format bench eval clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,17 @@ install: $(STAMP)
 demo: install
 	bash scripts/demo.sh
 
-test: install
+# The whole suite on SQLite, then every test that opens a gallery database again on
+# PostgreSQL (a throwaway server on 127.0.0.1 started by scripts/pg-test-server.sh; Debian:
+# apt-get install postgresql).
+test: test-sqlite test-postgres
+
+test-sqlite: install
 	$(BIN)/python -m pytest -q
+
+test-postgres: install
+	url=$$(scripts/pg-test-server.sh start) && \
+	  FACELEDGER_TEST_POSTGRES=$$url $(BIN)/python -m pytest -q -m 'not slow and not nodb'
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import sqlite3
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import lfw_image, side_by_side
+from conftest import RawDB, lfw_image, side_by_side
 from faceledger import audit
 from faceledger.auth import AuthError, PermissionDenied
 from faceledger.cli import app
@@ -68,10 +67,10 @@ def actions(f: Faceledger) -> list[str]:
 
 
 def test_passwords_are_argon2_and_never_stored_in_clear(fl: Faceledger) -> None:
-    raw = sqlite3.connect(fl.data_dir / "gallery.db")
+    raw = RawDB(fl.data_dir)
     hashes = [r[0] for r in raw.execute("select password_hash from users")]
     assert all(h.startswith("$argon2id$") for h in hashes)
-    dump = "\n".join(raw.iterdump())
+    dump = raw.dump()
     assert PW not in dump
     assert PW not in "\n".join(json.dumps(e.details) for e in audit.iter_entries(fl.store))
 
@@ -94,8 +93,8 @@ def test_tokens_expire_and_revoke(fl: Faceledger) -> None:
     root = who(fl, "root")
     tid, secret = fl.create_token(root, "ivy", "ci", days=1)
     assert fl.authenticate_token(secret).username == "ivy"
-    raw = sqlite3.connect(fl.data_dir / "gallery.db")
-    assert secret not in "\n".join(raw.iterdump())
+    raw = RawDB(fl.data_dir)
+    assert secret not in raw.dump()
     fl.revoke_token(root, tid)
     with pytest.raises(AuthError, match="revoked"):
         fl.authenticate_token(secret)
@@ -256,19 +255,18 @@ def test_probe_retention_when_policy_says(fl: Faceledger, lfw: Path) -> None:
 
 def _tamper(fl: Faceledger, sql: str) -> None:
     """What someone with write access to the database file could do."""
-    raw = sqlite3.connect(fl.data_dir / "gallery.db")
-    raw.execute("drop trigger ledger_no_update")
-    raw.execute("drop trigger ledger_no_delete")
+    raw = RawDB(fl.data_dir)
+    raw.drop_ledger_guard()
     raw.execute(sql)
     raw.commit()
     raw.close()
 
 
 def test_ledger_refuses_update_and_delete(fl: Faceledger) -> None:
-    raw = sqlite3.connect(fl.data_dir / "gallery.db")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+    raw = RawDB(fl.data_dir)
+    with pytest.raises(raw.guard_error, match="append-only"):
         raw.execute("update ledger set actor='nobody' where seq=1")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+    with pytest.raises(raw.guard_error, match="append-only"):
         raw.execute("delete from ledger where seq=1")
 
 
@@ -289,10 +287,9 @@ def test_ledger_refuses_update_and_delete(fl: Faceledger) -> None:
 )
 def test_verify_names_the_first_tampered_entry(fl, sql, bad_seq, words) -> None:
     assert audit.verify(fl.store).ok
-    raw = sqlite3.connect(fl.data_dir / "gallery.db")
-    raw.execute("drop trigger ledger_no_update")
-    raw.execute("drop trigger ledger_no_delete")
-    raw.executescript(sql)
+    raw = RawDB(fl.data_dir)
+    raw.drop_ledger_guard()
+    raw.script(sql)
     raw.commit()
     res = audit.verify(fl.store)
     assert not res.ok and res.first_bad_seq == bad_seq and words in res.problem
@@ -357,7 +354,7 @@ def test_report_from_seeded_history(fl: Faceledger, lfw: Path, tmp_path: Path) -
 
 
 def _face_ids(fl: Faceledger, name: str) -> list[int]:
-    raw = sqlite3.connect(fl.data_dir / "gallery.db")
+    raw = RawDB(fl.data_dir)
     return [
         r[0]
         for r in raw.execute(
@@ -380,7 +377,7 @@ def test_erase_by_face_removes_everything_and_search_no_longer_finds(fl, lfw) ->
     assert not crop.exists() and not image.exists()
     after = fl.search(who(fl, "ivy"), probe(lfw), GOOD)["faces"][0]["candidates"]
     assert all(c["face_id"] not in ids for c in after)
-    raw = sqlite3.connect(fl.data_dir / "gallery.db")
+    raw = RawDB(fl.data_dir)
     marks = ",".join("?" * len(ids))
     left = raw.execute(f"select count(*) from faces where id in ({marks})", ids).fetchone()
     assert left[0] == 0
@@ -398,7 +395,7 @@ def test_erase_one_face_of_a_group_photo_blurs_it(lfw: Path, tmp_path: Path, ana
     )
     f.ingest(root, iter_paths([group], "s", "t"), PipelineSettings())
     f.set_analyzer_factory(lambda: analyzer)
-    raw = sqlite3.connect(f.data_dir / "gallery.db")
+    raw = RawDB(f.data_dir)
     rows = raw.execute("select id, bbox_json from faces order by id").fetchall()
     assert len(rows) == 2
     left = min(rows, key=lambda r: json.loads(r[1])[0])
@@ -428,14 +425,14 @@ def test_erase_by_probe_with_optout_blocks_reingest(fl: Faceledger, lfw: Path, t
     summary = fl.ingest(root, iter_paths([again], "archive2", "test"), PipelineSettings())
     assert summary.opted_out == 2 and summary.new == 1
     assert "opted-out" in summary.line()
-    raw = sqlite3.connect(fl.data_dir / "gallery.db")
+    raw = RawDB(fl.data_dir)
     assert raw.execute("select count(*) from blocklist").fetchone()[0] == 1
     assert not list((fl.data_dir).rglob("probes"))  # the erasure photo was not kept
 
 
 def test_erase_by_source_and_image(fl: Faceledger) -> None:
     root = who(fl, "root")
-    raw = sqlite3.connect(fl.data_dir / "gallery.db")
+    raw = RawDB(fl.data_dir)
     sha = raw.execute("select sha256 from images limit 1").fetchone()[0]
     assert len(fl.erase(root, image_sha=sha).images_deleted) == 1
     rep = fl.erase(root, source="archive")

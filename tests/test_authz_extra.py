@@ -11,7 +11,6 @@ the web login and in the CLI; and that refusals cannot flood the ledger.
 from __future__ import annotations
 
 import re
-import sqlite3
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from conftest import lfw_image
+from conftest import RawDB, lfw_image
 from conftest_api import PW, entries, seed
 from faceledger.api import ApiSettings, create_app
 from faceledger.service import Faceledger
@@ -68,7 +67,7 @@ def env(lfw: Path, analyzer: Any, tmp_path_factory: pytest.TempPathFactory) -> A
         "revoked": fl.create_token(root, "ivy", "gone"),
         "disabled": fl.create_token(root, "dan", "dan's"),
     }
-    raw = sqlite3.connect(fl.data_dir / "gallery.db")
+    raw = RawDB(fl.data_dir)
     raw.execute(
         "update tokens set expires_at = '2001-01-01T00:00:00+00:00' where id = ?",
         (bad["expired"][0],),

@@ -10,7 +10,6 @@ import io
 import os
 import random
 import shutil
-import sqlite3
 import tarfile
 import zipfile
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import lfw_image, side_by_side
+from conftest import RawDB, lfw_image, side_by_side
 from faceledger.ingest import Ingestor, PipelineSettings
 from faceledger.sources import iter_manifest, iter_paths
 from faceledger.store import Store
@@ -142,11 +141,7 @@ def ingested(lfw: Path, tmp_path_factory: pytest.TempPathFactory):
     # something already in the gallery, which the bad batch must not disturb
     first = ingestor.run(iter_paths([lfw_image(lfw, "Colin_Powell", 1)], "s", "t"))
     assert first.new == 1
-    before = (
-        sqlite3.connect(tmp / "data" / "gallery.db")
-        .execute("select id, image_sha, embedding from faces")
-        .fetchall()
-    )
+    before = RawDB(tmp / "data").execute("select id, image_sha, embedding from faces").fetchall()
     summary = ingestor.run(iter_paths([corpus, archives / "a.zip", archives / "b.tar"], "s", "t"))
     return tmp, store, summary, expected, expected_arch, before
 
@@ -174,7 +169,7 @@ def test_good_files_in_the_batch_are_ingested(ingested) -> None:
     tmp, _store, summary, expected, _, _ = ingested
     good = [n for n, r in expected.items() if r is None]
     assert summary.new == len(good)
-    raw = sqlite3.connect(tmp / "data" / "gallery.db")
+    raw = RawDB(tmp / "data")
     paths = [r[0] for r in raw.execute("select original_path from provenance")]
     assert any("17_exif_rotated_face" in p for p in paths)
     assert any("\\xff\\xfe" in p for p in paths)  # non-UTF-8 name stored readably
@@ -192,7 +187,7 @@ def test_good_files_in_the_batch_are_ingested(ingested) -> None:
 
 def test_what_was_there_before_is_unchanged(ingested) -> None:
     tmp, _, _, _, _, before = ingested
-    raw = sqlite3.connect(tmp / "data" / "gallery.db")
+    raw = RawDB(tmp / "data")
     ids = [r[0] for r in before]
     now = raw.execute(
         f"select id, image_sha, embedding from faces where id in ({','.join('?' * len(ids))})", ids

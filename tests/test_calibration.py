@@ -7,6 +7,9 @@ import pytest
 
 from faceledger import calibration
 
+# no gallery database here: not run a second time against PostgreSQL
+pytestmark = pytest.mark.nodb
+
 
 @pytest.fixture
 def calib() -> calibration.Calibration:

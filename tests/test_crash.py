@@ -11,7 +11,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import RawDB
 from faceledger import audit
 from faceledger.index import IndexManager
 from faceledger.service import Faceledger
@@ -58,7 +58,7 @@ def _ingest_cmd(data: Path, photos: Path) -> list[str]:
 
 def _check_consistent(data: Path, n_photos: int) -> None:
     fl = Faceledger(data)
-    raw = sqlite3.connect(data / "gallery.db")
+    raw = RawDB(data)
     assert raw.execute("select count(*) from images").fetchone()[0] == n_photos
     assert raw.execute("select count(*) from provenance").fetchone()[0] == n_photos
     db_faces = dict(raw.execute("select id, crop_path from faces").fetchall())
@@ -105,7 +105,7 @@ def _run_with_kills(lfw: Path, tmp_path: Path, kills: int, n_images: int) -> Non
     )
     assert final.returncode == 0, final.stderr
     _check_consistent(data, len(chosen))
-    raw = sqlite3.connect(data / "gallery.db")
+    raw = RawDB(data)
     statuses = [r[0] for r in raw.execute("select status from ingest_runs")]
     assert statuses[-1] == "done"
     if not done:

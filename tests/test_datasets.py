@@ -11,6 +11,9 @@ import pytest
 
 from faceledger import datasets
 
+# no gallery database here: not run a second time against PostgreSQL
+pytestmark = pytest.mark.nodb
+
 
 def _tgz(path: Path, members: dict[str, bytes]) -> None:
     with tarfile.open(path, "w:gz") as tf:

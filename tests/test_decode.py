@@ -8,6 +8,9 @@ from PIL import Image
 
 from faceledger.decode import DecodeError, decode_image
 
+# no gallery database here: not run a second time against PostgreSQL
+pytestmark = pytest.mark.nodb
+
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()

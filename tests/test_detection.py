@@ -4,10 +4,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import lfw_image
 from faceledger.detection import create_detector, effective_min_face, work_scale
+
+# no gallery database here: not run a second time against PostgreSQL
+pytestmark = pytest.mark.nodb
 
 
 def test_work_scale_enlarges_small_and_reduces_large_images() -> None:

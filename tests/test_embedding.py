@@ -10,6 +10,9 @@ from faceledger.embedding import (
     create_embedder_for_model,
 )
 
+# no gallery database here: not run a second time against PostgreSQL
+pytestmark = pytest.mark.nodb
+
 
 @pytest.fixture(scope="module")
 def chips() -> np.ndarray:

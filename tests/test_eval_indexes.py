@@ -14,6 +14,9 @@ from faceledger import evaluation
 from faceledger.bench import default_face_model
 from faceledger.evaluation import EmbeddingTable, LfwDataset
 
+# no gallery database here: not run a second time against PostgreSQL
+pytestmark = pytest.mark.nodb
+
 HAVE_MILVUS = True
 try:
     import milvus_lite  # noqa: F401

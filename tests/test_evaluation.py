@@ -3,9 +3,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from faceledger import evaluation
 from faceledger.evaluation import EmbeddingTable, LfwDataset
+
+# no gallery database here: not run a second time against PostgreSQL
+pytestmark = pytest.mark.nodb
 
 
 def test_parse_real_pairs(lfw: Path) -> None:

@@ -170,6 +170,9 @@ REGRESSIONS = [
         for path, body in (
             ("/api/v1/cases", b'{"case_number": "C\\ud800", "purpose": "violent-crime"}'),
             ("/api/v1/tokens", b'{"name": "\\udfff"}'),
+            # NUL: PostgreSQL cannot store it, so both databases refuse it alike
+            ("/api/v1/tokens", b'{"name": "a\\u0000b"}'),
+            ("/api/v1/cases", b'{"case_number": "C-\\u0000", "purpose": "violent-crime"}'),
         )
     ],
     ("ivy", "GET", "/api/v1/audit/entries?to=9999-12-31", {}, 403, "permission-denied"),

@@ -18,6 +18,9 @@ from faceledger.embedding.onnx_backend import (
     select_providers,
 )
 
+# no gallery database here: not run a second time against PostgreSQL
+pytestmark = pytest.mark.nodb
+
 TOLERANCE = 1e-4
 
 

@@ -44,6 +44,9 @@ from faceledger.onnxmodels.align import apply_transform
 from faceledger.onnxmodels.scrfd import letterbox, nms
 from faceledger.types import BBox, Detection
 
+# no gallery database here: not run a second time against PostgreSQL
+pytestmark = pytest.mark.nodb
+
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
 
 STRIDES = (8, 16, 32)

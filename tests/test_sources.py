@@ -10,6 +10,9 @@ import pytest
 
 from faceledger.sources import ItemError, SourceError, iter_manifest, iter_paths
 
+# no gallery database here: not run a second time against PostgreSQL
+pytestmark = pytest.mark.nodb
+
 
 def _names(items) -> list[str]:
     return [Path(i.name.split("!")[-1]).name for i in items]

@@ -63,7 +63,7 @@ from faceledger.policy import Policy, policy_path
 from faceledger.search import LEADS_NOTICE, NoFaceError
 from faceledger.service import Faceledger, PolicyTamperedError, RefusedError, SearchRequest
 from faceledger.sources import ItemError, SourceError, parse_when
-from faceledger.store import ModelMismatchError
+from faceledger.store import BadTextError, ModelMismatchError
 from faceledger.types import Face
 
 log = logging.getLogger("faceledger.api")
@@ -237,6 +237,8 @@ def error_for(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
         code = HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code
         return exc.status_code, code, message, dict(exc.headers or {})
+    if isinstance(exc, BadTextError):
+        return 400, "bad-text", str(exc), {}
     if isinstance(exc, UnicodeEncodeError) and "surrogates" in exc.reason:
         # JSON allows "\ud800" escapes; such text cannot be stored, hashed or logged as UTF-8
         return 400, "bad-text", "text must be valid Unicode (no lone surrogates)", {}
@@ -253,6 +255,7 @@ KNOWN_ERRORS = (
     PolicyTamperedError,
     ModelMismatchError,
     SourceError,
+    BadTextError,
 )
 
 

@@ -44,12 +44,23 @@ def main(
             "server milvus://host:port, or a Milvus Lite file *.db.",
         ),
     ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            envvar="FACELEDGER_DB",
+            help="Gallery database: SQLite in the data dir (default), or a PostgreSQL "
+            "database postgresql://user@host/db, which a new data dir records and keeps.",
+        ),
+    ] = None,
 ) -> None:
     """faceledger: face search over a lawfully held gallery, with accountability."""
     import os
 
     if index:
         os.environ["FACELEDGER_INDEX"] = index  # read by IndexManager, also in worker processes
+    if db:
+        os.environ["FACELEDGER_DB"] = db  # read by Store, also in the server and its jobs
 
 
 eval_app = typer.Typer(help="Evaluate accuracy on public benchmarks.", no_args_is_help=True)
@@ -131,10 +142,22 @@ def progress_bar(label: str, total: int | None, enabled: bool = True) -> Iterato
         yield progress
 
 
-def _store(data_dir: Path | None) -> Any:
-    from faceledger.store import Store
+def open_data_dir(data_dir: Path | None) -> Any:
+    """The data dir's :class:`Faceledger`, or a clear exit if its storage cannot be used."""
+    from sqlalchemy.exc import OperationalError
 
-    return Store(config.data_dir(data_dir))
+    from faceledger.service import Faceledger
+    from faceledger.store import DatabaseBindingError
+
+    path = config.data_dir(data_dir)
+    try:
+        return Faceledger(path)
+    except DatabaseBindingError as exc:
+        fail(str(exc))
+    except (OSError, OperationalError) as exc:
+        if not is_storage_error(path, exc):
+            raise
+        fail(storage_problem(path, exc), STORAGE_EXIT)
 
 
 @contextmanager
@@ -146,15 +169,10 @@ def session(data_dir: Path | None, as_user: str | None) -> Iterator[tuple[Any, A
 
     from faceledger.auth import AuthError, PermissionDenied
     from faceledger.decode import DecodeError
-    from faceledger.service import Faceledger, PolicyTamperedError, RefusedError
+    from faceledger.service import PolicyTamperedError, RefusedError
     from faceledger.store import ModelMismatchError
 
-    try:
-        fl = Faceledger(config.data_dir(data_dir))
-    except (OSError, OperationalError) as exc:
-        if not is_storage_error(config.data_dir(data_dir), exc):
-            raise
-        fail(storage_problem(config.data_dir(data_dir), exc), STORAGE_EXIT)
+    fl = open_data_dir(data_dir)
     try:
         token = os.environ.get("FACELEDGER_TOKEN")
         if as_user is None and token:
@@ -209,6 +227,11 @@ def storage_problem(data_dir: Path, exc: BaseException) -> str:
 
     orig = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the database's own error
     what = getattr(orig, "strerror", None) or str(orig).splitlines()[0]
+    if type(orig).__module__.startswith("psycopg"):
+        return escape(
+            f"database error: {what}. What was stored before is unchanged; check that the "
+            "PostgreSQL server is reachable and writable, then run the command again"
+        )
     try:
         fs = os.statvfs(data_dir)
         if fs.f_flag & os.ST_RDONLY:
@@ -258,12 +281,12 @@ def init(
     """Create the data dir's first admin (password from $FACELEDGER_PASSWORD or a prompt)."""
     import os
 
-    from faceledger.service import Faceledger, RefusedError
+    from faceledger.service import RefusedError
 
     password = os.environ.get("FACELEDGER_PASSWORD") or typer.prompt(
         f"new password for {admin}", hide_input=True, confirmation_prompt=True, err=True
     )
-    fl = Faceledger(config.data_dir(data_dir))
+    fl = open_data_dir(data_dir)
     try:
         fl.init_admin(admin, password)
     except (RefusedError, ValueError) as exc:

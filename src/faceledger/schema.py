@@ -9,6 +9,7 @@ gallery and record that it did. The ledger is append-only: triggers refuse UPDAT
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -24,6 +25,10 @@ from sqlalchemy import (
 
 SCHEMA_VERSION = 1
 
+# 64-bit integers everywhere, as SQLite's are: BIGINT on PostgreSQL, while SQLite keeps
+# INTEGER (so an INTEGER PRIMARY KEY stays the rowid alias).
+Int = BigInteger().with_variant(Integer(), "sqlite")
+
 metadata = MetaData()
 
 meta = Table(
@@ -36,7 +41,7 @@ meta = Table(
 sources = Table(
     "sources",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", Int, primary_key=True),
     Column("name", String(200), nullable=False, unique=True),
     Column("created_at", String(40), nullable=False),
 )
@@ -44,7 +49,7 @@ sources = Table(
 ingest_runs = Table(
     "ingest_runs",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", Int, primary_key=True),
     Column("started_at", String(40), nullable=False),
     Column("finished_at", String(40)),
     Column("status", String(20), nullable=False),  # running | done | interrupted
@@ -56,12 +61,12 @@ images = Table(
     "images",
     metadata,
     Column("sha256", String(64), primary_key=True),
-    Column("width", Integer, nullable=False),
-    Column("height", Integer, nullable=False),
+    Column("width", Int, nullable=False),
+    Column("height", Int, nullable=False),
     Column("format", String(16), nullable=False),
-    Column("byte_size", Integer, nullable=False),
+    Column("byte_size", Int, nullable=False),
     Column("stored_path", Text, nullable=False),  # relative to the data dir
-    Column("face_count", Integer, nullable=False),
+    Column("face_count", Int, nullable=False),
     Column("created_at", String(40), nullable=False),
     Column("expires_at", String(40)),
 )
@@ -69,15 +74,15 @@ images = Table(
 provenance = Table(
     "provenance",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", Int, primary_key=True),
     Column("image_sha", String(64), ForeignKey("images.sha256", ondelete="CASCADE"), index=True),
-    Column("source_id", Integer, ForeignKey("sources.id"), nullable=False),
+    Column("source_id", Int, ForeignKey("sources.id"), nullable=False),
     Column("original_path", Text, nullable=False),
     Column("source_url", Text),
     Column("captured_at", String(40)),
     Column("legal_basis", Text, nullable=False),
     Column("subject_label", Text),
-    Column("ingest_run_id", Integer, ForeignKey("ingest_runs.id")),
+    Column("ingest_run_id", Int, ForeignKey("ingest_runs.id")),
     Column("created_at", String(40), nullable=False),
     UniqueConstraint("image_sha", "source_id", "original_path"),
 )
@@ -85,15 +90,15 @@ provenance = Table(
 faces = Table(
     "faces",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", Int, primary_key=True),
     Column("image_sha", String(64), ForeignKey("images.sha256", ondelete="CASCADE"), index=True),
-    Column("face_index", Integer, nullable=False),
+    Column("face_index", Int, nullable=False),
     Column("bbox_json", Text, nullable=False),
     Column("landmarks_json", Text, nullable=False),
     Column("det_score", Float, nullable=False),
     Column("detector", String(32), nullable=False),
     Column("quality", Float, nullable=False),
-    Column("size", Integer, nullable=False),
+    Column("size", Int, nullable=False),
     Column("sharpness", Float, nullable=False),
     Column("yaw", Float, nullable=False),
     Column("model_id", String(64), nullable=False),
@@ -109,8 +114,8 @@ face_tombstones = Table(
     "face_tombstones",
     metadata,
     # ids of erased faces (no biometric data), so indexes can drop them without a rebuild
-    Column("face_id", Integer, primary_key=True),
-    Column("delete_generation", Integer, nullable=False, index=True),
+    Column("face_id", Int, primary_key=True),
+    Column("delete_generation", Int, nullable=False, index=True),
     Column("deleted_at", String(40), nullable=False),
 )
 
@@ -118,13 +123,13 @@ face_tombstones = Table(
 users = Table(
     "users",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", Int, primary_key=True),
     Column("username", String(100), nullable=False, unique=True),
     Column("password_hash", Text, nullable=False),  # argon2id
     Column("roles", String(200), nullable=False),  # comma-separated
     Column("unit", String(100)),
     Column("disabled", Boolean, nullable=False, default=False),
-    Column("failed_logins", Integer, nullable=False, default=0),
+    Column("failed_logins", Int, nullable=False, default=0),
     Column("locked_until", String(40)),
     Column("created_at", String(40), nullable=False),
 )
@@ -132,8 +137,8 @@ users = Table(
 tokens = Table(
     "tokens",
     metadata,
-    Column("id", Integer, primary_key=True),
-    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("id", Int, primary_key=True),
+    Column("user_id", Int, ForeignKey("users.id"), nullable=False),
     Column("token_hash", String(64), nullable=False, unique=True),  # SHA-256 of the secret
     Column("name", String(100), nullable=False),
     Column("created_at", String(40), nullable=False),
@@ -145,13 +150,13 @@ tokens = Table(
 case_requests = Table(
     "case_requests",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", Int, primary_key=True),
     Column("case_number", String(100), nullable=False, index=True),
     Column("purpose", String(100), nullable=False),
     Column("justification", Text, nullable=False),
-    Column("requested_by", Integer, ForeignKey("users.id"), nullable=False),
+    Column("requested_by", Int, ForeignKey("users.id"), nullable=False),
     Column("status", String(20), nullable=False),  # pending | approved | denied
-    Column("decided_by", Integer, ForeignKey("users.id")),
+    Column("decided_by", Int, ForeignKey("users.id")),
     Column("decided_at", String(40)),
     Column("decision_note", Text),
     Column("created_at", String(40), nullable=False),
@@ -160,14 +165,14 @@ case_requests = Table(
 searches = Table(
     "searches",
     metadata,
-    Column("id", Integer, primary_key=True),
-    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("id", Int, primary_key=True),
+    Column("user_id", Int, ForeignKey("users.id"), nullable=False, index=True),
     Column("case_number", String(100), nullable=False),
     Column("purpose", String(100), nullable=False),
     Column("justification", Text, nullable=False),
-    Column("request_id", Integer, ForeignKey("case_requests.id")),
+    Column("request_id", Int, ForeignKey("case_requests.id")),
     Column("probe_sha256", String(64), nullable=False),
-    Column("faces", Integer, nullable=False),
+    Column("faces", Int, nullable=False),
     Column("result_json", Text, nullable=False),  # candidate ids and scores, no biometrics
     Column("created_at", String(40), nullable=False),
 )
@@ -175,7 +180,7 @@ searches = Table(
 ledger = Table(
     "ledger",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Int, primary_key=True, autoincrement=False),
     Column("ts", String(40), nullable=False),
     Column("actor", String(100), nullable=False),
     Column("action", String(50), nullable=False, index=True),
@@ -189,7 +194,7 @@ blocklist = Table(
     "blocklist",
     metadata,
     # opted-out subjects: embeddings only, never the enrolment photo
-    Column("id", Integer, primary_key=True),
+    Column("id", Int, primary_key=True),
     Column("model_id", String(64), nullable=False),
     Column("embedding", LargeBinary, nullable=False),
     Column("reference", String(200), nullable=False),  # e.g. erasure request number
@@ -202,7 +207,7 @@ probes = Table(
     # probe photos kept only when policy says so, purged after policy.retain_probes_days
     Column("sha256", String(64), primary_key=True),
     Column("stored_path", Text, nullable=False),
-    Column("search_id", Integer, ForeignKey("searches.id")),
+    Column("search_id", Int, ForeignKey("searches.id")),
     Column("expires_at", String(40), nullable=False),
 )
 
@@ -211,7 +216,7 @@ pending_files = Table(
     metadata,
     # file operations that must follow a committed transaction (erasure, blurring); rows
     # left by a crash are finished at the next start, so no erased biometric data lingers
-    Column("id", Integer, primary_key=True),
+    Column("id", Int, primary_key=True),
     Column("action", String(10), nullable=False),  # delete | replace
     Column("path", Text, nullable=False),  # relative to the data dir
     Column("tmp_path", Text),  # for replace: the new content, already on disk

@@ -27,7 +27,7 @@ from faceledger.decode import decode_image
 from faceledger.policy import Policy, optout_threshold, policy_path
 from faceledger.schema import blocklist, case_requests, probes, searches, tokens, users
 from faceledger.search import LEADS_NOTICE, NoFaceError, Searcher
-from faceledger.store import Store, atomic_write, now_iso
+from faceledger.store import Store, atomic_write, insert_or_ignore, now_iso
 
 
 class RefusedError(Exception):
@@ -704,9 +704,7 @@ class Faceledger:
                     timespec="seconds"
                 )
                 conn.execute(
-                    insert(probes).prefix_with("OR IGNORE")
-                    if conn.dialect.name == "sqlite"
-                    else insert(probes),
+                    insert_or_ignore(probes, conn),
                     {
                         "sha256": probe_sha,
                         "stored_path": rel,

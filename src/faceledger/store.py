@@ -1,6 +1,7 @@
 """The gallery database: the source of truth for images, provenance, faces and vectors.
 
-SQLAlchemy Core over SQLite (WAL, foreign keys on) by default; the vector index is derived
+SQLAlchemy Core over SQLite (WAL, foreign keys on) by default, or PostgreSQL
+(``--db postgresql://...``, see :func:`resolve_database`); the vector index is derived
 from the ``faces`` table and can always be rebuilt from it. Every face write bumps a
 ``generation`` counter (and every delete also ``delete_generation``), which lets an index
 notice that it is stale and catch up.
@@ -9,7 +10,9 @@ notice that it is stale and catch up.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +37,8 @@ from faceledger.schema import (
 from faceledger.sources import Provenance
 from faceledger.types import Face
 
+log = logging.getLogger(__name__)
+
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -41,6 +46,100 @@ def now_iso() -> str:
 
 class ModelMismatchError(Exception):
     """Raised when vectors of one model would be mixed into a gallery of another."""
+
+
+class BadTextError(ValueError):
+    """Text that no supported database stores faithfully (PostgreSQL refuses NUL)."""
+
+
+def _refuse_nul(
+    _conn: Any, _cursor: Any, _statement: str, parameters: Any, _context: Any, _many: bool
+) -> None:
+    rows = parameters if isinstance(parameters, list) else [parameters]
+    for row in rows:
+        values = row.values() if isinstance(row, dict) else (row or ())
+        if any(isinstance(v, str) and "\x00" in v for v in values):
+            raise BadTextError("text must not contain NUL characters")
+
+
+class DatabaseBindingError(Exception):
+    """A data dir and a database that do not belong together."""
+
+
+SQLITE_FILE = "gallery.db"
+BINDING_FILE = "database.json"  # where a data dir keeps its server database's URL
+# Any writer transaction on PostgreSQL takes this advisory lock first: the equivalent of
+# SQLite's BEGIN IMMEDIATE, so read-then-write units (ledger appends) are serialised.
+PG_WRITER_LOCK = 0x46414345  # "FACE"
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean PostgreSQL through psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and the ledger."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable database URL>"
+
+
+def resolve_database(data_dir: Path, url: str | None) -> tuple[str, dict[str, Any] | None]:
+    """The database of ``data_dir`` and its binding record (None for the SQLite default).
+
+    The database is chosen when a data dir is created: ``url`` (``--db``, else
+    ``$FACELEDGER_DB``) names a server database, which the data dir records in
+    ``database.json`` (mode 0600: the URL may hold a password). From then on that record
+    decides (edit it to move the database), and a data dir whose gallery is in SQLite is
+    never silently switched to another database.
+    """
+    binding_path = data_dir / BINDING_FILE
+    if binding_path.is_file():
+        binding: dict[str, Any] = json.loads(binding_path.read_text())
+        recorded = str(binding["url"])
+        if url and normalise_url(url) != recorded:
+            log.warning(
+                "%s uses the database it was created with, %s, not %s (edit %s to move it)",
+                data_dir,
+                redact_url(recorded),
+                redact_url(normalise_url(url)),
+                binding_path,
+            )
+        return recorded, binding
+    sqlite_url = f"sqlite:///{data_dir / SQLITE_FILE}"
+    if not url or normalise_url(url).startswith("sqlite"):
+        return normalise_url(url) if url else sqlite_url, None
+    url = normalise_url(url)
+    if (data_dir / SQLITE_FILE).exists():
+        raise DatabaseBindingError(
+            f"{data_dir} keeps its gallery in SQLite ({SQLITE_FILE}); refusing to use "
+            f"{redact_url(url)} instead (moving a gallery between databases is not "
+            "supported: use a new data dir, or unset --db/$FACELEDGER_DB)"
+        )
+    # recorded by the Store once the database has accepted this data dir
+    return url, {"url": url, "data_dir_id": uuid.uuid4().hex}
+
+
+def insert_or_ignore(table: Any, conn: Connection) -> Any:
+    """INSERT that does nothing where the row's key already exists (both databases)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def _pg_writer_begin(conn: Connection) -> None:
+    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITER_LOCK})")
 
 
 @dataclass
@@ -72,19 +171,30 @@ class Store:
     def __init__(self, data_dir: Path, url: str | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.url = url or f"sqlite:///{self.data_dir / 'gallery.db'}"
+        if url is None:
+            url = os.environ.get("FACELEDGER_DB") or None
+        self.url, binding = resolve_database(self.data_dir, url)
         # Two engines on one database: ``engine`` for reads (deferred transactions) and
-        # ``writer`` whose transactions take the write lock up front (BEGIN IMMEDIATE), so
-        # read-then-write units such as ledger appends are serialised without deadlocks.
-        self.engine: Engine = create_engine(self.url, future=True)
-        self.writer: Engine = create_engine(self.url, future=True)
-        if self.engine.dialect.name == "sqlite":
+        # ``writer`` whose transactions take the write lock up front (BEGIN IMMEDIATE on
+        # SQLite, an advisory lock on PostgreSQL), so read-then-write units such as ledger
+        # appends are serialised without deadlocks.
+        self.engine: Engine = create_engine(self.url, future=True, pool_pre_ping=True)
+        self.writer: Engine = create_engine(self.url, future=True, pool_pre_ping=True)
+        self.dialect = self.engine.dialect.name
+        for eng in (self.engine, self.writer):  # the same refusal on both databases
+            event.listen(eng, "before_cursor_execute", _refuse_nul)
+        if self.dialect == "sqlite":
             for eng, begin in ((self.engine, "BEGIN"), (self.writer, "BEGIN IMMEDIATE")):
                 event.listen(eng, "connect", _sqlite_pragmas)
                 event.listen(eng, "begin", lambda c, b=begin: c.exec_driver_sql(b))
+        elif self.dialect == "postgresql":
+            event.listen(self.writer, "begin", _pg_writer_begin)
         else:
-            self.writer = self.engine
-        metadata.create_all(self.writer)
+            raise DatabaseBindingError(
+                f"unsupported database {self.dialect!r}: use SQLite (default) or PostgreSQL"
+            )
+        with self.writer.begin() as conn:
+            metadata.create_all(conn)
         install_ledger_guards(self.writer)
         with self.writer.begin() as conn:
             version = self._get_meta(conn, "schema_version")
@@ -94,6 +204,23 @@ class Store:
                 self._set_meta(conn, "delete_generation", "0")
             elif int(version) > SCHEMA_VERSION:
                 raise RuntimeError(f"data dir was written by a newer faceledger (schema {version})")
+            if binding is not None:
+                self._check_binding(conn, binding, fresh=version is None)
+        path = self.data_dir / BINDING_FILE
+        if binding is not None and not path.exists():
+            atomic_write(path, json.dumps(binding).encode(), mode=0o600)
+
+    def _check_binding(self, conn: Connection, binding: dict[str, Any], fresh: bool) -> None:
+        """A server database belongs to one data dir (its images and crops live there)."""
+        owner = self._get_meta(conn, "data_dir_id")
+        if owner is None and fresh:
+            self._set_meta(conn, "data_dir_id", binding["data_dir_id"])
+        elif owner != binding["data_dir_id"]:
+            raise DatabaseBindingError(
+                f"database {redact_url(self.url)} holds the gallery of another data dir "
+                f"(id {owner}), not of {self.data_dir} (id {binding['data_dir_id']}); "
+                "give each data dir its own database"
+            )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -413,19 +540,33 @@ LEDGER_GUARDS = {
     "postgresql": [
         "CREATE OR REPLACE FUNCTION ledger_append_only() RETURNS trigger AS $$ "
         "BEGIN RAISE EXCEPTION 'the ledger is append-only'; END; $$ LANGUAGE plpgsql",
-        "DROP TRIGGER IF EXISTS ledger_no_change ON ledger",
         "CREATE TRIGGER ledger_no_change BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger "
         "FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only()",
     ],
 }
+# PostgreSQL: the trigger's state ('O' enabled, 'D' disabled...), or None when missing.
+_PG_GUARD_STATE = (
+    "SELECT tgenabled FROM pg_trigger WHERE tgname = 'ledger_no_change' "
+    "AND tgrelid = 'ledger'::regclass"
+)
 
 
 def install_ledger_guards(engine: Engine) -> None:
-    """Triggers that make the database itself refuse UPDATE and DELETE on the ledger."""
+    """Triggers that make the database itself refuse UPDATE and DELETE on the ledger
+    (re-installed, or re-enabled, whenever a Store opens the database)."""
     statements = LEDGER_GUARDS.get(engine.dialect.name)
     if statements is None:
         raise RuntimeError(f"no append-only guard for database {engine.dialect.name!r}")
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Only touch the table when needed: DDL on it would block concurrent appends.
+            state = conn.exec_driver_sql(_PG_GUARD_STATE).scalar()
+            if state is None:
+                for sql in statements:
+                    conn.exec_driver_sql(sql)
+            elif state == "D":
+                conn.exec_driver_sql("ALTER TABLE ledger ENABLE TRIGGER ledger_no_change")
+            return
         for sql in statements:
             conn.exec_driver_sql(sql)
 
@@ -441,11 +582,13 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        if mode is not None:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode))
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
