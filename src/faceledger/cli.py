@@ -316,7 +316,27 @@ def ingest(
     expires_at: Annotated[
         str | None, typer.Option(help="Retention: delete these photos after this ISO date.")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes (default: one per core).")] = 0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes (default: one per core); with --engine ray, Ray actors "
+            "(default: one per CPU of the cluster)."
+        ),
+    ] = 0,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="Where decode/detect/embed run: local (a process pool on this machine) or "
+            "ray (Ray Data actors on a Ray cluster; needs pip install 'faceledger\\[scale]')."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --engine ray: the Ray cluster to use, e.g. ray://head:10001 or auto "
+            "(default: start a local Ray)."
+        ),
+    ] = None,
     detector: Detector = "hog",
     embedder: Embedder = "default",
     min_face: MinFace = DEFAULT_MIN_FACE,
@@ -329,8 +349,18 @@ def ingest(
     """Add photos to the gallery (admin). Re-ingesting a photo is a no-op that says so."""
     from faceledger.embedding import DEFAULT_EMBEDDER
     from faceledger.ingest import PipelineSettings, default_workers
+    from faceledger.ingest_ray import RayEngineError, require_ray
     from faceledger.sources import SourceError, iter_manifest, iter_paths, parse_when
 
+    if engine not in ("local", "ray"):
+        fail(escape(f"unknown --engine {engine!r}: use local or ray"))
+    if address and engine != "ray":
+        fail("--address is for the ray engine: add --engine ray")
+    if engine == "ray":
+        try:
+            require_ray()
+        except RayEngineError as exc:
+            fail(escape(str(exc)))
     if not paths and manifest is None:
         fail("give photos to ingest: PATH... and/or --manifest FILE")
     if paths and not legal_basis:
@@ -354,7 +384,7 @@ def ingest(
     settings = PipelineSettings(
         detector=detector, embedder=embedder, min_face=min_face, model_dir=model_dir, device=device
     )
-    n_workers = workers or default_workers()
+    n_workers = workers if engine == "ray" else workers or default_workers()
     args = {
         "paths": [str(p) for p in paths or []],
         "manifest": str(manifest) if manifest else None,
@@ -374,9 +404,13 @@ def ingest(
                     n_workers,
                     args,
                     advance=lambda n: bar.advance(bar.task_ids[0], n),
+                    engine=engine,
+                    address=address,
                 )
         except SourceError as exc:
             fail(str(exc))
+        except RayEngineError as exc:  # ray missing, cluster unreachable
+            fail(escape(str(exc)))
     if as_json:
         _dump(summary.as_dict())
         return

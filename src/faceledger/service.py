@@ -772,25 +772,43 @@ class Faceledger:
         workers: int = 1,
         args: dict[str, Any] | None = None,
         advance: Callable[[int], None] = lambda n: None,
+        engine: str = "local",
+        address: str | None = None,
     ) -> Any:
+        """Ingest ``items``. ``engine``: ``local`` (a pool of ``workers`` processes) or
+        ``ray`` (Ray Data actors on the cluster at ``address``, else a local Ray; ``workers``
+        actors, 0 or less: one per cluster CPU)."""
         from faceledger.ingest import Ingestor
         from faceledger.privacy import load_blocklist, purge_expired
 
+        if engine not in ("local", "ray"):
+            raise ValueError(f"unknown ingest engine {engine!r}: use local or ray")
+        if address and engine != "ray":
+            raise ValueError("an address is for the ray engine (--engine ray)")
         self.require(actor, "ingest")
+        ingestor: Ingestor
+        if engine == "ray":
+            from faceledger.ingest_ray import RayIngestor
+
+            ingestor = RayIngestor(
+                self.store, settings, address=address, concurrency=workers if workers > 0 else None
+            )
+        else:
+            ingestor = Ingestor(self.store, settings, workers=workers)
         pol = self.policy()
         purge_expired(self, SYSTEM)
-        ingestor = Ingestor(self.store, settings, workers=workers)
         ingestor.blocklist = load_blocklist(self.store)
         ingestor.optout_threshold = (
             optout_threshold(pol, self.store.model_id()) if len(ingestor.blocklist) else 1.0
         )
         ingestor.retention_days = pol.image_retention_days
-        self.record(actor, "ingest.start", (args or {}).get("source", ""), args=args or {})
+        args = {**(args or {}), "engine": engine} | ({"address": address} if address else {})
+        self.record(actor, "ingest.start", args.get("source", ""), args=args)
         summary = ingestor.run(items, args, advance)
         self.record(
             actor,
             "ingest",
-            (args or {}).get("source", ""),
+            args.get("source", ""),
             run_id=summary.run_id,
             seen=summary.seen,
             new=summary.new,

@@ -1,0 +1,135 @@
+"""The Ray ingest engine (Ray Data actors on a local Ray) builds the local engine's gallery."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import ray
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from conftest import blank_jpeg, lfw_image
+from faceledger.cli import app
+from faceledger.index import IndexManager
+from faceledger.ingest import Ingestor, IngestSummary, PipelineSettings
+from faceledger.ingest_ray import RayIngestor
+from faceledger.schema import faces, images
+from faceledger.sources import iter_paths
+from faceledger.store import Store
+
+# Ray Data copies its DataContext, tripping its own deprecated-setting warnings.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photos(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 LFW photos (two each of 12 people), a duplicate, a corrupt file, a blank photo."""
+    src = tmp_path_factory.mktemp("photos")
+    people = [p.name for p in sorted(lfw.iterdir()) if lfw_image(lfw, p.name, 2).is_file()][:12]
+    for name in people:
+        (src / name).mkdir()
+        for n in (1, 2):
+            shutil.copy(lfw_image(lfw, name, n), src / name)
+    shutil.copy(lfw_image(lfw, people[3], 1), src / people[7] / "zz_same_again.jpg")
+    (src / people[5] / "m_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (src / people[9] / "n_landscape.jpg").write_bytes(blank_jpeg())
+    return src
+
+
+def _gallery(store: Store) -> tuple[dict[str, int], list[tuple[int, str, int, list[float]]], Any]:
+    with store.engine.connect() as conn:
+        counts = {r.sha256: r.face_count for r in conn.execute(select(images))}
+        rows = conn.execute(select(faces).order_by(faces.c.id)).all()
+    meta = [(r.id, r.image_sha, r.face_index, json.loads(r.bbox_json)) for r in rows]
+    vecs = np.stack([np.frombuffer(r.embedding, np.float32) for r in rows])
+    return counts, meta, vecs
+
+
+def _same_summary(a: IngestSummary, b: IngestSummary) -> None:
+    for key in ("seen", "new", "duplicates", "faces", "no_face", "opted_out"):
+        assert getattr(a, key) == getattr(b, key), key
+    assert dict(a.failures) == dict(b.failures)
+    assert sorted(e["item"] for e in a.errors) == sorted(e["item"] for e in b.errors)
+
+
+def _same_gallery(a: Path, b: Path, store_a: Store, store_b: Store) -> None:
+    counts_a, meta_a, vecs_a = _gallery(store_a)
+    counts_b, meta_b, vecs_b = _gallery(store_b)
+    assert counts_a == counts_b  # same images (SHA-256), same faces per image
+    assert meta_a == meta_b  # same face ids, in the same order, same boxes
+    assert vecs_a.shape == vecs_b.shape and float(np.abs(vecs_a - vecs_b).max()) < 1e-5
+    for crop in (a / "crops").rglob("*.jpg"):
+        assert (b / crop.relative_to(a)).read_bytes() == crop.read_bytes()
+
+
+def test_ray_engine_matches_local_engine(
+    photos: Path, tmp_path: Path, fresh_db, ray_cluster: None
+) -> None:
+    local_store = Store(tmp_path / "local")
+    local = Ingestor(local_store, PipelineSettings()).run(iter_paths([photos], "lfw", "test"))
+    assert local.seen == 27 and local.new == 25 and local.duplicates == 1
+    assert sum(local.failures.values()) == 1 and local.no_face == 1 and local.faces >= 24
+
+    fresh_db()
+    ray_store = Store(tmp_path / "ray")
+    ticks: list[int] = []
+    # small chunks and batches: several Ray Datasets, results arriving out of order
+    dist = RayIngestor(ray_store, PipelineSettings(), chunk_size=10, batch_size=2).run(
+        iter_paths([photos], "lfw", "test"), advance=ticks.append
+    )
+    assert ray.is_initialized()  # the test's Ray is left running
+    _same_summary(local, dist)
+    assert sum(ticks) == dist.seen
+    _same_gallery(tmp_path / "local", tmp_path / "ray", local_store, ray_store)
+    assert len(IndexManager(ray_store).sync()) == ray_store.face_count() == dist.faces
+
+    again = RayIngestor(ray_store, PipelineSettings()).run(iter_paths([photos], "lfw", "test"))
+    assert again.new == 0 and again.duplicates == 26 and sum(again.failures.values()) == 1
+
+    # the Ray Client (ray://) way: each chunk's Dataset driven by a task inside the cluster
+    fresh_db()
+    client_store = Store(tmp_path / "client")
+    via_task = RayIngestor(client_store, PipelineSettings(), chunk_size=16, on_cluster=True)
+    _same_summary(local, via_task.run(iter_paths([photos], "lfw", "test")))
+    _same_gallery(tmp_path / "local", tmp_path / "client", local_store, client_store)
+
+
+def test_cli_ingest_engine_ray(
+    lfw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ray_cluster: None
+) -> None:
+    runner = CliRunner()
+    g = tmp_path / "g"
+    g.mkdir()
+    for name in ("Al_Gore", "Adrien_Brody", "Abdullah_Gul"):
+        shutil.copy(lfw_image(lfw, name, 1), g)
+    monkeypatch.setenv("FACELEDGER_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("FACELEDGER_PASSWORD", "admin password 1")
+    assert runner.invoke(app, ["init", "--admin", "root"]).exit_code == 0
+    ingest = ["ingest", str(g), "--legal-basis", "test", "--as", "root"]
+
+    r = runner.invoke(app, [*ingest, "--engine", "spark"])
+    assert r.exit_code == 1 and "unknown --engine 'spark'" in r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    assert "Traceback" not in r.output
+    r = runner.invoke(app, [*ingest, "--address", "ray://nowhere:10001"])
+    assert r.exit_code == 1 and "--engine ray" in r.output
+
+    r = runner.invoke(app, [*ingest, "--engine", "ray", "--workers", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["new"] == 3 and doc["faces"] == 3 and doc["failed"] == 0
+    r = runner.invoke(app, ["stats", "--json", "--as", "root"])
+    assert json.loads(r.stdout)["images"] == 3
