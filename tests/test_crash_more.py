@@ -701,6 +701,11 @@ def test_ingest_when_writes_fail_through_a_hook(
     assert _flat(words) in said and _flat(str(data)) in said, r.output
     assert "Traceback" not in r.output
     _check_unharmed(data, before, new_images=len(NEW))
+    raw = _db(data)  # the ledger says the ingest it started did not finish, and why
+    last = raw.execute("select action, details from ledger order by seq desc limit 2").fetchall()
+    raw.close()
+    assert [a for a, _ in last] == ["ingest.failed", "ingest.start"], last
+    assert json.loads(last[0][1])["error"] == "OSError"
     r = runner.invoke(app, _ingest_args(data, photos), env=env)  # the problem is gone
     assert r.exit_code == 0, r.output
     raw = _db(data)

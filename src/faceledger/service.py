@@ -9,6 +9,7 @@ checked here before any face is compared, so no interface can skip them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -804,7 +805,21 @@ class Faceledger:
         ingestor.retention_days = pol.image_retention_days
         args = {**(args or {}), "engine": engine} | ({"address": address} if address else {})
         self.record(actor, "ingest.start", args.get("source", ""), args=args)
-        summary = ingestor.run(items, args, advance)
+        try:
+            summary = ingestor.run(items, args, advance)
+        except BaseException as exc:
+            # Every ingest.start gets its end: what stopped it (what was committed before
+            # stays, and its images are in the ingest_runs row marked interrupted). When the
+            # database itself cannot be written, this entry cannot be either.
+            with contextlib.suppress(Exception):
+                self.record(
+                    actor,
+                    "ingest.failed",
+                    args.get("source", ""),
+                    error=type(exc).__name__,
+                    message=str(exc)[:500],
+                )
+            raise
         self.record(
             actor,
             "ingest",
