@@ -209,3 +209,27 @@ def test_cli_ingest_search_stats_json(lfw: Path, tmp_path: Path, monkeypatch) ->
     face = json.loads(r.stdout)["faces"][0]
     assert len(face["landmarks"]) == 5 and len(face["embedding"]) == 128
     assert abs(np.linalg.norm(face["embedding"]) - 1) < 1e-5
+
+
+def test_a_photo_stored_by_another_ingest_meanwhile_is_a_duplicate(
+    lfw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ingests of the same new photo at once: the one that commits second finds the
+    image stored after its own check and records it as a duplicate, not a failure."""
+    store = Store(tmp_path / "data")
+    photo = lfw_image(lfw, "Al_Gore", 1)
+    first = _ingest(store, iter_paths([photo], "first", "test"))
+    assert first.new == 1
+    real = store.has_image
+    calls = {"n": 0}
+
+    def not_yet(sha: str) -> bool:  # the second ingest checked before the first committed
+        calls["n"] += 1
+        return False if calls["n"] == 1 else real(sha)
+
+    monkeypatch.setattr(store, "has_image", not_yet)
+    second = _ingest(store, iter_paths([photo], "second", "test"))
+    assert (second.new, second.duplicates, sum(second.failures.values())) == (0, 1, 0)
+    stats = store.stats()
+    assert stats["images"] == 1 and stats["faces"] == first.faces
+    assert stats["sources"] == {"first": 1, "second": 1}  # both provenances recorded

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import IntegrityError
 
 from faceledger.analysis import FaceAnalyzer
 from faceledger.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
@@ -216,6 +217,14 @@ class Ingestor:
                 rows,
                 summary.run_id,
             )
+        except IntegrityError:
+            if not self.store.has_image(sha):
+                raise
+            # Another ingest stored this photo since we checked: it is a duplicate (its
+            # files are the same bytes, written atomically by both).
+            self.store.add_provenance(sha, item.provenance, summary.run_id)
+            summary.duplicates += 1
+            return
         except BaseException:
             # A write failed (disk full, read-only...): leave no files the database does
             # not know, unless the image is known after all (another ingest stored it).
