@@ -53,11 +53,14 @@ class BadTextError(ValueError):
 
 
 def _refuse_nul(
-    _conn: Any, _cursor: Any, _statement: str, parameters: Any, _context: Any, _many: bool
+    _conn: Any, _cursor: Any, _statement: str, parameters: Any, _context: Any, many: bool
 ) -> None:
-    rows = parameters if isinstance(parameters, list) else [parameters]
+    rows = parameters if isinstance(parameters, list) and many else [parameters]
     for row in rows:
-        values = row.values() if isinstance(row, dict) else (row or ())
+        if isinstance(row, dict):
+            values: Any = row.values()
+        else:
+            values = row if isinstance(row, (tuple, list)) else (row,)
         if any(isinstance(v, str) and "\x00" in v for v in values):
             raise BadTextError("text must not contain NUL characters")
 
