@@ -1,0 +1,643 @@
+"""Benchmark: the approximate index on REAL face embeddings, at scale.
+
+The LFW 1:N protocol of :func:`faceledger.evaluation.identification` (gallery: one image of
+each enrolled person; mated probes: their other images; non-mated probes: every image of the
+people not enrolled) run on a gallery grown with N synthetic distractor faces from the
+LFW-fitted generator of :mod:`faceledger.bench` (``generate``: identities of 1 + Geometric
+faces, mean 4, exactly as ``faceledger bench search`` draws them). Every probe (mated and
+non-mated, k = 10) is searched by
+
+* exact brute force: a ``FaceIndex`` of kind "flat" over the same rows (FAISS' float32
+  inner-product kernel, batched, all threads) — the reference;
+* the approximate index :func:`faceledger.index.choose_kind` picks at that size, with its
+  default parameters (``AnnParams()``), and optionally others (``--kinds``);
+
+and the script reports rank-1/rank-10 of the mated probes, FNIR at FPIR = 0.003 (threshold
+from each backend's own non-mated top scores, as evaluation.py does), how the approximate
+ranked lists differ from the exact ones (rank-1 ids, top-10 lists, beyond ties of 1e-5),
+mates the exact search finds in the top-10 that the approximate one loses, single-query p50/
+p99 latency (one search thread), build time and parameters, and why neighbours were missed:
+their IVF list was not among the ``nprobe`` probed ("unprobed_list") or it was but the coarse
+PQ scores left them outside the re-ranked candidates ("candidate_cut"). ``list_spread``
+gives, per probe, how many lists (nearest centroids first) must be probed to reach its exact
+neighbours, for the real probes and for synthetic probes (fresh faces of distractor
+identities, as ``bench search`` draws them) in the same index; ``sweep`` re-runs the search
+over a grid of nprobe x candidates on the same build.
+
+Alignment of the distractors (``--align``). The generator reproduces LFW's score statistics
+around its OWN random mean direction, which is nearly orthogonal to the real embeddings'
+mean: raw synthetic faces score about -0.07 against LFW faces (real impostors: 0.84), never
+enter a real probe's top-10 and leave the real faces a few IVF lists of their own — no test
+of anything. ``pca`` (default) rotates the synthetic faces (an orthogonal map, so their own
+scores are unchanged) so that their mean direction and principal axes (by decreasing
+variance) land on those of the real embeddings, fitted on the LFW calibration-split people
+(excluded from the 1:N protocol); ``mean`` only maps the mean direction; ``none`` keeps the
+raw faces. ``distractor_realism`` compares real-probe-to-distractor scores with real
+impostor scores.
+
+    python benchmarks/realscale.py                              # 1M distractors
+    python benchmarks/realscale.py --distractors 100000
+    python benchmarks/realscale.py --kinds auto --sweep-nprobe 80,160,320 \\
+        --sweep-candidates 1000,2000
+
+Prints JSON (and writes it to ``--json-out``); progress goes to stderr.
+
+Measured (2-core dev VM, shared; dlib_resnet_v1+flip LFW table ``..._mf48.npz``; 3,678 LFW
+gallery faces, 3,020 mated + 3,217 non-mated probes; ``--align pca``; p50 = single-query,
+one thread; "lost" = mates in the exact top-10 missing from the approximate top-10; "r1" =
+rank-1 ids differing beyond ties). Every miss at the default is an unprobed IVF list; the
+PQ candidate cut never lost a mate. Synthetic probes in the SAME index: recall@10 0.998+.
+
+    distractors  exact rank-1  p50    nprobe/nlist  rank-1  lost  r1   recall@10  p50 ms
+    100,000      0.9258        1.68   48/256 (def)  0.9185    27  136  0.965      0.25
+                                      96/256        0.9255     2   15  0.996      0.32
+                                     144/256        0.9258     0    1  0.999      0.36
+    1,000,000    0.9079        18.5   80/1024 (def) 0.8732   124  341  0.940      0.67
+                                     240/1024       0.9036    13   34  0.994      1.30
+                                     320/1024       0.9066     4   13  0.997      1.56-1.85
+                                     480/1024       0.9079     0    2  0.999      2.45-2.58
+                                     560/1024       0.9079     0    0  0.999      2.71
+
+(candidates 1000 throughout; 2000 removes ~30 tail-of-top-10 swaps at 1M for +0.2-0.4 ms.)
+LFW alone (IVF trained on real faces only, nlist 32): nprobe 8 -> 155 rank-1 changes, 16 ->
+9, 32 -> 0; a synthetic gallery of the same shape: 1, 0, 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from faceledger.bench import default_face_model, generate
+from faceledger.evaluation import (
+    FPIR_TARGET,
+    RANK_K,
+    TIE_TOLERANCE,
+    EmbeddingTable,
+    LfwDataset,
+    OneToNSplit,
+    compare_rankings,
+    in_calibration_split,
+    one_to_n_split,
+    rank_metrics,
+)
+from faceledger.index import (
+    DEFAULT_ANN_KIND,
+    EXACT_MAX_FACES,
+    IVF_KINDS,
+    KINDS,
+    AnnParams,
+    FaceIndex,
+    RowStore,
+    auto_nprobe,
+    choose_kind,
+)
+
+DEFAULT_CACHE = Path("/tmp/evaldata/eval/lfw_dlib_resnet_v1-flip_onnx_hog-cnn_mf48.npz")
+BATCH = 512  # probes per batched search
+ALIGN_SAMPLE = 50_000  # synthetic faces the alignment frame is fitted on
+PERCENTILES = (50, 90, 95, 99, 99.9, 100)
+
+
+def say(msg: str) -> None:
+    print(f"[realscale] {msg}", file=sys.stderr, flush=True)
+
+
+# --- data ------------------------------------------------------------------------------
+def load_table(cache: Path, lfw_dir: Path | None) -> tuple[LfwDataset, EmbeddingTable]:
+    """The cached LFW embeddings (read only) and the dataset they were computed from.
+
+    Without ``lfw_dir`` the person list is rebuilt from the cache's paths, which
+    ``evaluation.embed_lfw`` wrote in ``LfwDataset.all_images()`` order.
+    """
+    with np.load(cache, allow_pickle=False) as z:
+        paths = [str(p) for p in z["paths"]]
+        table = EmbeddingTable(paths, np.asarray(z["vectors"], np.float32), z["detected"])
+    if lfw_dir is not None:
+        ds = LfwDataset.load(lfw_dir)
+        if ds.all_images() != paths:
+            sys.exit(f"{cache} was not computed from {lfw_dir}")
+        return ds, table
+    people: dict[str, list[str]] = {}
+    for p in paths:
+        people.setdefault(p.split("/", 1)[0], []).append(p)
+    ds = LfwDataset(Path("."), people)
+    if ds.all_images() != paths:
+        sys.exit(f"{cache}: paths are not in LFW order")
+    return ds, table
+
+
+def _frame(vectors: np.ndarray) -> np.ndarray:
+    """Orthonormal columns: the mean direction, then the principal axes orthogonal to it."""
+    v = np.asarray(vectors, np.float64)
+    d = v.mean(axis=0)
+    d /= np.linalg.norm(d)
+    proj = np.eye(len(d)) - np.outer(d, d)
+    c = proj @ np.cov(v.T) @ proj
+    w, e = np.linalg.eigh(c)
+    axes = e[:, np.argsort(w)[::-1][: len(d) - 1]]
+    q, r = np.linalg.qr(np.column_stack([d, axes]))
+    return np.asarray(q * np.sign(np.diag(r)))
+
+
+def alignment(mode: str, real: np.ndarray, synthetic: np.ndarray) -> np.ndarray:
+    """Rotation R (rows map as ``v @ R.T``) taking the synthetic frame onto the real one."""
+    dim = real.shape[1]
+    if mode == "none":
+        return np.eye(dim, dtype=np.float32)
+    a_real, a_syn = _frame(real), _frame(synthetic)
+    if mode == "pca":
+        return (a_real @ a_syn.T).astype(np.float32)
+    if mode == "mean":  # the rotation in the plane of the two mean directions only
+        s, t = a_syn[:, 0], a_real[:, 0]
+        c = float(s @ t)
+        w = t - c * s
+        nw = np.linalg.norm(w)
+        if nw < 1e-12:
+            return np.eye(dim, dtype=np.float32)
+        w /= nw
+        sn = float(np.sqrt(max(0.0, 1 - c * c)))
+        rot = np.eye(dim)
+        rot += (c - 1) * (np.outer(s, s) + np.outer(w, w)) + sn * (np.outer(w, s) - np.outer(s, w))
+        return rot.astype(np.float32)
+    raise ValueError(f"unknown alignment {mode!r}")
+
+
+def score_stats(scores: np.ndarray) -> dict[str, float]:
+    s = np.asarray(scores, np.float64).ravel()
+    z = (s - s.mean()) / s.std()
+    return {
+        "mean": float(s.mean()),
+        "std": float(s.std()),
+        "skew": float((z**3).mean()),
+        "q999": float(np.quantile(s, 0.999)),
+        "max": float(s.max()),
+    }
+
+
+# --- searching -------------------------------------------------------------------------
+def batched(index: FaceIndex, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, gallery positions) of every query; the index's ids are position + 1."""
+    s_parts, p_parts = [], []
+    for s in range(0, len(q), BATCH):
+        sc, ids = index.search(q[s : s + BATCH], k)
+        s_parts.append(sc)
+        p_parts.append(np.where(ids > 0, ids - 1, -1))
+    return np.concatenate(s_parts), np.concatenate(p_parts).astype(np.int64)
+
+
+def timed(index: FaceIndex, q: np.ndarray, k: int, budget_s: float | None = None) -> list[int]:
+    """Single-query latencies (ns), one search thread, after a short warm-up."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        for i in range(min(20, len(q))):
+            index.search(q[i : i + 1], k)
+        ns: list[int] = []
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
+        for i in range(len(q)):
+            t = time.perf_counter_ns()
+            index.search(q[i : i + 1], k)
+            ns.append(time.perf_counter_ns() - t)
+            if deadline is not None and i >= 19 and time.perf_counter() > deadline:
+                break
+        return ns
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def pct_ms(ns: list[int], q: float) -> float:
+    return round(float(np.percentile(np.asarray(ns, np.float64), q) / 1e6), 4)
+
+
+def recall_at_k(ref: np.ndarray, got: np.ndarray) -> float:
+    """Share of the reference top-k positions found in the other top-k (any order)."""
+    hit = (ref[:, :, None] == got[:, None, :]).any(axis=2) & (ref >= 0)
+    return float(hit.sum() / max((ref >= 0).sum(), 1))
+
+
+class ListRanks:
+    """For an IVF build: the list of gallery rows and each query's order of lists."""
+
+    def __init__(self, index: FaceIndex) -> None:
+        assert index.ann is not None
+        self.ivf = faiss.extract_index_ivf(index.ann)
+        self.nlist = int(self.ivf.nlist)
+        self.quantizer = faiss.downcast_index(self.ivf.quantizer)
+        self.vectors = index.rows.vectors
+
+    def centroid_gap(self, x: np.ndarray, nprobe: int) -> dict[str, float]:
+        """Medians of the squared L2 distance to the nearest centroid and of how much
+        farther the ``nprobe``-th nearest is (small gap: many lists about as near)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        d, _ = self.quantizer.search(x, min(nprobe, self.nlist))
+        return {
+            "nearest_sqdist_p50": float(np.median(d[:, 0])),
+            f"gap_to_list_{d.shape[1]}_p50": float(np.median(d[:, -1] - d[:, 0])),
+        }
+
+    def list_of(self, rows: np.ndarray) -> np.ndarray:
+        flat = rows.ravel()
+        out = np.full(flat.shape, -1, np.int64)
+        ok = flat >= 0
+        if ok.any():
+            x = np.ascontiguousarray(self.vectors[flat[ok]], dtype=np.float32)
+            _, lab = self.quantizer.search(x, 1)
+            out[ok] = lab[:, 0]
+        return out.reshape(rows.shape)
+
+    def rank_of(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """0-based rank (nearest centroid first) of each row's list among the query's lists;
+        the row is reached by probing rank + 1 lists. -1 where the row is -1."""
+        lists = self.list_of(rows)
+        out = np.full(rows.shape, -1, np.int64)
+        for s in range(0, len(q), BATCH):
+            x = np.ascontiguousarray(q[s : s + BATCH], dtype=np.float32)
+            _, order = self.quantizer.search(x, self.nlist)
+            inv = np.empty_like(order)
+            inv[np.arange(len(order))[:, None], order] = np.arange(self.nlist)[None, :]
+            blk = lists[s : s + BATCH]
+            out[s : s + BATCH] = np.where(
+                blk >= 0, np.take_along_axis(inv, np.maximum(blk, 0), axis=1), -1
+            )
+        return out
+
+
+def spread(needed: np.ndarray, nprobe: int, nlist: int) -> dict[str, Any]:
+    """Distribution of "lists to probe" (rank + 1) and the share reached at ``nprobe``."""
+    needed = needed[needed > 0]
+    if len(needed) == 0:
+        return {"count": 0}
+    pct = {f"p{p:g}": float(np.percentile(needed, p)) for p in PERCENTILES}
+    return {
+        "count": len(needed),
+        **pct,
+        "share_of_lists_p99": float(np.percentile(needed, 99)) / nlist,
+        f"reached_at_nprobe_{nprobe}": float(np.mean(needed <= nprobe)),
+    }
+
+
+# --- one configuration -----------------------------------------------------------------
+class Context:
+    """Everything the per-configuration measurement needs."""
+
+    def __init__(
+        self,
+        split: OneToNSplit,
+        probes: np.ndarray,
+        n_mated: int,
+        mate_pos: np.ndarray,
+        syn_probes: np.ndarray,
+        g64: np.ndarray,
+        timed_idx: np.ndarray,
+    ) -> None:
+        self.split = split
+        self.probes = probes
+        self.n_mated = n_mated
+        self.mate_pos = mate_pos
+        self.syn_probes = syn_probes
+        self.g64 = g64
+        self.timed_idx = timed_idx
+        self.ref_s = np.zeros(0)
+        self.ref_p = np.zeros(0, np.int64)
+        self.syn_ref = np.zeros(0, np.int64)
+
+
+def mate_flags(ctx: Context, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mate in top-10, mate at rank 1) per mated probe."""
+    m = pos[: ctx.n_mated]
+    in10 = (m == ctx.mate_pos[:, None]).any(axis=1)
+    return in10, m[:, 0] == ctx.mate_pos
+
+
+def measure(
+    ctx: Context,
+    index: FaceIndex,
+    ranks: ListRanks | None,
+    nprobe: int | None,
+    lat_queries: np.ndarray,
+) -> dict[str, Any]:
+    """Search every probe through ``index``; figures against the exact reference."""
+    t0 = time.perf_counter()
+    scores, pos = batched(index, ctx.probes, RANK_K)
+    t_search = time.perf_counter() - t0
+    row: dict[str, Any] = rank_metrics(
+        ctx.split, scores[: ctx.n_mated], pos[: ctx.n_mated], scores[ctx.n_mated :, 0]
+    )
+    cmp = compare_rankings(ctx.g64, ctx.probes, ctx.ref_p, pos, scores)
+    row.update(cmp)
+    ex10, ex1 = mate_flags(ctx, ctx.ref_p)
+    ap10, ap1 = mate_flags(ctx, pos)
+    row["mates_in_exact_top10_lost"] = int((ex10 & ~ap10).sum())
+    row["mates_at_exact_rank1_lost"] = int((ex1 & ~ap1).sum())
+    row["mates_gained_top10"] = int((~ex10 & ap10).sum())
+    row["recall_at_10"] = recall_at_k(ctx.ref_p, pos)
+    row["recall_at_1"] = float(np.mean(pos[:, 0] == ctx.ref_p[:, 0]))
+    if len(ctx.syn_probes):
+        _, syn_pos = batched(index, ctx.syn_probes, RANK_K)
+        row["synthetic_recall_at_10"] = recall_at_k(ctx.syn_ref, syn_pos)
+        row["synthetic_recall_at_1"] = float(np.mean(syn_pos[:, 0] == ctx.syn_ref[:, 0]))
+    if ranks is not None and nprobe is not None:
+        # why each exact top-10 neighbour missing from the approximate top-10 was missed
+        missing = (ctx.ref_p[:, :, None] != pos[:, None, :]).all(axis=2) & (ctx.ref_p >= 0)
+        # only misses that are not a tie swap at the tail of the list
+        worst = np.where(pos >= 0, scores, -np.inf).min(axis=1)
+        ref_true = np.einsum(
+            "qd,qkd->qk", ctx.probes.astype(np.float64), ctx.g64[np.maximum(ctx.ref_p, 0)]
+        )
+        beyond = missing & (ref_true > worst[:, None] + TIE_TOLERANCE)
+        lr = ranks.rank_of(ctx.probes, ctx.ref_p)
+        cand = np.concatenate(
+            [
+                index.candidate_rows(ctx.probes[s : s + BATCH], RANK_K)
+                for s in range(0, len(ctx.probes), BATCH)
+            ]
+        )
+        in_cand = (ctx.ref_p[:, :, None] == cand[:, None, :]).any(axis=2)
+        unprobed = beyond & (lr >= nprobe)
+        cut = beyond & (lr < nprobe) & ~in_cand
+        other = beyond & ~unprobed & ~cut
+        mate_lost = np.zeros(len(ctx.probes), bool)
+        mate_lost[: ctx.n_mated] = ex10 & ~ap10
+        mate_col = np.zeros_like(missing)
+        mate_col[: ctx.n_mated] = ctx.ref_p[: ctx.n_mated] == ctx.mate_pos[:, None]
+        row["missed_neighbours"] = {
+            "beyond_ties": int(beyond.sum()),
+            "unprobed_list": int(unprobed.sum()),
+            "candidate_cut": int(cut.sum()),
+            "other": int(other.sum()),
+            "lost_mates_unprobed_list": int((unprobed & mate_col).sum()),
+            "lost_mates_candidate_cut": int((cut & mate_col).sum()),
+            "candidate_recall_at_10": float(in_cand[ctx.ref_p >= 0].mean()),
+        }
+    ns = timed(index, lat_queries, RANK_K)
+    row["p50_ms"] = pct_ms(ns, 50)
+    row["p99_ms"] = pct_ms(ns, 99)
+    row["timed_queries"] = len(ns)
+    row["batch_search_seconds"] = round(t_search, 2)
+    return row
+
+
+def ivf_params(index: FaceIndex) -> dict[str, Any]:
+    out: dict[str, Any] = {"candidates": index.params.candidates(RANK_K)}
+    if index.kind in IVF_KINDS and index.ann is not None:
+        nlist = int(faiss.extract_index_ivf(index.ann).nlist)
+        out["nlist"] = nlist
+        out["nprobe"] = int(index.params.nprobe or auto_nprobe(nlist))
+        out["probed_share"] = out["nprobe"] / nlist
+    elif index.kind == "hnsw_sq8":
+        out["ef_search"] = max(index.params.ef_search, out["candidates"])
+    out["trained_on"] = index.trained_rows
+    return out
+
+
+# --- main ------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="LFW embedding table")
+    ap.add_argument("--lfw-dir", type=Path, default=None, help="check the table against LFW")
+    ap.add_argument("--distractors", type=int, default=1_000_000)
+    ap.add_argument("--align", choices=("pca", "mean", "none"), default="pca")
+    ap.add_argument("--seed", type=int, default=0, help="generator seed (as bench search)")
+    ap.add_argument(
+        "--kinds",
+        default="auto,ivf_sq8",
+        help="approximate kinds to build ('auto': choose_kind's pick at the gallery size)",
+    )
+    ap.add_argument(
+        "--sweep-nprobe",
+        default="x1,x1.5,x2,x3,x4,x6",
+        help="nprobe values for the first kind's sweep (xF: F times the default nprobe)",
+    )
+    ap.add_argument("--sweep-candidates", default="1000,2000,4000", help="candidates_min values")
+    ap.add_argument("--synthetic-probes", type=int, default=1000)
+    ap.add_argument("--timed-queries", type=int, default=1000, help="probes timed one by one")
+    ap.add_argument("--exact-seconds", type=float, default=10.0, help="budget, exact timing")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--json-out", type=Path, default=None)
+    args = ap.parse_args()
+    t_start = time.perf_counter()
+
+    ds, table = load_table(args.cache, args.lfw_dir)
+    split = one_to_n_split(ds, table)
+    lfw_gallery = np.ascontiguousarray(table.vectors[split.gallery], np.float32)
+    n_lfw = len(lfw_gallery)
+    probes = np.ascontiguousarray(
+        table.vectors[np.concatenate([split.mated, split.nonmated])], np.float32
+    )
+    n_mated = len(split.mated)
+    owner_pos = {name: i for i, name in enumerate(split.owners)}
+    mate_pos = np.array([owner_pos[n] for n in split.mated_owner], np.int64)
+    n_total = n_lfw + args.distractors
+
+    model = default_face_model(table.vectors.shape[1])
+    calib_rows = [i for i, p in enumerate(table.paths) if in_calibration_split(p.split("/")[0])]
+    sample = next(generate(model, ALIGN_SAMPLE, 0, seed=args.seed + 7777, chunk_faces=ALIGN_SAMPLE))
+    rot = alignment(args.align, table.vectors[calib_rows], sample.vectors)
+    del sample
+
+    base = Path(tempfile.mkdtemp(prefix="faceledger-realscale-", dir=args.workdir))
+    try:
+        # gallery: LFW gallery faces at positions 0..n_lfw-1 (ids 1..), distractors after
+        rows = RowStore.create(base / "faces.f32", lfw_gallery.shape[1])
+        rows.append(np.arange(1, n_lfw + 1, dtype=np.int64), lfw_gallery)
+        syn_probes: list[np.ndarray] = []
+        t0 = time.perf_counter()
+        next_id = n_lfw + 1
+        if args.distractors:
+            for chunk in generate(model, args.distractors, args.synthetic_probes, seed=args.seed):
+                vecs = chunk.vectors @ rot.T
+                ids = np.arange(next_id, next_id + len(vecs), dtype=np.int64)
+                rows.append(ids, vecs)
+                next_id += len(vecs)
+                syn_probes.append(chunk.probes @ rot.T)
+        syn_q = (
+            np.ascontiguousarray(np.concatenate(syn_probes), np.float32)
+            if syn_probes
+            else np.zeros((0, lfw_gallery.shape[1]), np.float32)
+        )
+        t_gen = time.perf_counter() - t0
+        say(f"gallery: {n_lfw} LFW + {args.distractors} distractors in {t_gen:.1f}s")
+        owners = np.concatenate([split.owners, np.full(args.distractors, "", split.owners.dtype)])
+        gsplit = replace(split, owners=owners)
+
+        # distractor realism: real probes vs distractors, and vs real non-mated gallery faces
+        realism: dict[str, Any] = {"align": args.align}
+        if args.distractors:
+            d_sample = np.asarray(rows.vectors[n_lfw : n_lfw + min(20_000, args.distractors)])
+            realism["real_probe_vs_distractor"] = score_stats(probes[n_mated:][:2000] @ d_sample.T)
+            realism["synthetic_probe_vs_distractor"] = score_stats(syn_q[:2000] @ d_sample.T)
+        realism["real_nonmated_probe_vs_lfw_gallery"] = score_stats(
+            probes[n_mated:] @ lfw_gallery.T
+        )
+
+        # exact reference
+        exact = FaceIndex(rows, "flat")
+        t0 = time.perf_counter()
+        ref_s, ref_p = batched(exact, probes, RANK_K)
+        syn_ref = batched(exact, syn_q, RANK_K)[1] if len(syn_q) else np.zeros((0, RANK_K), int)
+        t_exact = time.perf_counter() - t0
+        say(f"exact search of {len(probes) + len(syn_q)} probes in {t_exact:.1f}s")
+        rng = np.random.default_rng(12345)
+        n_timed = min(args.timed_queries, len(probes))
+        lat_q = np.ascontiguousarray(probes[np.sort(rng.choice(len(probes), n_timed, False))])
+        ex_ns = timed(exact, lat_q, RANK_K, budget_s=args.exact_seconds)
+        ex_row: dict[str, Any] = rank_metrics(
+            gsplit, ref_s[:n_mated], ref_p[:n_mated], ref_s[n_mated:, 0]
+        )
+        ex10 = (ref_p[:n_mated] == mate_pos[:, None]).any(axis=1)
+        ex_row.update(
+            {
+                "kind": "flat",
+                "mates_in_top10": int(ex10.sum()),
+                "mated_top1_is_distractor": int((ref_p[:n_mated, 0] >= n_lfw).sum()),
+                "nonmated_top1_is_distractor": int((ref_p[n_mated:, 0] >= n_lfw).sum()),
+                "p50_ms": pct_ms(ex_ns, 50),
+                "p99_ms": pct_ms(ex_ns, 99),
+                "timed_queries": len(ex_ns),
+                "batch_search_seconds": round(t_exact, 2),
+            }
+        )
+        realism["exact_top10_distractor_share"] = float((ref_p >= n_lfw).mean())
+
+        ctx = Context(gsplit, probes, n_mated, mate_pos, syn_q, np.zeros(0), lat_q)
+        ctx.ref_s, ctx.ref_p, ctx.syn_ref = ref_s, ref_p, syn_ref
+        ctx.g64 = np.asarray(rows.vectors, np.float64)  # scores for the tie rule
+
+        out: dict[str, Any] = {
+            "cache": str(args.cache),
+            "distractors": args.distractors,
+            "gallery_size": n_total,
+            "lfw_gallery": n_lfw,
+            "mated_probes": n_mated,
+            "nonmated_probes": len(split.nonmated),
+            "synthetic_probes": len(syn_q),
+            "k": RANK_K,
+            "tie_tolerance": TIE_TOLERANCE,
+            "fpir_target": FPIR_TARGET,
+            "seed": args.seed,
+            "threads_batch": faiss.omp_get_max_threads(),
+            "threads_timed": 1,
+            "choose_kind": choose_kind(n_total),
+            "exact_max_faces": EXACT_MAX_FACES,
+            "gallery_seconds": round(t_gen, 1),
+            "distractor_realism": realism,
+            "exact": ex_row,
+            "indexes": {},
+        }
+
+        kinds = []
+        for k in args.kinds.split(","):
+            k = k.strip()
+            if not k:
+                continue
+            kk = choose_kind(n_total) if k == "auto" else k
+            if kk == "flat":
+                kk = DEFAULT_ANN_KIND
+            if kk not in KINDS:
+                sys.exit(f"unknown kind {k!r}")
+            if kk not in kinds:
+                kinds.append(kk)
+        for i, kind in enumerate(kinds):
+            index = FaceIndex(rows, "flat", None, AnnParams())
+            t0 = time.perf_counter()
+            index.build_ann(kind)
+            t_build = time.perf_counter() - t0
+            say(f"built {kind} in {t_build:.1f}s")
+            params = ivf_params(index)
+            ranks = ListRanks(index) if kind in IVF_KINDS else None
+            nprobe = params.get("nprobe")
+            row: dict[str, Any] = {
+                "kind": kind,
+                "params": params,
+                "build_seconds": round(t_build, 1),
+            }
+            row.update(measure(ctx, index, ranks, nprobe, lat_q))
+            say(f"{kind} default: {json.dumps({k: row[k] for k in ('rank1', 'p50_ms')})}")
+            if ranks is not None and nprobe is not None:
+                lr = ranks.rank_of(probes, ref_p) + 1
+                mates = np.where(ref_p[:n_mated] == mate_pos[:, None], lr[:n_mated], 0).max(1)
+                ls: dict[str, Any] = {
+                    "nlist": ranks.nlist,
+                    "real_mate": spread(mates, nprobe, ranks.nlist),
+                    "real_top1": spread(lr[:, 0], nprobe, ranks.nlist),
+                    "real_top10_all": spread(lr.max(axis=1), nprobe, ranks.nlist),
+                    "centroids_real_probes": ranks.centroid_gap(probes, nprobe),
+                    "centroids_lfw_gallery": ranks.centroid_gap(lfw_gallery, nprobe),
+                }
+                if args.distractors:
+                    d_rows = np.asarray(rows.vectors[n_lfw : n_lfw + min(20_000, args.distractors)])
+                    ls["centroids_distractors"] = ranks.centroid_gap(d_rows, nprobe)
+                    ls["centroids_synthetic_probes"] = ranks.centroid_gap(syn_q, nprobe)
+                if len(syn_q):
+                    slr = ranks.rank_of(syn_q, syn_ref) + 1
+                    ls["synthetic_top1"] = spread(slr[:, 0], nprobe, ranks.nlist)
+                    ls["synthetic_top10_all"] = spread(slr.max(axis=1), nprobe, ranks.nlist)
+                row["list_spread"] = ls
+            if i == 0 and ranks is not None and nprobe is not None:
+                sweep = []
+                nps: list[int] = []
+                for s in args.sweep_nprobe.split(","):
+                    s = s.strip()
+                    v = round(float(s[1:]) * nprobe) if s.startswith("x") else int(s)
+                    v = min(max(1, v), ranks.nlist)
+                    if v not in nps:
+                        nps.append(v)
+                cands = [int(c) for c in args.sweep_candidates.split(",") if c.strip()]
+                for npv in nps:
+                    for c in cands:
+                        index.params = replace(AnnParams(), nprobe=npv, candidates_min=c)
+                        r = measure(ctx, index, ranks, npv, lat_q)
+                        entry = {"nprobe": npv, "candidates": index.params.candidates(RANK_K)}
+                        entry.update(
+                            {
+                                k: r[k]
+                                for k in (
+                                    "rank1",
+                                    "rank10",
+                                    "fnir_at_fpir_0_003",
+                                    "rank1_ids_differ",
+                                    "rank1_differ_beyond_ties",
+                                    "top10_lists_differ_beyond_ties",
+                                    "mates_in_exact_top10_lost",
+                                    "mates_at_exact_rank1_lost",
+                                    "recall_at_10",
+                                    "synthetic_recall_at_10",
+                                    "missed_neighbours",
+                                    "p50_ms",
+                                    "p99_ms",
+                                )
+                                if k in r
+                            }
+                        )
+                        sweep.append(entry)
+                        say(
+                            f"sweep nprobe {npv} cand {entry['candidates']}: "
+                            f"lost {r['mates_in_exact_top10_lost']}, "
+                            f"r1diff {r['rank1_differ_beyond_ties']}, p50 {r['p50_ms']} ms"
+                        )
+                index.params = AnnParams()
+                row["sweep"] = sweep
+            out["indexes"][kind] = row
+            del index
+        out["seconds"] = round(time.perf_counter() - t_start, 1)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    text = json.dumps(out, indent=2)
+    if args.json_out:
+        args.json_out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
