@@ -94,6 +94,8 @@ from faceledger.evaluation import (
 from faceledger.index import (
     DEFAULT_ANN_KIND,
     EXACT_MAX_FACES,
+    HNSW_EF_CONSTRUCTION,
+    HNSW_M,
     IVF_KINDS,
     KINDS,
     AnnParams,
@@ -397,8 +399,57 @@ def ivf_params(index: FaceIndex) -> dict[str, Any]:
         out["probed_share"] = out["nprobe"] / nlist
     elif index.kind == "hnsw_sq8":
         out["ef_search"] = max(index.params.ef_search, out["candidates"])
+        out["hnsw_m"] = index.params.hnsw_m
+        out["ef_construction"] = index.params.ef_construction
     out["trained_on"] = index.trained_rows
     return out
+
+
+def bytes_per_face(index: FaceIndex) -> dict[str, float]:
+    """Bytes per gallery row: heap (approximate structure + ids), the approximate structure
+    alone, and the mapped float32 file."""
+    mem = index.memory()
+    n = max(index.rows.rows, 1)
+    return {k: round(v / n, 1) for k, v in mem.items()}
+
+
+def parse_ints(text: str) -> list[int]:
+    out: list[int] = []
+    for s in text.split(","):
+        if s.strip() and int(s) not in out:
+            out.append(int(s))
+    return out
+
+
+def parse_ef_sweep(text: str) -> list[tuple[int, int]]:
+    """``ef`` or ``ef:candidates`` items; candidates default to ef."""
+    out: list[tuple[int, int]] = []
+    for s in text.split(","):
+        s = s.strip()
+        if not s:
+            continue
+        ef, _, c = s.partition(":")
+        item = (int(ef), int(c) if c else int(ef))
+        if item not in out:
+            out.append(item)
+    return out
+
+
+SWEEP_KEYS = (
+    "rank1",
+    "rank10",
+    "fnir_at_fpir_0_003",
+    "rank1_ids_differ",
+    "rank1_differ_beyond_ties",
+    "top10_lists_differ_beyond_ties",
+    "mates_in_exact_top10_lost",
+    "mates_at_exact_rank1_lost",
+    "recall_at_10",
+    "synthetic_recall_at_10",
+    "missed_neighbours",
+    "p50_ms",
+    "p99_ms",
+)
 
 
 # --- main ------------------------------------------------------------------------------
@@ -420,6 +471,41 @@ def main() -> None:
         help="nprobe values for the first kind's sweep (xF: F times the default nprobe)",
     )
     ap.add_argument("--sweep-candidates", default="1000,2000,4000", help="candidates_min values")
+    ap.add_argument(
+        "--nprobe",
+        type=int,
+        default=None,
+        help="nprobe of the IVF kinds' main row (default: the product's auto_nprobe)",
+    )
+    ap.add_argument(
+        "--candidates-min",
+        type=int,
+        default=None,
+        help="candidates_min of every kind's main row (default: the product's)",
+    )
+    ap.add_argument(
+        "--hnsw-m",
+        default=str(HNSW_M),
+        help="hnsw_sq8 graph degree(s), comma-separated: one build per M x efConstruction",
+    )
+    ap.add_argument(
+        "--ef-construction",
+        default=str(HNSW_EF_CONSTRUCTION),
+        help="hnsw_sq8 efConstruction value(s), comma-separated",
+    )
+    ap.add_argument(
+        "--ef-search",
+        type=int,
+        default=None,
+        help="hnsw_sq8 ef_search of the main row (default: the product's; the search runs "
+        "efSearch = max(ef_search, candidates))",
+    )
+    ap.add_argument(
+        "--sweep-ef",
+        default="",
+        help="hnsw_sq8 sweep on each build: 'ef' (candidates = ef) or 'ef:candidates' items; "
+        "the search runs efSearch = max(ef, candidates) and re-ranks the candidates exactly",
+    )
     ap.add_argument("--synthetic-probes", type=int, default=1000)
     ap.add_argument("--timed-queries", type=int, default=1000, help="probes timed one by one")
     ap.add_argument("--exact-seconds", type=float, default=10.0, help="budget, exact timing")
@@ -504,6 +590,7 @@ def main() -> None:
                 "nonmated_top1_is_distractor": int((ref_p[n_mated:, 0] >= n_lfw).sum()),
                 "p50_ms": pct_ms(ex_ns, 50),
                 "p99_ms": pct_ms(ex_ns, 99),
+                "bytes_per_face": bytes_per_face(exact),
                 "timed_queries": len(ex_ns),
                 "batch_search_seconds": round(t_exact, 2),
             }
@@ -548,12 +635,30 @@ def main() -> None:
                 sys.exit(f"unknown kind {k!r}")
             if kk not in kinds:
                 kinds.append(kk)
-        for i, kind in enumerate(kinds):
-            index = FaceIndex(rows, "flat", None, AnnParams())
+        base_params = AnnParams()
+        if args.candidates_min is not None:
+            base_params = replace(base_params, candidates_min=args.candidates_min)
+        builds: list[tuple[str, AnnParams]] = []
+        for kind in kinds:
+            if kind == "hnsw_sq8":
+                for m in parse_ints(args.hnsw_m):
+                    for efc in parse_ints(args.ef_construction):
+                        bp = replace(base_params, hnsw_m=m, ef_construction=efc)
+                        if args.ef_search is not None:
+                            bp = replace(bp, ef_search=args.ef_search)
+                        builds.append((kind, bp))
+            else:
+                builds.append((kind, replace(base_params, nprobe=args.nprobe)))
+        n_of_kind = {k: sum(b[0] == k for b in builds) for k in kinds}
+        for i, (kind, build_params) in enumerate(builds):
+            label = kind
+            if n_of_kind[kind] > 1:
+                label = f"{kind}_M{build_params.hnsw_m}_efc{build_params.ef_construction}"
+            index = FaceIndex(rows, "flat", None, build_params)
             t0 = time.perf_counter()
             index.build_ann(kind)
             t_build = time.perf_counter() - t0
-            say(f"built {kind} in {t_build:.1f}s")
+            say(f"built {label} in {t_build:.1f}s")
             params = ivf_params(index)
             ranks = ListRanks(index) if kind in IVF_KINDS else None
             nprobe = params.get("nprobe")
@@ -561,9 +666,18 @@ def main() -> None:
                 "kind": kind,
                 "params": params,
                 "build_seconds": round(t_build, 1),
+                "bytes_per_face": bytes_per_face(index),
             }
             row.update(measure(ctx, index, ranks, nprobe, lat_q))
-            say(f"{kind} default: {json.dumps({k: row[k] for k in ('rank1', 'p50_ms')})}")
+            say(
+                f"{label} main: "
+                + json.dumps(
+                    {
+                        k: row[k]
+                        for k in ("rank1", "mates_in_exact_top10_lost", "recall_at_10", "p50_ms")
+                    }
+                )
+            )
             if ranks is not None and nprobe is not None:
                 lr = ranks.rank_of(probes, ref_p) + 1
                 mates = np.where(ref_p[:n_mated] == mate_pos[:, None], lr[:n_mated], 0).max(1)
@@ -599,36 +713,40 @@ def main() -> None:
                         index.params = replace(AnnParams(), nprobe=npv, candidates_min=c)
                         r = measure(ctx, index, ranks, npv, lat_q)
                         entry = {"nprobe": npv, "candidates": index.params.candidates(RANK_K)}
-                        entry.update(
-                            {
-                                k: r[k]
-                                for k in (
-                                    "rank1",
-                                    "rank10",
-                                    "fnir_at_fpir_0_003",
-                                    "rank1_ids_differ",
-                                    "rank1_differ_beyond_ties",
-                                    "top10_lists_differ_beyond_ties",
-                                    "mates_in_exact_top10_lost",
-                                    "mates_at_exact_rank1_lost",
-                                    "recall_at_10",
-                                    "synthetic_recall_at_10",
-                                    "missed_neighbours",
-                                    "p50_ms",
-                                    "p99_ms",
-                                )
-                                if k in r
-                            }
-                        )
+                        entry.update({k: r[k] for k in SWEEP_KEYS if k in r})
                         sweep.append(entry)
                         say(
                             f"sweep nprobe {npv} cand {entry['candidates']}: "
                             f"lost {r['mates_in_exact_top10_lost']}, "
                             f"r1diff {r['rank1_differ_beyond_ties']}, p50 {r['p50_ms']} ms"
                         )
-                index.params = AnnParams()
+                index.params = build_params
                 row["sweep"] = sweep
-            out["indexes"][kind] = row
+            if kind == "hnsw_sq8" and args.sweep_ef:
+                sweep = []
+                for ef, c in parse_ef_sweep(args.sweep_ef):
+                    # candidates(k) = max(k * factor, candidates_min): factor 1 makes it c
+                    index.params = replace(
+                        build_params, ef_search=ef, candidate_factor=1, candidates_min=c
+                    )
+                    cands = index.params.candidates(RANK_K)
+                    r = measure(ctx, index, None, None, lat_q)
+                    entry = {
+                        "ef_search": ef,
+                        "candidates": cands,
+                        "ef_search_effective": max(ef, cands),
+                    }
+                    entry.update({k: r[k] for k in SWEEP_KEYS if k in r})
+                    sweep.append(entry)
+                    say(
+                        f"{label} sweep ef {ef} cand {cands}: "
+                        f"lost {r['mates_in_exact_top10_lost']}, "
+                        f"r1diff {r['rank1_differ_beyond_ties']}, "
+                        f"recall@10 {r['recall_at_10']:.4f}, p50 {r['p50_ms']} ms"
+                    )
+                index.params = build_params
+                row["sweep_ef"] = sweep
+            out["indexes"][label] = row
             del index
         out["seconds"] = round(time.perf_counter() - t_start, 1)
     finally:

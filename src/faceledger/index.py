@@ -91,13 +91,15 @@ CANDIDATE_FACTOR = 50
 CANDIDATES_MIN = 1000
 
 # IVF lists: nlist = the power of two nearest NLIST_PER_SQRT_N * sqrt(n) (1M: 1024, 10M:
-# 4096). Recall tracks the share of lists probed rather than nlist (1M, SQ8: 96 of 2048 and
-# 192 of 4096 lists both gave 0.99+), so nprobe = PROBE_FRACTION of the lists, at least
-# NPROBE_MIN (small galleries need a larger share: 100k with 20 of 256 lists gave 0.990,
-# 48 of 256 gave 0.9998). 1M: 64 of 1024 lists 0.9936, 80: 0.9984, 96: 0.9992 recall@10;
-# 10M: 160 of 4096 0.983, 240: 0.992, 320: 0.993 at p50 3.7 ms.
+# 4096). Recall tracks the share of lists probed rather than nlist, so nprobe =
+# PROBE_FRACTION of the lists, at least NPROBE_MIN. The share is set on REAL embeddings
+# (benchmarks/realscale.py: LFW's 1:N probes in a gallery grown with distractors), which
+# spread over 2-4x more lists than the synthetic faces: at 1M, 80 of 1024 lists (5/64, the
+# share the synthetic bench suggested: recall@10 0.998 there) lost 124 of 2,893 mates that
+# exact search ranks in the top-10 (rank-1 0.873 vs 0.908); 320 lost 4; 480 and 560 none
+# (p50 2.5-2.7 ms vs exact 18.5 ms). 100k: 48 of 256 lost 27, 144 none (0.36 vs 1.7 ms).
 NLIST_PER_SQRT_N = 1.0
-PROBE_FRACTION = 5 / 64
+PROBE_FRACTION = 9 / 16
 NPROBE_MIN = 48
 PQ_DIMS_PER_CODE = 2  # ivf_pqfs: one 4-bit code per 2 dimensions (32 B per 128-d face)
 # HNSW graph degree and beam widths.
