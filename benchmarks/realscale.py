@@ -39,6 +39,16 @@ impostor scores.
     python benchmarks/realscale.py --distractors 100000
     python benchmarks/realscale.py --kinds auto --sweep-nprobe 80,160,320 \\
         --sweep-candidates 1000,2000
+    python benchmarks/realscale.py --kinds ivf_pqfs,hnsw_sq8 --nprobe 480 \\
+        --sweep-nprobe 480,576 --sweep-candidates 1000 --candidates-min 1000 \\
+        --hnsw-m 32 --ef-construction 80,200 --sweep-ef 64,128,256,512,1000,2000
+
+``--nprobe``/``--candidates-min``/``--ef-search`` fix the main rows' search settings (the
+product's defaults otherwise); ``--hnsw-m``/``--ef-construction`` take comma lists, one
+hnsw_sq8 build per pair (rows keyed ``hnsw_sq8_M<m>_efc<efc>`` when there are several);
+``--sweep-ef`` re-searches each hnsw_sq8 build at efSearch ``ef`` re-ranking ``ef`` (or
+``ef:c``: ``c``) candidates. ``--lfw-placement spread`` puts the LFW gallery faces at
+random rows among the distractors instead of first (HNSW inserts in row order).
 
 Prints JSON (and writes it to ``--json-out``); progress goes to stderr.
 
@@ -59,6 +69,22 @@ PQ candidate cut never lost a mate. Synthetic probes in the SAME index: recall@1
                                      560/1024       0.9079     0    0  0.999      2.71
 
 (candidates 1000 throughout; 2000 removes ~30 tail-of-top-10 swaps at 1M for +0.2-0.4 ms.)
+HNSW (hnsw_sq8, M 32) at 1M, same runs as IVF nprobe 480/576 (0 lost, p50 2.2-2.8 ms); a
+search re-ranks max(efSearch, candidates) = efSearch candidates; the product's default
+(ef_search 256, candidates 1000) runs efSearch 1000. 400 B/face of graph + codes (IVF: 41).
+
+    build (s)            efSearch  rank-1  lost  r1    recall@10  p50 ms
+    efC 80     133          512    0.6579   841  1507  0.839      2.0
+                           1000    0.7656   501   882  0.904      3.6
+                           2000    0.8351   266   445  0.950      6.6
+    efC 200    330          512    0.8503   218   421  0.947      2.0
+                           1000    0.8874    85   169  0.977      3.9
+                           2000    0.8993    38    67  0.991      7.3
+    efC 200, spread 354    1000    0.8139   327   543  0.940      4.2
+                           2000    0.8613   167   285  0.968      7.9
+
+Synthetic probes in the same graphs: recall@10 0.988-0.997 at efSearch 1000-2000. At 100k
+(efC 200, efSearch 1000) hnsw lost 0 mates at 2.0 ms, IVF (nprobe 144/256) 0 at 0.36 ms.
 LFW alone (IVF trained on real faces only, nlist 32): nprobe 8 -> 155 rank-1 changes, 16 ->
 9, 32 -> 0; a synthetic gallery of the same shape: 1, 0, 0.
 """
@@ -461,6 +487,13 @@ def main() -> None:
     ap.add_argument("--align", choices=("pca", "mean", "none"), default="pca")
     ap.add_argument("--seed", type=int, default=0, help="generator seed (as bench search)")
     ap.add_argument(
+        "--lfw-placement",
+        choices=("first", "spread"),
+        default="first",
+        help="rows of the LFW gallery faces: the first ones (enrolled before every distractor) "
+        "or random rows among the distractors (matters for HNSW, built in row order)",
+    )
+    ap.add_argument(
         "--kinds",
         default="auto,ivf_sq8",
         help="approximate kinds to build ('auto': choose_kind's pick at the gallery size)",
@@ -522,9 +555,17 @@ def main() -> None:
         table.vectors[np.concatenate([split.mated, split.nonmated])], np.float32
     )
     n_mated = len(split.mated)
-    owner_pos = {name: i for i, name in enumerate(split.owners)}
-    mate_pos = np.array([owner_pos[n] for n in split.mated_owner], np.int64)
     n_total = n_lfw + args.distractors
+    # gallery rows (= positions; ids are position + 1) of the LFW gallery faces
+    is_lfw = np.zeros(n_total, bool)
+    if args.lfw_placement == "spread":
+        is_lfw[np.random.default_rng(args.seed + 4242).choice(n_total, n_lfw, replace=False)] = True
+    else:
+        is_lfw[:n_lfw] = True
+    lfw_rows = np.flatnonzero(is_lfw)
+    distractor_rows = np.flatnonzero(~is_lfw)
+    owner_pos = {name: int(lfw_rows[i]) for i, name in enumerate(split.owners)}
+    mate_pos = np.array([owner_pos[n] for n in split.mated_owner], np.int64)
 
     model = default_face_model(table.vectors.shape[1])
     calib_rows = [i for i, p in enumerate(table.paths) if in_calibration_split(p.split("/")[0])]
@@ -534,19 +575,31 @@ def main() -> None:
 
     base = Path(tempfile.mkdtemp(prefix="faceledger-realscale-", dir=args.workdir))
     try:
-        # gallery: LFW gallery faces at positions 0..n_lfw-1 (ids 1..), distractors after
+        # gallery: LFW gallery faces at rows ``lfw_rows`` (--lfw-placement first: 0..n_lfw-1),
+        # distractors in the other rows, in generation order; ids are row + 1
         rows = RowStore.create(base / "faces.f32", lfw_gallery.shape[1])
-        rows.append(np.arange(1, n_lfw + 1, dtype=np.int64), lfw_gallery)
+        lfw_of_row = np.cumsum(is_lfw) - 1  # index into lfw_gallery of an LFW row
         syn_probes: list[np.ndarray] = []
         t0 = time.perf_counter()
-        next_id = n_lfw + 1
+        n_distr = 0
+
+        def put(end: int, distr: np.ndarray) -> None:
+            """Append rows up to ``end``: LFW faces at their rows, ``distr`` in the rest."""
+            start = rows.rows
+            buf = np.empty((end - start, lfw_gallery.shape[1]), np.float32)
+            lfw_here = is_lfw[start:end]
+            buf[lfw_here] = lfw_gallery[lfw_of_row[start:end][lfw_here]]
+            buf[~lfw_here] = distr
+            rows.append(np.arange(start + 1, end + 1, dtype=np.int64), buf)
+
         if args.distractors:
             for chunk in generate(model, args.distractors, args.synthetic_probes, seed=args.seed):
                 vecs = chunk.vectors @ rot.T
-                ids = np.arange(next_id, next_id + len(vecs), dtype=np.int64)
-                rows.append(ids, vecs)
-                next_id += len(vecs)
+                n_distr += len(vecs)
+                put(int(distractor_rows[n_distr - 1]) + 1, vecs)
                 syn_probes.append(chunk.probes @ rot.T)
+        if rows.rows < n_total:  # LFW faces after the last distractor
+            put(n_total, np.zeros((0, lfw_gallery.shape[1]), np.float32))
         syn_q = (
             np.ascontiguousarray(np.concatenate(syn_probes), np.float32)
             if syn_probes
@@ -554,13 +607,15 @@ def main() -> None:
         )
         t_gen = time.perf_counter() - t0
         say(f"gallery: {n_lfw} LFW + {args.distractors} distractors in {t_gen:.1f}s")
-        owners = np.concatenate([split.owners, np.full(args.distractors, "", split.owners.dtype)])
+        owners = np.full(n_total, "", split.owners.dtype)
+        owners[lfw_rows] = split.owners
+        d_sample_rows = distractor_rows[: min(20_000, args.distractors)]
         gsplit = replace(split, owners=owners)
 
         # distractor realism: real probes vs distractors, and vs real non-mated gallery faces
         realism: dict[str, Any] = {"align": args.align}
         if args.distractors:
-            d_sample = np.asarray(rows.vectors[n_lfw : n_lfw + min(20_000, args.distractors)])
+            d_sample = np.asarray(rows.vectors[d_sample_rows])
             realism["real_probe_vs_distractor"] = score_stats(probes[n_mated:][:2000] @ d_sample.T)
             realism["synthetic_probe_vs_distractor"] = score_stats(syn_q[:2000] @ d_sample.T)
         realism["real_nonmated_probe_vs_lfw_gallery"] = score_stats(
@@ -578,6 +633,8 @@ def main() -> None:
         n_timed = min(args.timed_queries, len(probes))
         lat_q = np.ascontiguousarray(probes[np.sort(rng.choice(len(probes), n_timed, False))])
         ex_ns = timed(exact, lat_q, RANK_K, budget_s=args.exact_seconds)
+        # distractor at each exact position (-1, no neighbour: False)
+        is_distr = np.append(~is_lfw, False)
         ex_row: dict[str, Any] = rank_metrics(
             gsplit, ref_s[:n_mated], ref_p[:n_mated], ref_s[n_mated:, 0]
         )
@@ -586,8 +643,8 @@ def main() -> None:
             {
                 "kind": "flat",
                 "mates_in_top10": int(ex10.sum()),
-                "mated_top1_is_distractor": int((ref_p[:n_mated, 0] >= n_lfw).sum()),
-                "nonmated_top1_is_distractor": int((ref_p[n_mated:, 0] >= n_lfw).sum()),
+                "mated_top1_is_distractor": int(is_distr[ref_p[:n_mated, 0]].sum()),
+                "nonmated_top1_is_distractor": int(is_distr[ref_p[n_mated:, 0]].sum()),
                 "p50_ms": pct_ms(ex_ns, 50),
                 "p99_ms": pct_ms(ex_ns, 99),
                 "bytes_per_face": bytes_per_face(exact),
@@ -595,7 +652,7 @@ def main() -> None:
                 "batch_search_seconds": round(t_exact, 2),
             }
         )
-        realism["exact_top10_distractor_share"] = float((ref_p >= n_lfw).mean())
+        realism["exact_top10_distractor_share"] = float(is_distr[ref_p].mean())
 
         ctx = Context(gsplit, probes, n_mated, mate_pos, syn_q, np.zeros(0), lat_q)
         ctx.ref_s, ctx.ref_p, ctx.syn_ref = ref_s, ref_p, syn_ref
@@ -606,6 +663,7 @@ def main() -> None:
             "distractors": args.distractors,
             "gallery_size": n_total,
             "lfw_gallery": n_lfw,
+            "lfw_placement": args.lfw_placement,
             "mated_probes": n_mated,
             "nonmated_probes": len(split.nonmated),
             "synthetic_probes": len(syn_q),
@@ -690,7 +748,7 @@ def main() -> None:
                     "centroids_lfw_gallery": ranks.centroid_gap(lfw_gallery, nprobe),
                 }
                 if args.distractors:
-                    d_rows = np.asarray(rows.vectors[n_lfw : n_lfw + min(20_000, args.distractors)])
+                    d_rows = np.asarray(rows.vectors[d_sample_rows])
                     ls["centroids_distractors"] = ranks.centroid_gap(d_rows, nprobe)
                     ls["centroids_synthetic_probes"] = ranks.centroid_gap(syn_q, nprobe)
                 if len(syn_q):
