@@ -417,7 +417,7 @@ def measure(
 
 
 def ivf_params(index: FaceIndex) -> dict[str, Any]:
-    out: dict[str, Any] = {"candidates": index.params.candidates(RANK_K)}
+    out: dict[str, Any] = {"candidates": index.params.candidates(RANK_K, index.rows.rows)}
     if index.kind in IVF_KINDS and index.ann is not None:
         nlist = int(faiss.extract_index_ivf(index.ann).nlist)
         out["nlist"] = nlist
@@ -770,7 +770,10 @@ def main() -> None:
                     for c in cands:
                         index.params = replace(AnnParams(), nprobe=npv, candidates_min=c)
                         r = measure(ctx, index, ranks, npv, lat_q)
-                        entry = {"nprobe": npv, "candidates": index.params.candidates(RANK_K)}
+                        entry = {
+                            "nprobe": npv,
+                            "candidates": index.params.candidates(RANK_K, index.rows.rows),
+                        }
                         entry.update({k: r[k] for k in SWEEP_KEYS if k in r})
                         sweep.append(entry)
                         say(
@@ -787,7 +790,7 @@ def main() -> None:
                     index.params = replace(
                         build_params, ef_search=ef, candidate_factor=1, candidates_min=c
                     )
-                    cands = index.params.candidates(RANK_K)
+                    cands = index.params.candidates(RANK_K, index.rows.rows)
                     r = measure(ctx, index, None, None, lat_q)
                     entry = {
                         "ef_search": ef,

@@ -612,11 +612,11 @@ def run_search_bench(
 
 
 def _effective_params(index: FaceIndex, params: AnnParams) -> dict[str, Any]:
-    out: dict[str, Any] = {"candidates": params.candidates(10)}
+    out: dict[str, Any] = {"candidates": params.candidates(10, index.rows.rows)}
     if index.kind in IVF_KINDS and index.ann is not None:
         nlist = faiss.extract_index_ivf(index.ann).nlist
         out.update(nlist=nlist, nprobe=params.nprobe or auto_nprobe(nlist))
     elif index.kind == "hnsw_sq8":
         out.update(m=params.hnsw_m, ef_construction=params.ef_construction)
-        out.update(ef_search=max(params.ef_search, params.candidates(10)))
+        out.update(ef_search=max(params.ef_search, out["candidates"]))
     return out

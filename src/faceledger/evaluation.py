@@ -427,11 +427,11 @@ class FaceIndexSearch:
             self.params = {
                 "nlist": int(ivf.nlist),
                 "nprobe": int(params.nprobe or auto_nprobe(ivf.nlist)),
-                "candidates": min(params.candidates(RANK_K), n),
+                "candidates": min(params.candidates(RANK_K, n), n),
                 "trained_on": self.index.trained_rows,
             }
         elif kind == "hnsw_sq8":
-            c = min(params.candidates(RANK_K), n)
+            c = min(params.candidates(RANK_K, n), n)
             self.params = {
                 "M": params.hnsw_m,
                 "ef_construction": params.ef_construction,

@@ -76,9 +76,11 @@ if TYPE_CHECKING:
 # scan costs under ~0.7 ms, so recall stays exactly 1 where approximation buys little.
 EXACT_MAX_FACES = 50_000
 
-# The approximate kind above the threshold. Face galleries are hard for graphs: at 1M faces
-# HNSW (M=32, SQ8, efSearch 500) found the true top-1 for only 94.4% of probes (tight
-# identity clusters are poorly linked to the rest) at 2.1 ms and took 305 s to build; an IVF
+# The approximate kind above the threshold. Face galleries are hard for graphs: on REAL
+# embeddings (benchmarks/realscale.py, 1M faces) HNSW (M=32, SQ8, efConstruction 200) lost
+# 38 of 2,893 true mates even at efSearch 2000 (7.3 ms), where IVF-PQ probing 9/16 of its
+# lists lost none at 2.2-2.8 ms. On synthetic faces HNSW (efSearch 500) found the true
+# top-1 for only 94.4% of probes at 2.1 ms and took 305 s to build; an IVF
 # finds them all, its recall following the share of lists probed, and 4-bit fast-scan PQ
 # codes scan that share ~2.7x faster than SQ8 codes (1M, nlist 1024, nprobe 80: 0.75 ms,
 # recall@10 0.998 vs 2.0 ms, 0.999) with a third of the RAM (50 vs 146 B/face).
@@ -89,6 +91,10 @@ DEFAULT_ANN_KIND = "ivf_pqfs"
 # kept 99.8% (all the probed lists held), 2000 added 0.06% for 0.23 ms more.
 CANDIDATE_FACTOR = 50
 CANDIDATES_MIN = 1000
+# ...and at least this share of the gallery: with 10M faces the PQ scores of 1,000
+# candidates held 99.3% of the true top-10 (synthetic, 2304 of 4096 lists, p50 17.5 ms),
+# 3,000 held 99.93% (19.0 ms).
+CANDIDATES_PER_FACE = 3e-4
 
 # IVF lists: nlist = the power of two nearest NLIST_PER_SQRT_N * sqrt(n) (1M: 1024, 10M:
 # 4096). Recall tracks the share of lists probed rather than nlist, so nprobe =
@@ -213,8 +219,9 @@ class AnnParams:
     candidate_factor: int = CANDIDATE_FACTOR
     candidates_min: int = CANDIDATES_MIN
 
-    def candidates(self, k: int) -> int:
-        return max(k * self.candidate_factor, self.candidates_min)
+    def candidates(self, k: int, n: int = 0) -> int:
+        """Candidates to re-rank for ``k`` results from ``n`` indexed faces."""
+        return max(k * self.candidate_factor, self.candidates_min, int(n * CANDIDATES_PER_FACE))
 
 
 # AnnParams fields that only affect searching (a loaded index takes them from its manager)
@@ -587,7 +594,7 @@ class FaceIndex:
     def candidate_rows(self, q: np.ndarray, k: int) -> np.ndarray:
         """Candidate rows (n_queries, c) from the approximate index; -1 pads."""
         assert self.ann is not None
-        c = min(self.params.candidates(k), self.rows.rows)
+        c = min(self.params.candidates(k, self.rows.rows), self.rows.rows)
         if self.kind in IVF_KINDS:
             ivf = faiss.extract_index_ivf(self.ann)
             nprobe = self.params.nprobe or auto_nprobe(ivf.nlist)
