@@ -26,9 +26,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 def _pg_admin_exec(sql: str) -> None:
     import psycopg
 
-    with psycopg.connect(
-        PG_ADMIN.replace("postgresql+psycopg://", "postgresql://"), autocommit=True
-    ) as conn:  # type: ignore[union-attr]
+    assert PG_ADMIN
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(sql)
 
 

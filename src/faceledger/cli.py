@@ -348,14 +348,14 @@ def ingest(
 ) -> None:
     """Add photos to the gallery (admin). Re-ingesting a photo is a no-op that says so."""
     from faceledger.embedding import DEFAULT_EMBEDDER
-    from faceledger.ingest import PipelineSettings, default_workers
+    from faceledger.ingest import PipelineSettings, check_engine, default_workers
     from faceledger.ingest_ray import RayEngineError, require_ray
     from faceledger.sources import SourceError, iter_manifest, iter_paths, parse_when
 
-    if engine not in ("local", "ray"):
-        fail(escape(f"unknown --engine {engine!r}: use local or ray"))
-    if address and engine != "ray":
-        fail("--address is for the ray engine: add --engine ray")
+    try:  # before the photos are counted, for a quick, clean refusal
+        check_engine(engine, address)
+    except ValueError as exc:
+        fail(escape(str(exc)))
     if engine == "ray":
         try:
             require_ray()

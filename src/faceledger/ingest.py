@@ -316,5 +316,16 @@ class Ingestor:
             advance(1)
 
 
+ENGINES = ("local", "ray")
+
+
+def check_engine(engine: str, address: str | None) -> None:
+    """ValueError unless ``engine`` is known and ``address`` only comes with ``ray``."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown --engine {engine!r}: use local or ray")
+    if address and engine != "ray":
+        raise ValueError("--address is for the ray engine: add --engine ray")
+
+
 def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)

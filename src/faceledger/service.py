@@ -779,13 +779,10 @@ class Faceledger:
         """Ingest ``items``. ``engine``: ``local`` (a pool of ``workers`` processes) or
         ``ray`` (Ray Data actors on the cluster at ``address``, else a local Ray; ``workers``
         actors, 0 or less: one per cluster CPU)."""
-        from faceledger.ingest import Ingestor
+        from faceledger.ingest import Ingestor, check_engine
         from faceledger.privacy import load_blocklist, purge_expired
 
-        if engine not in ("local", "ray"):
-            raise ValueError(f"unknown ingest engine {engine!r}: use local or ray")
-        if address and engine != "ray":
-            raise ValueError("an address is for the ray engine (--engine ray)")
+        check_engine(engine, address)
         self.require(actor, "ingest")
         ingestor: Ingestor
         if engine == "ray":
