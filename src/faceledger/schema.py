@@ -23,7 +23,10 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 1
+# 2: nullable columns added to existing tables (users.username_key, case_requests'
+#    expiry/limit/withdrawal) and new tables; a schema-1 database is brought up to date
+#    when a Store opens it (store.add_missing_columns).
+SCHEMA_VERSION = 2
 
 # 64-bit integers everywhere, as SQLite's are: BIGINT on PostgreSQL, while SQLite keeps
 # INTEGER (so an INTEGER PRIMARY KEY stays the rowid alias).
@@ -125,6 +128,8 @@ users = Table(
     metadata,
     Column("id", Int, primary_key=True),
     Column("username", String(100), nullable=False, unique=True),
+    # NFKC + case-folded form of the name: two names that look alike share it
+    Column("username_key", String(100), index=True),
     Column("password_hash", Text, nullable=False),  # argon2id
     Column("roles", String(200), nullable=False),  # comma-separated
     Column("unit", String(100)),
@@ -160,6 +165,12 @@ case_requests = Table(
     Column("decided_at", String(40)),
     Column("decision_note", Text),
     Column("created_at", String(40), nullable=False),
+    # an approval ends: at expires_at, after search_limit searches, or when withdrawn
+    Column("expires_at", String(40)),
+    Column("search_limit", Int),
+    Column("withdrawn_by", Int, ForeignKey("users.id")),
+    Column("withdrawn_at", String(40)),
+    Column("withdrawal_note", Text),
 )
 
 searches = Table(
@@ -174,6 +185,23 @@ searches = Table(
     Column("probe_sha256", String(64), nullable=False),
     Column("faces", Int, nullable=False),
     Column("result_json", Text, nullable=False),  # candidate ids and scores, no biometrics
+    Column("created_at", String(40), nullable=False),
+)
+
+verifications = Table(
+    "verifications",
+    metadata,
+    # 1:1 comparisons: counted in the quota like searches, cross-checked by audit verify
+    Column("id", Int, primary_key=True),
+    Column("user_id", Int, ForeignKey("users.id"), nullable=False, index=True),
+    Column("case_number", String(100), nullable=False),
+    Column("purpose", String(100), nullable=False),
+    Column("justification", Text, nullable=False),
+    Column("request_id", Int, ForeignKey("case_requests.id")),
+    Column("photo_a_sha256", String(64), nullable=False),
+    Column("photo_b_sha256", String(64), nullable=False),
+    Column("outcome", String(20), nullable=False),  # compared | no-face | low-quality
+    Column("score", Float),
     Column("created_at", String(40), nullable=False),
 )
 
@@ -220,4 +248,39 @@ pending_files = Table(
     Column("action", String(10), nullable=False),  # delete | replace
     Column("path", Text, nullable=False),  # relative to the data dir
     Column("tmp_path", Text),  # for replace: the new content, already on disk
+)
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    # back-off per (user name key, client address): no account lock anyone can trigger
+    Column("username_key", String(100), primary_key=True),
+    Column("address", String(100), primary_key=True),
+    Column("failures", Int, nullable=False),
+    Column("last_failure_at", String(40), nullable=False),
+    Column("blocked_until", String(40)),
+)
+
+erased_images = Table(
+    "erased_images",
+    metadata,
+    # SHA-256 of every image erased (hash only): the same file is refused at ingest
+    Column("sha256", String(64), primary_key=True),
+    Column("erased_at", String(40), nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
+erasure_previews = Table(
+    "erasure_previews",
+    metadata,
+    # erasure by photo: the faces a probe would take, shown to the admin before confirming
+    Column("id", Int, primary_key=True),
+    Column("user_id", Int, ForeignKey("users.id"), nullable=False),
+    Column("probe_sha256", String(64), nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("face_ids_json", Text, nullable=False),  # [[face_id, score], ...]
+    Column("embedding", LargeBinary),  # the subject's vector, for an opt-out on confirm
+    Column("created_at", String(40), nullable=False),
+    Column("expires_at", String(40), nullable=False),
+    Column("used_at", String(40)),
 )

@@ -198,6 +198,7 @@ class Store:
             )
         with self.writer.begin() as conn:
             metadata.create_all(conn)
+            add_missing_columns(conn)
         install_ledger_guards(self.writer)
         with self.writer.begin() as conn:
             version = self._get_meta(conn, "schema_version")
@@ -207,6 +208,8 @@ class Store:
                 self._set_meta(conn, "delete_generation", "0")
             elif int(version) > SCHEMA_VERSION:
                 raise RuntimeError(f"data dir was written by a newer faceledger (schema {version})")
+            elif int(version) < SCHEMA_VERSION:
+                self._set_meta(conn, "schema_version", str(SCHEMA_VERSION))
             if binding is not None:
                 self._check_binding(conn, binding, fresh=version is None)
         path = self.data_dir / BINDING_FILE
@@ -531,6 +534,27 @@ class Store:
             "data_dir": str(self.data_dir),
             "disk_bytes": disk,
         }
+
+
+def add_missing_columns(conn: Connection) -> list[str]:
+    """Bring an older database up to the current schema: ``create_all`` makes new tables,
+    this adds the nullable columns that later versions gave existing tables."""
+    from sqlalchemy import inspect
+    from sqlalchemy.schema import CreateColumn
+
+    insp = inspect(conn)
+    added = []
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        for col in table.columns:
+            if col.name in have:
+                continue
+            if not col.nullable:
+                raise RuntimeError(f"cannot add NOT NULL column {table.name}.{col.name}")
+            ddl = CreateColumn(col).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN {ddl}')
+            added.append(f"{table.name}.{col.name}")
+    return added
 
 
 LEDGER_GUARDS = {
