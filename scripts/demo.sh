@@ -60,7 +60,8 @@ FACELEDGER_PASSWORD=$ADMIN_PW $FL stats --as admin
 echo
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
-echo "demo accounts (also in $CRED):"
+echo "demo accounts, for this demo only (also in $(realpath "$CRED"), mode 0600;"
+echo "a real deployment creates its own users and deletes this file):"
 echo "  admin         $ADMIN_PW"
 echo "  investigator  $INV_PW"
 if [ "${DEMO_SERVE:-1}" = 1 ]; then

@@ -46,6 +46,11 @@ def seed(
     return fl
 
 
+def own_token(fl: Faceledger, user: str, name: str = "test", days: int = 90) -> tuple[int, str]:
+    """A token ``user`` made for themselves (nobody can make one for another user)."""
+    return fl.create_token(fl.login(user, PW), user, name, days)
+
+
 def entries(
     fl: Faceledger, action: str | None = None, actor: str | None = None
 ) -> list[audit.Entry]:

@@ -90,15 +90,15 @@ def test_wrong_password_lockout_and_disabled(fl: Faceledger) -> None:
 
 
 def test_tokens_expire_and_revoke(fl: Faceledger) -> None:
-    root = who(fl, "root")
-    tid, secret = fl.create_token(root, "ivy", "ci", days=1)
+    root, ivy = who(fl, "root"), who(fl, "ivy")
+    tid, secret = fl.create_token(ivy, "ivy", "ci", days=1)
     assert fl.authenticate_token(secret).username == "ivy"
     raw = RawDB(fl.data_dir)
     assert secret not in raw.dump()
     fl.revoke_token(root, tid)
     with pytest.raises(AuthError, match="revoked"):
         fl.authenticate_token(secret)
-    tid2, secret2 = fl.create_token(root, "ivy", "short", days=1)
+    tid2, secret2 = fl.create_token(ivy, "ivy", "short", days=1)
     raw.execute("update tokens set expires_at='2000-01-01T00:00:00+00:00' where id=?", (tid2,))
     raw.commit()
     with pytest.raises(AuthError, match="expired"):

@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from conftest import blank_jpeg, lfw_image, side_by_side
-from conftest_api import PW, entries, live_server, seed
+from conftest_api import PW, entries, live_server, own_token, seed
 from faceledger.api import MB, ApiSettings, create_app
 from faceledger.service import Faceledger
 
@@ -83,8 +83,7 @@ def env(lfw: Path, analyzer, tmp_path_factory) -> Any:
         search_rate_per_minute=0,  # rate limits get their own app below
         rate_per_minute=0,
     )
-    root = fl.login("root", PW)
-    tokens = {u: fl.create_token(root, u, "test")[1] for u in ("root", "ivy", "ian", "sam", "ada")}
+    tokens = {u: own_token(fl, u)[1] for u in ("root", "ivy", "ian", "sam", "ada")}
     app = create_app(fl.data_dir, faceledger=fl, settings=settings)
     with TestClient(app) as client:
         yield Env(fl, client, tokens, lfw, base, allowed, settings)
@@ -111,8 +110,9 @@ def test_health_needs_no_auth_and_openapi_documents_the_api(env: Env) -> None:
         "/api/v1/searches/{search_id}",
         "/api/v1/verify",
         "/api/v1/detect",
-        "/api/v1/faces/{face_id}/crop",
-        "/api/v1/images/{sha}",
+        "/api/v1/searches/{search_id}/faces/{face_id}/crop",
+        "/api/v1/searches/{search_id}/faces/{face_id}/image",
+        "/api/v1/cases/{request_id}/withdraw",
         "/api/v1/ingest",
         "/api/v1/jobs/{job_id}",
         "/api/v1/cases",
@@ -197,8 +197,9 @@ def _calls(env: Env) -> list[tuple[str, set[str], Any]]:
     def send(method: str, path: str, **kw: Any) -> Any:
         return lambda h: c.request(method, path, headers=h, **kw)
 
-    sha = env.fl.store.candidates([1])[1].image_sha
-    ivy_search = env.search("ivy").json()["search_id"]
+    ivy_found = env.search("ivy").json()
+    ivy_search = ivy_found["search_id"]
+    cand = ivy_found["faces"][0]["candidates"][0]["face_id"]
     policy = env.client.get("/api/v1/policy", headers=env.h("root")).json()
     today = date.today().isoformat()
     photo = ("p.jpg", env.photo(), "image/jpeg")
@@ -215,8 +216,9 @@ def _calls(env: Env) -> list[tuple[str, set[str], Any]]:
         ("approve", {"supervisor"}, send("POST", "/api/v1/cases/99999/approve", json={})),
         ("deny", {"supervisor"}, send("POST", "/api/v1/cases/99999/deny", json={})),
         ("get search", ALL - ADMIN, get(f"/api/v1/searches/{ivy_search}")),
-        ("image", INV | ADMIN, get(f"/api/v1/images/{sha}")),
-        ("crop", INV | ADMIN, get("/api/v1/faces/1/crop")),
+        ("crop", ALL - ADMIN, get(f"/api/v1/searches/{ivy_search}/faces/{cand}/crop")),
+        ("image", ALL - ADMIN, get(f"/api/v1/searches/{ivy_search}/faces/{cand}/image")),
+        ("withdraw", {"supervisor"}, send("POST", "/api/v1/cases/99/withdraw", json={"note": "x"})),
         ("ingest", ADMIN, send("POST", "/api/v1/ingest", data={"source": "s", "legal_basis": "t"})),
         ("jobs", ADMIN, get("/api/v1/jobs")),
         ("job", ADMIN, get("/api/v1/jobs/nope")),
@@ -227,7 +229,6 @@ def _calls(env: Env) -> list[tuple[str, set[str], Any]]:
         ("add user", ADMIN, send("POST", "/api/v1/users", json=weak_user)),
         ("patch user", ADMIN, send("PATCH", "/api/v1/users/ian", json={"disabled": False})),
         ("tokens of ian", ADMIN, get("/api/v1/tokens?user=ian")),
-        ("token for ian", ADMIN, send("POST", "/api/v1/tokens", json={"user": "ian", "days": 1})),
         ("put policy", ADMIN, send("PUT", "/api/v1/policy", json=policy)),
         ("patch policy", ADMIN, send("PATCH", "/api/v1/policy", json={})),
         ("ledger", {"auditor"}, get("/api/v1/audit/entries")),
@@ -280,8 +281,8 @@ def test_search_returns_leads_with_calibration_fields_urls_and_provenance(env: E
     img = env.client.get(cands[0]["image_url"], headers=env.h("ivy"))
     assert img.status_code == 200 and img.headers["content-type"].startswith("image/")
     assert "no-store" in img.headers["cache-control"]
-    last = entries(env.fl)[-3:]
-    assert [e.action for e in last] == ["search", "face.crop_view", "image.view"]
+    last = entries(env.fl)[-2:]  # thumbnails are not recorded one by one; the image is
+    assert [e.action for e in last] == ["search", "image.view"]
     assert last[0].details["search_id"] == res["search_id"] and last[0].details["token_id"]
     rec = env.client.get(f"/api/v1/searches/{res['search_id']}", headers=env.h("ada")).json()
     assert rec["case_number"] == "CASE-1" and rec["username"] == "ivy"
@@ -312,9 +313,10 @@ def test_pick_one_face_of_a_group_photo(env: Env) -> None:
     assert picked[0]["bbox"][0] >= 250  # mapped back into the whole photo
     assert res["probe_region"][0] > 0 and res["photo_sha256"] != res["probe_sha256"]
     assert len(entries(env.fl, "search")) == n_searches + 1
-    link = entries(env.fl, "search.probe_region")[-1]
+    link = entries(env.fl, "search")[-1]  # one entry: the search names photo and region
     assert link.details["search_id"] == res["search_id"]
     assert link.details["photo_sha256"] == res["photo_sha256"]
+    assert link.details["probe_region"] == res["probe_region"]
     bad = env.search(photo=group, face_box="1,2,3")
     assert bad.status_code == 400 and bad.json()["code"] == "bad-face-box"
     outside = env.search(photo=group, face_box="400,10,900,90")
@@ -486,7 +488,7 @@ def test_quota_is_429_and_policy_changes_are_recorded(env: Env) -> None:
     c = env.client
     assert env.search("ian").status_code == 200
     before = c.get("/api/v1/policy", headers=env.h("ivy")).json()
-    done_today = env.fl.searches_today(env.fl.login("ian", PW).user_id)
+    done_today = env.fl.comparisons_today(env.fl.login("ian", PW).user_id)
     r = c.patch("/api/v1/policy", headers=env.h("root"), json={"daily_quota": done_today})
     assert r.status_code == 200 and r.json()["daily_quota"] == done_today
     try:
@@ -525,14 +527,14 @@ def test_users_and_tokens(env: Env) -> None:
     r = add("bad name!")
     assert r.status_code == 400 and r.json()["code"] == "bad-username"
     assert "eve" in [u["username"] for u in c.get("/api/v1/users", headers=h).json()]
-    tok = c.post("/api/v1/tokens", headers=h, json={"user": "eve", "name": "ci", "days": 7}).json()
+    r = c.post("/api/v1/tokens", headers=h, json={"user": "eve", "name": "ci", "days": 7})
+    assert r.status_code == 403 and r.json()["code"] == "impersonation"
+    tid, secret = own_token(env.fl, "eve", "ci", 7)
+    tok = {"id": tid, "secret": secret}
     assert tok["secret"].startswith("flt_")
     eve = {"Authorization": f"Bearer {tok['secret']}"}
     assert c.get("/api/v1/me", headers=eve).json()["username"] == "eve"
-    assert (
-        c.post("/api/v1/tokens", headers=h, json={"user": "eve", "days": 999}).json()["code"]
-        == "bad-expiry"
-    )
+    assert c.post("/api/v1/tokens", headers=h, json={"days": 999}).json()["code"] == "bad-expiry"
     own = c.post("/api/v1/tokens", headers=eve, json={"name": "mine", "days": 1})
     assert own.status_code == 201 and own.json()["user"] == "eve"
     assert [t["name"] for t in c.get("/api/v1/tokens", headers=eve).json()] == ["ci", "mine"]
@@ -662,8 +664,9 @@ def test_erasure_by_face_image_and_probe(env: Env, tmp_path: Path) -> None:
     erase = {"face_ids": str(hit["face_id"]), "reason": "request 12"}
     r = c.post("/api/v1/erasures", headers=h, data=erase)
     assert r.status_code == 200 and r.json()["faces_erased"] == 1, r.text
-    assert c.get(hit["crop_url"], headers=env.h("ivy")).status_code == 404
-    assert c.get(hit["image_url"], headers=env.h("ivy")).status_code == 404
+    gone = c.get(hit["crop_url"], headers=env.h("ivy"))
+    assert gone.status_code == 410 and gone.json()["code"] == "erased"
+    assert c.get(hit["image_url"], headers=env.h("ivy")).status_code == 410
     again = env.search(photo=env.photo("Alejandro_Toledo", 2)).json()["faces"][0]["candidates"]
     assert hit["face_id"] not in [x["face_id"] for x in again]
     assert entries(env.fl, "erase")[-1].details["reason"] == "request 12"

@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import RawDB, lfw_image
-from conftest_api import PW, entries, seed
+from conftest_api import PW, entries, own_token, seed
 from faceledger.api import ApiSettings, create_app
 from faceledger.service import Faceledger
 
@@ -61,11 +61,11 @@ def env(lfw: Path, analyzer: Any, tmp_path_factory: pytest.TempPathFactory) -> A
     fl.add_user(root, "dan", PW, "investigator", "north")  # disabled below
     fl.add_user(root, "lou", PW, "auditor")  # locked out below
     users = ("root", "ivy", "ian", "sam", "sue", "vic", "ada")
-    tokens = {u: fl.create_token(root, u, "good")[1] for u in users}
+    tokens = {u: own_token(fl, u, "good")[1] for u in users}
     bad = {
-        "expired": fl.create_token(root, "ivy", "old", days=1),
-        "revoked": fl.create_token(root, "ivy", "gone"),
-        "disabled": fl.create_token(root, "dan", "dan's"),
+        "expired": own_token(fl, "ivy", "old", days=1),
+        "revoked": own_token(fl, "ivy", "gone"),
+        "disabled": own_token(fl, "dan", "dan's"),
     }
     raw = RawDB(fl.data_dir)
     raw.execute(
@@ -198,7 +198,7 @@ def test_object_level_denials_are_recorded(env: Env) -> None:
         env,
         "ian",
         lambda h: c.post("/api/v1/tokens", headers=h, json={"user": "ivy"}),
-        "manage_users",
+        "create_token",
     )
     _denied(env, "ian", lambda h: c.get("/api/v1/tokens?user=ivy", headers=h), "manage_users")
 

@@ -40,7 +40,7 @@ from schemathesis.checks import (  # noqa: E402
 )
 from schemathesis.config import SchemathesisConfig  # noqa: E402
 
-from conftest_api import PW, seed  # noqa: E402
+from conftest_api import PW, own_token, seed  # noqa: E402
 from faceledger.api import MB, ApiSettings, create_app, router  # noqa: E402
 from faceledger.service import Faceledger  # noqa: E402
 
@@ -89,7 +89,7 @@ def fuzz_env(lfw: Path, analyzer: Any, tmp_path_factory: pytest.TempPathFactory)
     fl.add_user(root, SACRIFICE, PW, "investigator", "north")
     tokens, token_ids = {}, {}
     for user in (*CALLERS, SACRIFICE, "ada"):
-        token_ids[user], tokens[user] = fl.create_token(root, user, "fuzz")
+        token_ids[user], tokens[user] = own_token(fl, user, "fuzz")
     settings_ = ApiSettings(
         max_upload_bytes=2 * MB,
         max_ingest_upload_bytes=4 * MB,

@@ -27,8 +27,6 @@ with a stable ``code``), plus what only an HTTP server needs:
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import math
@@ -38,14 +36,13 @@ import secrets
 import threading
 import time
 import typing
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -55,16 +52,15 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from faceledger import __version__, audit, reports
+from faceledger import __version__, audit, probes, reports
 from faceledger.auth import Actor, AuthError, PermissionDenied
-from faceledger.decode import DecodeError, decode_image
+from faceledger.decode import DecodeError
 from faceledger.jobs import JobManager
 from faceledger.policy import Policy, policy_path
 from faceledger.search import LEADS_NOTICE, NoFaceError
 from faceledger.service import Faceledger, PolicyTamperedError, RefusedError, SearchRequest
 from faceledger.sources import ItemError, SourceError, parse_when
 from faceledger.store import BadTextError, ModelMismatchError
-from faceledger.types import Face
 
 log = logging.getLogger("faceledger.api")
 
@@ -182,6 +178,14 @@ REFUSAL_STATUS = {
     "quota-exceeded": 429,
     "not-approved": 403,
     "self-approval": 403,
+    "other-unit": 403,
+    "no-unit": 403,
+    "impersonation": 403,
+    "self-roles": 403,
+    "self-unit": 403,
+    "results-expired": 403,
+    "not-a-candidate": 404,
+    "erased": 410,
     "missing-case-fields": 400,
     "low-quality": 422,
     "already-decided": 409,
@@ -508,9 +512,7 @@ class AppContext:
         self.settings = settings
         self.sessions = SessionStore(settings.session_idle_seconds, settings.session_max_seconds)
         self.limiter = RateLimiter()
-        # dlib's detector, landmarker and network are not documented as thread-safe: one
-        # thread at a time uses the shared analyzer (searches, detection, 1:1, probe erasure).
-        self.analysis_lock = threading.Lock()
+        self.analysis_lock = fl.analysis_lock  # the core's: one thread at a time analyses
         self.jobs = JobManager(fl, settings.ingest_workers)
 
     # sessions ---------------------------------------------------------------------------------
@@ -660,296 +662,23 @@ def ctx_dep(request: Request) -> AppContext:
 Ctx = Annotated[AppContext, Depends(ctx_dep)]
 
 
-# -- core helpers that the API adds (candidates for service.py) -----------------------------------
+# -- translation helpers ------------------------------------------------------------------------
 
 
 def parse_box(text: str, field_name: str = "face_box") -> list[int] | None:
-    """'left,top,right,bottom' in pixels of the (orientation-corrected) photo."""
-    if not text or not text.strip():
-        return None
+    """A face box form field, or None; a bad one is a 400 ``bad-face-box``."""
     try:
-        box = [round(float(v)) for v in text.split(",")]
-    except ValueError:
-        box = []
-    if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
-        raise ApiError(400, "bad-face-box", f"{field_name} must be 'left,top,right,bottom'")
-    return box
+        return probes.parse_box(text, field_name)
+    except probes.BadBoxError as exc:
+        raise ApiError(400, "bad-face-box", str(exc)) from exc
 
 
-def iou(a: list[int], b: list[int]) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def region_around(box: list[int], width: int, height: int, margin: float = 1.0) -> list[int]:
-    """The face box grown by ``margin`` box sizes on every side, inside the photo."""
-    w, h = box[2] - box[0], box[3] - box[1]
-    m = round(max(w, h) * margin)
-    return [max(0, box[0] - m), max(0, box[1] - m), min(width, box[2] + m), min(height, box[3] + m)]
-
-
-def crop_png(pixels: np.ndarray, region: list[int], masks: Sequence[list[int]] = ()) -> bytes:
-    """The region as a PNG, with the ``masks`` boxes (other people's faces) painted grey."""
-    from PIL import Image
-
-    x0, y0, x1, y1 = region
-    out = np.array(pixels[y0:y1, x0:x1], copy=True)
-    for left, top, right, bottom in masks:
-        m = round(0.15 * max(right - left, bottom - top))  # hair and chin too
-        ml, mt = max(0, left - m - x0), max(0, top - m - y0)
-        mr, mb = min(x1, right + m) - x0, min(y1, bottom + m) - y0
-        if mr > ml and mb > mt:
-            out[mt:mb, ml:mr] = 128
-    buf = io.BytesIO()
-    Image.fromarray(out).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-QUALITY_HINTS = {
-    "small": "the face is small: fewer details to compare",
-    "blurred": "the face is blurred",
-    "turned": "the face is turned away from the camera",
-}
-
-
-WARN_BELOW = 0.6  # a quality factor (0..1, see faceledger.quality) below this is flagged
-
-
-def quality_warnings(size: int, sharpness: float, yaw: float) -> list[str]:
-    """Which of the quality factors (size, sharpness, pose) are low enough to warn about."""
-    from faceledger import quality as q
-
-    warnings = []
-    if size < q.MIN_SIZE + WARN_BELOW * (q.GOOD_SIZE - q.MIN_SIZE):
-        warnings.append("small")
-    if sharpness < WARN_BELOW * q.GOOD_SHARPNESS:
-        warnings.append("blurred")
-    if abs(yaw) > (1 - WARN_BELOW) * q.MAX_YAW:
-        warnings.append("turned")
-    return warnings
-
-
-def detect_faces(ctx: AppContext, actor: Actor, photo: bytes) -> dict[str, Any]:
-    """The faces in a photo (boxes, quality), for picking one before a search.
-
-    Investigators only (the search permission); compares nothing and stores nothing, and
-    is recorded in the ledger with the photo's hash and the number of faces.
-    """
-    fl = ctx.fl
-    fl.require(actor, "search", "detect")
-    sha = hashlib.sha256(photo).hexdigest()
-    img = decode_image(photo)
-    pol = fl.policy()
-    with ctx.analysis_lock:
-        faces = fl.searcher().analyzer.analyze(img.pixels)
-    fl.record(actor, "probe.detect", sha[:16], photo_sha256=sha, faces=len(faces))
-    out = []
-    for i, f in enumerate(faces):
-        warnings = quality_warnings(f.size, f.sharpness, f.yaw)
-        out.append(
-            {
-                "face_index": i,
-                "bbox": f.detection.bbox.as_list(),
-                "quality": f.quality,
-                "size": f.size,
-                "sharpness": round(f.sharpness, 2),
-                "yaw": round(f.yaw, 3),
-                "warnings": warnings,
-                "warning_text": [QUALITY_HINTS[w] for w in warnings],
-                "below_min_quality": f.quality < pol.min_probe_quality,
-            }
-        )
-    return {
-        "photo_sha256": sha,
-        "width": img.width,
-        "height": img.height,
-        "faces": out,
-        "min_probe_quality": pol.min_probe_quality,
-    }
-
-
-def search_photo(
-    ctx: AppContext,
-    actor: Actor,
-    photo: bytes,
-    req: SearchRequest,
-    face_box: list[int] | None = None,
-) -> dict[str, Any]:
-    """A search through the core.
-
-    With ``face_box``, the probe is the region around that face, with any other face found
-    there painted out, so the other people in the photo are not compared; an extra ledger
-    entry links the search to the whole photo's hash and the region used.
-    """
-    fl = ctx.fl
-    region = None
-    probe = photo
-    if face_box is not None:
-        fl.authorise_search(actor, req)  # the rules, before the photo is even decoded
-        try:
-            img = decode_image(photo)
-        except DecodeError:
-            img = None  # the core refuses it below, and records the bad probe
-        if img is not None:
-            if face_box[2] > img.width or face_box[3] > img.height:
-                raise ApiError(400, "bad-face-box", "face_box lies outside the photo")
-            with ctx.analysis_lock:
-                found = fl.searcher().analyzer.detector.detect(img.pixels)
-            others = [b for b in (d.bbox.as_list() for d in found) if iou(b, face_box) < 0.3]
-            region = region_around(face_box, img.width, img.height)
-            probe = crop_png(img.pixels, region, others)
-    with ctx.analysis_lock:
-        result = fl.search(actor, probe, req)
-    result["photo_sha256"] = hashlib.sha256(photo).hexdigest()
-    result["probe_region"] = region
-    if region is not None:
-        x0, y0 = region[0], region[1]
-        for f in result["faces"]:
-            f["bbox"] = [f["bbox"][0] + x0, f["bbox"][1] + y0, f["bbox"][2] + x0, f["bbox"][3] + y0]
-            if f.get("landmarks"):
-                f["landmarks"] = [[p[0] + x0, p[1] + y0] for p in f["landmarks"]]
-        assert face_box is not None
-        best = max(result["faces"], key=lambda f: iou(f["bbox"], face_box), default=None)
-        for f in result["faces"]:
-            f["selected"] = f is best
-        fl.record(
-            actor,
-            "search.probe_region",
-            req.case_number,
-            search_id=result["search_id"],
-            photo_sha256=result["photo_sha256"],
-            probe_sha256=result["probe_sha256"],
-            region=region,
-        )
-    return result
-
-
-def verify_photos(
-    ctx: AppContext,
-    actor: Actor,
-    photo_a: bytes,
-    photo_b: bytes,
-    req: SearchRequest,
-    box_a: list[int] | None = None,
-    box_b: list[int] | None = None,
-) -> dict[str, Any]:
-    """1:1 comparison of one face in each photo, under the same rules as a search.
-
-    Investigators only (verify and search permissions), with case, purpose, justification,
-    approval and quota checked by :meth:`Faceledger.authorise_search`; the probe-quality
-    minimum applies to both faces; the comparison is recorded in the ledger (hashes, score,
-    no image). The face is the one matching ``box_*`` or else the largest in each photo.
-    """
-    fl = ctx.fl
-    fl.require(actor, "verify", req.case_number)
-    pol = fl.authorise_search(actor, req)
-    shas = [hashlib.sha256(p).hexdigest() for p in (photo_a, photo_b)]
-    chosen: list[Face | None] = []
-    counts: list[int] = []
-    with ctx.analysis_lock:
-        searcher = fl.searcher()
-        for label, data, sha, box in (
-            ("A", photo_a, shas[0], box_a),
-            ("B", photo_b, shas[1], box_b),
-        ):
-            try:
-                img = decode_image(data)
-            except DecodeError as exc:
-                fl.record(
-                    actor,
-                    "verify.bad_photo",
-                    req.case_number,
-                    photo=label,
-                    photo_sha256=sha,
-                    error=exc.reason,
-                )
-                raise
-            faces = searcher.analyzer.analyze(img.pixels)
-            counts.append(len(faces))
-            if not faces:
-                chosen.append(None)
-                continue
-            if box is not None:
-                chosen.append(max(faces, key=lambda f: iou(f.detection.bbox.as_list(), box)))
-            else:
-                chosen.append(max(faces, key=lambda f: f.size))
-        calib = searcher.calibration
-        model_id = searcher.analyzer.model_id
-    base = {
-        "purpose": req.purpose,
-        "request_id": req.request_id,
-        "photo_a_sha256": shas[0],
-        "photo_b_sha256": shas[1],
-        "faces_a": counts[0],
-        "faces_b": counts[1],
-    }
-    missing = [label for label, f in zip("AB", chosen, strict=True) if f is None]
-    if missing:
-        fl.record(actor, "verify", req.case_number, **base, outcome="no-face")
-        raise NoFaceError(f"no face found in photo {' and '.join(missing)}")
-    face_a, face_b = chosen
-    assert face_a is not None and face_b is not None
-    low = [
-        label for label, f in (("A", face_a), ("B", face_b)) if f.quality < pol.min_probe_quality
-    ]
-    if low:
-        fl.record(actor, "verify", req.case_number, **base, outcome="low-quality")
-        raise RefusedError(
-            "low-quality",
-            f"the face in photo {' and '.join(low)} is below the policy's minimum quality "
-            f"({pol.min_probe_quality})",
-        )
-    score = float(np.dot(face_a.embedding, face_b.embedding))
-    est = calib.estimate(score) if calib else None
-    fl.record(
-        actor,
-        "verify",
-        req.case_number,
-        **base,
-        outcome="compared",
-        score=round(score, 4),
-        est_fmr=None if est is None else est.fmr,
-    )
-    return {
-        "case_number": req.case_number,
-        "purpose": req.purpose,
-        "model_id": model_id,
-        "score": round(score, 5),
-        "est_fmr": None if est is None else est.fmr,
-        "est_fmr_extrapolated": None if est is None else est.extrapolated,
-        "faces": [
-            {
-                "photo": label,
-                "photo_sha256": sha,
-                "faces_in_photo": n,
-                "bbox": f.detection.bbox.as_list(),
-                "quality": f.quality,
-                "warnings": quality_warnings(f.size, f.sharpness, f.yaw),
-            }
-            for label, sha, n, f in zip("AB", shas, counts, (face_a, face_b), strict=True)
-        ],
-        "notice": LEADS_NOTICE,
-    }
-
-
-def face_crop_path(fl: Faceledger, actor: Actor, face_id: int) -> Path:
-    """The crop of a gallery face, for those allowed to view gallery images; each view is
-    recorded (like :meth:`Faceledger.view_image_path`)."""
-    fl.require(actor, "view_image", f"face {face_id}")
-    rec = fl.store.candidates([face_id]).get(face_id)
-    if rec is None:
-        raise RefusedError("no-such-face", f"no face {face_id}")
-    fl.record(actor, "face.crop_view", f"face {face_id}", image_sha256=rec.image_sha)
-    return fl.data_dir / rec.crop_path
-
-
-def candidate_out(c: dict[str, Any]) -> dict[str, Any]:
+def candidate_out(search_id: int, c: dict[str, Any]) -> dict[str, Any]:
+    """A candidate as the API shows it: no server paths, and its crop and source image only
+    through the search that returned it."""
     doc = {k: v for k, v in c.items() if k not in ("crop_path", "image_path")}
-    doc["crop_url"] = f"{API}/faces/{c['face_id']}/crop"
-    doc["image_url"] = f"{API}/images/{c['image_sha256']}"
+    doc["crop_url"] = f"{API}/searches/{search_id}/faces/{c['face_id']}/crop"
+    doc["image_url"] = f"{API}/searches/{search_id}/faces/{c['face_id']}/image"
     return doc
 
 
@@ -958,10 +687,7 @@ def search_out(result: dict[str, Any]) -> dict[str, Any]:
     faces = []
     for f in result["faces"]:
         face = dict(f)
-        face["candidates"] = [candidate_out(c) for c in f["candidates"]]
-        face["warnings"] = quality_warnings(
-            f.get("size", 0), f.get("sharpness", 1e9), f.get("yaw", 0.0)
-        )
+        face["candidates"] = [candidate_out(result["search_id"], c) for c in f["candidates"]]
         face.setdefault("selected", None)
         faces.append(face)
     out["faces"] = faces
@@ -1307,9 +1033,9 @@ SEARCH_EXAMPLE: dict[str, Any] = {
                     "expected_false_candidates": 0.011,
                     "quality": 0.88,
                     "bbox": [67, 68, 174, 175],
-                    "crop_url": "/api/v1/faces/881/crop",
+                    "crop_url": "/api/v1/searches/12/faces/881/crop",
                     "image_sha256": "5d1e...c3",
-                    "image_url": "/api/v1/images/5d1e...c3",
+                    "image_url": "/api/v1/searches/12/faces/881/image",
                     "provenance": [
                         {
                             "source": "press-archive",
@@ -1388,6 +1114,7 @@ class DetectOut(BaseModel):
 
 
 class VerifyOut(BaseModel):
+    verify_id: int
     case_number: str
     purpose: str
     model_id: str
@@ -1400,6 +1127,7 @@ class VerifyOut(BaseModel):
         json_schema_extra={
             "examples": [
                 {
+                    "verify_id": 3,
                     "case_number": "CASE-2026-114",
                     "purpose": "identity-fraud",
                     "model_id": "dlib_resnet_v1",
@@ -1457,7 +1185,17 @@ class CaseRequestIn(BaseModel):
 
 class CaseDecisionIn(BaseModel):
     note: str = ""
-    model_config = ConfigDict(json_schema_extra={"examples": [{"note": "grounds documented"}]})
+    search_limit: int | None = Field(
+        default=None, description="Approvals: at most this many searches and verifications under it"
+    )
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"note": "grounds documented", "search_limit": 5}]}
+    )
+
+
+class CaseWithdrawIn(BaseModel):
+    note: str = Field(description="Why the approval ends now")
+    model_config = ConfigDict(json_schema_extra={"examples": [{"note": "suspect identified"}]})
 
 
 class CaseRequestOut(BaseModel):
@@ -1473,6 +1211,11 @@ class CaseRequestOut(BaseModel):
     decided_at: str | None
     decision_note: str | None
     created_at: str
+    expires_at: str | None = Field(None, description="When an approval ends")
+    search_limit: int | None = None
+    withdrawn_by: int | None = None
+    withdrawn_at: str | None = None
+    withdrawal_note: str | None = None
 
 
 class CreatedOut(BaseModel):
@@ -1506,6 +1249,7 @@ class UserIn(BaseModel):
 class UserPatch(BaseModel):
     disabled: bool | None = None
     roles: list[str] | None = None
+    unit: str | None = Field(None, description="The user's unit ('' to clear it)")
     model_config = ConfigDict(json_schema_extra={"examples": [{"disabled": True}]})
 
 
@@ -1520,12 +1264,14 @@ class UserOut(BaseModel):
 
 
 class TokenIn(BaseModel):
-    user: str | None = Field(None, description="Whose token (default: yourself; others: admin)")
+    user: str | None = Field(
+        None,
+        description="Optional check: must be your own user name (nobody creates tokens for "
+        "another user)",
+    )
     name: str = "api"
     days: int = 90
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"user": "ivy", "name": "case-tool", "days": 30}]}
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "case-tool", "days": 30}]})
 
 
 class TokenCreatedOut(BaseModel):
@@ -1696,13 +1442,17 @@ def detect(
     ctx: Ctx,
     actor: CurrentActor,
     photo: Annotated[UploadFile | None, File(description="The probe photo")] = None,
+    case_number: Annotated[
+        str, Form(description="The case this detection serves (recorded)", examples=["CASE-7"])
+    ] = "",
 ) -> dict[str, Any]:
     """Find the faces in a photo (boxes and quality warnings) without comparing anything.
 
-    For picking one face before a search; investigators only; recorded in the ledger."""
+    For picking one face before a search; investigators only; recorded in the ledger and
+    counted against the policy's daily_detect_quota."""
     ctx.limit_search(actor)
     data = read_upload(photo, "photo")
-    return detect_faces(ctx, actor, data)
+    return ctx.fl.detect(actor, data, case_number)
 
 
 @router.post(
@@ -1732,17 +1482,18 @@ def create_search(
     ] = "",
 ) -> dict[str, Any]:
     ctx.limit_search(actor)
+    box = parse_box(face_box)
     data = read_upload(probe, "probe")
     req = SearchRequest(case_number, purpose, justification, parse_request_id(request_id), top_k)
-    box = parse_box(face_box)
-    return search_out(search_photo(ctx, actor, data, req, box))
+    return search_out(ctx.fl.search(actor, data, req, box))
 
 
 @router.get(
     "/searches/{search_id}", response_model=SearchRecordOut, responses=ERRORS, tags=["search"]
 )
 def get_search(ctx: Ctx, actor: CurrentActor, search_id: DbId) -> dict[str, Any]:
-    """A recorded search (own searches; supervisors their unit's; auditors all)."""
+    """A recorded search (own searches; supervisors their unit's and those under approvals
+    they gave; auditors all). Each view is recorded with the candidates it shows."""
     return ctx.fl.get_search(actor, search_id)
 
 
@@ -1752,8 +1503,8 @@ def get_search(ctx: Ctx, actor: CurrentActor, search_id: DbId) -> dict[str, Any]
     responses=UPLOAD_ERRORS,
     tags=["search"],
     description="1:1: how alike one face in each of two photos is (score and estimated FMR). "
-    "Investigators only, under the same rules as a search, and recorded in the ledger. "
-    + CASE_FIELDS_DOC,
+    "Investigators only, under the same rules as a search, counted in the same daily quota "
+    "and recorded in the ledger. " + CASE_FIELDS_DOC,
 )
 def verify(
     ctx: Ctx,
@@ -1768,18 +1519,11 @@ def verify(
     face_box_b: Annotated[str, Form(description="Which face in photo B (else the largest)")] = "",
 ) -> dict[str, Any]:
     ctx.limit_search(actor)
+    box_a, box_b = parse_box(face_box_a, "face_box_a"), parse_box(face_box_b, "face_box_b")
     a = read_upload(photo_a, "photo_a")
     b = read_upload(photo_b, "photo_b")
     req = SearchRequest(case_number, purpose, justification, parse_request_id(request_id))
-    return verify_photos(
-        ctx,
-        actor,
-        a,
-        b,
-        req,
-        parse_box(face_box_a, "face_box_a"),
-        parse_box(face_box_b, "face_box_b"),
-    )
+    return ctx.fl.verify(actor, a, b, req, box_a, box_b)
 
 
 def _file_response(path: Path, filename: str) -> FileResponse:
@@ -1799,24 +1543,28 @@ def _file_response(path: Path, filename: str) -> FileResponse:
 IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     200: {"content": {"image/jpeg": {}}, "description": "The image"},
-    404: {"model": ErrorOut, "description": "No such face or image"},
+    404: {"model": ErrorOut, "description": "No such search, or the face is not its candidate"},
+    410: {"model": ErrorOut, "description": "The face was erased since the search"},
 }
 
 
-@router.get("/faces/{face_id}/crop", responses=IMAGE_RESPONSES, tags=["gallery"])
-def face_crop(ctx: Ctx, actor: CurrentActor, face_id: DbId) -> FileResponse:
-    """A gallery face's crop (investigators, admins); each view is recorded."""
-    path = face_crop_path(ctx.fl, actor, face_id)
+@router.get(
+    "/searches/{search_id}/faces/{face_id}/crop", responses=IMAGE_RESPONSES, tags=["search"]
+)
+def candidate_crop(ctx: Ctx, actor: CurrentActor, search_id: DbId, face_id: DbId) -> FileResponse:
+    """The crop of a candidate this search returned (to whoever may read the search, within
+    the policy's result_view_days); the search's own ledger entry lists what it showed."""
+    path = ctx.fl.candidate_file(actor, search_id, face_id, "crop")
     return _file_response(path, f"face-{face_id}.jpg")
 
 
-@router.get("/images/{sha}", responses=IMAGE_RESPONSES, tags=["gallery"])
-def image(ctx: Ctx, actor: CurrentActor, sha: str) -> FileResponse:
-    """A stored gallery image by SHA-256 (investigators, admins); each view is recorded."""
-    if not SHA_RE.match(sha):
-        raise ApiError(404, "no-such-image", "images are named by their SHA-256 (64 hex digits)")
-    path = ctx.fl.view_image_path(actor, sha)
-    return _file_response(path, f"{sha[:16]}{path.suffix}")
+@router.get(
+    "/searches/{search_id}/faces/{face_id}/image", responses=IMAGE_RESPONSES, tags=["search"]
+)
+def candidate_image(ctx: Ctx, actor: CurrentActor, search_id: DbId, face_id: DbId) -> FileResponse:
+    """The source image of a candidate this search returned; each view is recorded."""
+    path = ctx.fl.candidate_file(actor, search_id, face_id, "image")
+    return _file_response(path, f"search-{search_id}-face-{face_id}{path.suffix}")
 
 
 @router.post(
@@ -1895,7 +1643,7 @@ def purge(ctx: Ctx, actor: CurrentActor) -> dict[str, int]:
 def list_cases(
     ctx: Ctx,
     actor: CurrentActor,
-    status: Annotated[str | None, Query(pattern="^(pending|approved|denied)$")] = None,
+    status: Annotated[str | None, Query(pattern="^(pending|approved|denied|withdrawn)$")] = None,
 ) -> list[dict[str, Any]]:
     """Case requests you may see: your own; supervisors their unit's; admins, auditors all."""
     return ctx.fl.list_case_requests(actor, status)
@@ -1912,8 +1660,10 @@ def request_case(ctx: Ctx, actor: CurrentActor, body: CaseRequestIn) -> dict[str
 def approve_case(
     ctx: Ctx, actor: CurrentActor, request_id: DbId, body: CaseDecisionIn | None = None
 ) -> dict[str, bool]:
-    """Approve a pending request (supervisors; not your own)."""
-    ctx.fl.decide_case(actor, request_id, True, (body or CaseDecisionIn()).note)
+    """Approve a pending request (supervisors of the requester's unit; not your own). The
+    approval lasts the policy's approval_days and, with search_limit, that many searches."""
+    body = body or CaseDecisionIn()
+    ctx.fl.decide_case(actor, request_id, True, body.note, body.search_limit)
     return {"ok": True}
 
 
@@ -1921,8 +1671,17 @@ def approve_case(
 def deny_case(
     ctx: Ctx, actor: CurrentActor, request_id: DbId, body: CaseDecisionIn | None = None
 ) -> dict[str, bool]:
-    """Deny a pending request (supervisors)."""
+    """Deny a pending request (supervisors of the requester's unit)."""
     ctx.fl.decide_case(actor, request_id, False, (body or CaseDecisionIn()).note)
+    return {"ok": True}
+
+
+@router.post("/cases/{request_id}/withdraw", response_model=OkOut, responses=ERRORS, tags=["cases"])
+def withdraw_case(
+    ctx: Ctx, actor: CurrentActor, request_id: DbId, body: CaseWithdrawIn
+) -> dict[str, bool]:
+    """End an approval now (supervisors of the requester's unit)."""
+    ctx.fl.withdraw_case(actor, request_id, body.note)
     return {"ok": True}
 
 
@@ -2068,12 +1827,15 @@ def add_user(ctx: Ctx, actor: CurrentActor, body: UserIn) -> dict[str, int]:
 
 @router.patch("/users/{username}", response_model=OkOut, responses=ERRORS, tags=["admin"])
 def patch_user(ctx: Ctx, actor: CurrentActor, username: str, body: UserPatch) -> dict[str, bool]:
-    """Disable or enable a user, or set their roles (admin)."""
-    if body.disabled is None and body.roles is None:
-        raise ApiError(400, "nothing-to-change", "give disabled and/or roles")
+    """Disable or enable a user, set their roles or their unit (admin; not your own roles
+    or unit)."""
+    if body.disabled is None and body.roles is None and body.unit is None:
+        raise ApiError(400, "nothing-to-change", "give disabled, roles and/or unit")
     with invalid_input("invalid-user"):
         if body.roles is not None:
             ctx.fl.set_roles(actor, username, body.roles)
+        if body.unit is not None:
+            ctx.fl.set_unit(actor, username, body.unit)
         if body.disabled is not None:
             ctx.fl.set_disabled(actor, username, body.disabled)
     return {"ok": True}
@@ -2089,7 +1851,8 @@ def list_tokens(ctx: Ctx, actor: CurrentActor, user: str | None = None) -> list[
     "/tokens", status_code=201, response_model=TokenCreatedOut, responses=ERRORS, tags=["admin"]
 )
 def create_token(ctx: Ctx, actor: CurrentActor, body: TokenIn) -> dict[str, Any]:
-    """A new API token for yourself, or (admin) for another user; the secret is shown once."""
+    """A new API token for yourself (nobody, admins included, creates one for another
+    user); the secret is shown once."""
     user = body.user or actor.username
     tid, secret = ctx.fl.create_token(actor, user, body.name.strip() or "api", body.days)
     return {"id": tid, "user": user, "secret": secret}

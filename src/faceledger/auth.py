@@ -25,7 +25,6 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "decide_case": frozenset({"supervisor"}),
     "list_cases": frozenset({"investigator", "supervisor", "admin", "auditor"}),
     "view_search": frozenset({"investigator", "supervisor", "auditor"}),
-    "view_image": frozenset({"investigator", "admin"}),
     "ingest": frozenset({"admin"}),
     "erase": frozenset({"admin"}),
     "purge": frozenset({"admin"}),

@@ -720,18 +720,35 @@ def users_set_roles(
     out.print(f"user {username} now has roles {roles}")
 
 
+@users_app.command("set-unit")
+def users_set_unit(
+    username: str,
+    unit: Annotated[str, typer.Option(help="The unit ('' to clear it).")],
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+) -> None:
+    """Move a user to another unit (admin; not yourself)."""
+    with session(data_dir, as_user) as (fl, actor):
+        fl.set_unit(actor, username, unit)
+    out.print(f"user {username} is now in unit {unit or '(none)'}")
+
+
 @tokens_app.command("create")
 def tokens_create(
-    user: Annotated[str, typer.Option("--user", help="Whose token.")],
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="Must be yourself: nobody creates tokens for others."),
+    ] = None,
     name: Annotated[str, typer.Option(help="A label for the token.")] = "api",
     days: Annotated[int, typer.Option(help="Lifetime in days (1-366).")] = 90,
     data_dir: DataDir = None,
     as_user: AsUser = None,
 ) -> None:
-    """Create an API token; the secret is printed once, alone on the last line."""
+    """Create an API token for yourself; the secret is printed once, alone on the last line."""
     with session(data_dir, as_user) as (fl, actor):
-        tid, secret = fl.create_token(actor, user, name, days)
-    err.print(f"token {tid} for {user}, valid {days} days; store it now, it is not shown again:")
+        owner = user or actor.username
+        tid, secret = fl.create_token(actor, owner, name, days)
+    err.print(f"token {tid} for {owner}, valid {days} days; store it now, it is not shown again:")
     print(secret)
 
 
@@ -790,11 +807,32 @@ def cases_request(
 
 @cases_app.command("approve")
 def cases_approve(
-    request_id: int, note: str = "", data_dir: DataDir = None, as_user: AsUser = None
+    request_id: int,
+    note: str = "",
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", min=1, help="At most this many searches under the approval."),
+    ] = None,
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
 ) -> None:
+    """Approve a request of your unit (it lasts the policy's approval_days)."""
     with session(data_dir, as_user) as (fl, actor):
-        fl.decide_case(actor, request_id, True, note)
+        fl.decide_case(actor, request_id, True, note, limit)
     out.print(f"request {request_id} approved")
+
+
+@cases_app.command("withdraw")
+def cases_withdraw(
+    request_id: int,
+    note: Annotated[str, typer.Option(help="Why the approval ends now (required).")],
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+) -> None:
+    """End an approval before its time."""
+    with session(data_dir, as_user) as (fl, actor):
+        fl.withdraw_case(actor, request_id, note)
+    out.print(f"the approval of request {request_id} is withdrawn")
 
 
 @cases_app.command("deny")
@@ -808,7 +846,9 @@ def cases_deny(
 
 @cases_app.command("list")
 def cases_list(
-    status: Annotated[str | None, typer.Option(help="pending, approved or denied.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="pending, approved, denied or withdrawn.")
+    ] = None,
     data_dir: DataDir = None,
     as_user: AsUser = None,
 ) -> None:

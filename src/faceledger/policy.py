@@ -18,6 +18,7 @@ from typing import Any
 OPTOUT_FMR = 1e-4
 # Retention settings above this (100 years) are refused: expiry dates must stay computable.
 MAX_RETENTION_DAYS = 36_500
+MAX_PURPOSE_LENGTH = 64
 
 DEFAULT_PURPOSES = [
     "violent-crime",
@@ -40,6 +41,11 @@ class Policy:
     # calibrated false match rate is OPTOUT_FMR for the gallery's model".
     optout_threshold: float = 0.0
     image_retention_days: int = 0  # 0: gallery images never expire unless a source sets it
+    approval_days: int = 30  # how long a supervisor's approval of a case request lasts
+    # how long the searcher (and those who may read the search) can open its candidates'
+    # crops and source images; afterwards the record keeps ids and scores only
+    result_view_days: int = 30
+    daily_detect_quota: int = 200  # face detections on probe photos per user per UTC day
 
     def validate(self) -> None:
         if not self.purposes:
@@ -47,8 +53,15 @@ class Policy:
         unknown = set(self.approval_required) - set(self.purposes)
         if unknown:
             raise ValueError(f"approval_required names unknown purposes: {sorted(unknown)}")
-        if self.daily_quota < 0 or self.max_candidates < 1:
-            raise ValueError("daily_quota must be >= 0 and max_candidates >= 1")
+        if self.daily_quota < 0 or self.max_candidates < 1 or self.daily_detect_quota < 0:
+            raise ValueError(
+                "daily_quota and daily_detect_quota must be >= 0 and max_candidates >= 1"
+            )
+        too_long = [p for p in self.purposes if len(p) > MAX_PURPOSE_LENGTH]
+        if too_long:
+            raise ValueError(f"purposes are at most {MAX_PURPOSE_LENGTH} characters")
+        if not (1 <= self.approval_days <= 366 and 1 <= self.result_view_days <= 3660):
+            raise ValueError("approval_days must be 1 to 366, result_view_days 1 to 3660")
         if not 0.0 <= self.min_probe_quality <= 1.0:
             raise ValueError("min_probe_quality must be between 0 and 1")
         if not (

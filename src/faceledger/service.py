@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,14 +22,23 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, insert, select, update
 
-from faceledger import audit, auth
+from faceledger import audit, auth, probes
 from faceledger.analysis import FaceAnalyzer
 from faceledger.auth import Actor, AuthError, PermissionDenied
-from faceledger.decode import decode_image
+from faceledger.decode import DecodeError, decode_image
 from faceledger.policy import Policy, optout_threshold, policy_path
-from faceledger.schema import blocklist, case_requests, probes, searches, tokens, users
+from faceledger.schema import (
+    blocklist,
+    case_requests,
+    searches,
+    tokens,
+    users,
+    verifications,
+)
+from faceledger.schema import probes as probe_table
 from faceledger.search import LEADS_NOTICE, NoFaceError, Searcher
 from faceledger.store import Store, atomic_write, insert_or_ignore, now_iso
+from faceledger.types import Face
 
 
 class RefusedError(Exception):
@@ -54,6 +64,58 @@ class SearchRequest:
 
 SYSTEM = Actor(0, "system", frozenset(), via="system")
 
+# Caps on what users type (characters). Longer input is refused before anything is stored,
+# so nobody can bloat the permanent ledger; :func:`bounded` clips anything that still
+# reaches it (request paths, names from elsewhere) as a second line of defence.
+MAX_CASE_NUMBER = 64
+MAX_PURPOSE = 64
+MAX_JUSTIFICATION = 2000
+MAX_NOTE = 2000
+MAX_TOKEN_NAME = 100
+MAX_UNIT = 64
+LEDGER_TARGET_MAX = 200
+LEDGER_TEXT_MAX = 2000
+
+
+def check_length(name: str, value: str | None, limit: int) -> None:
+    """Refuse (code ``too-long``) text over ``limit`` characters."""
+    if value is not None and len(value) > limit:
+        raise RefusedError(
+            "too-long", f"{name} is {len(value)} characters long; at most {limit} are allowed"
+        )
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{text[: limit // 2]}…[{len(text)} characters, sha256 {digest}…]"
+
+
+def bounded(value: Any, limit: int = LEDGER_TEXT_MAX) -> Any:
+    """``value`` with every string longer than ``limit`` clipped (recursively)."""
+    if isinstance(value, str):
+        return _clip(value, limit)
+    if isinstance(value, dict):
+        return {k: bounded(v, limit) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [bounded(v, limit) for v in value]
+    return value
+
+
+def text_sha256(text: str) -> str:
+    """What the ledger keeps of a free-text field: its SHA-256 (UTF-8)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def case_details(case_number: str, purpose: str, justification: str) -> dict[str, str]:
+    """The case fields as every search, verify and case request records them."""
+    return {
+        "case_number": case_number,
+        "purpose": purpose,
+        "justification_sha256": text_sha256(justification),
+    }
+
 
 class Faceledger:
     def __init__(
@@ -71,6 +133,9 @@ class Faceledger:
         self.data_dir = self.store.data_dir
         self._searcher: Searcher | None = None
         self._analyzer_factory: Callable[[], FaceAnalyzer] | None = None
+        # dlib's detector, landmarker and network are not documented as thread-safe: one
+        # thread at a time uses the shared analyzer (searches, detection, 1:1, erasure).
+        self.analysis_lock = threading.RLock()
         from faceledger.privacy import finish_pending_files
 
         finish_pending_files(self.store)
@@ -79,7 +144,13 @@ class Faceledger:
     def record(self, actor: Actor, action: str, target: str = "", **details: Any) -> None:
         if actor.token_id is not None:
             details.setdefault("token_id", actor.token_id)
-        audit.record(self.store, actor.username, action, target, details)
+        audit.record(
+            self.store,
+            _clip(actor.username, LEDGER_TARGET_MAX),
+            action,
+            _clip(target, LEDGER_TARGET_MAX),
+            bounded(details),
+        )
 
     def require(self, actor: Actor, permission: str, target: str = "") -> None:
         """Raise PermissionDenied (and record the denial) unless ``actor`` may do this."""
@@ -299,9 +370,20 @@ class Faceledger:
                 conn, actor.username, "user.disable" if disabled else "user.enable", username, {}
             )
 
+    def _refuse_self_change(self, actor: Actor, username: str, what: str) -> None:
+        """Nobody grants themselves roles or moves themselves to another unit."""
+        if username == actor.username:
+            self.record(
+                actor, "authz.denied", username, permission="manage_users", reason=f"self-{what}"
+            )
+            raise RefusedError(
+                f"self-{what}", f"you cannot change your own {what}; ask another admin"
+            )
+
     def set_roles(self, actor: Actor, username: str, roles: str | list[str]) -> None:
         self.require(actor, "manage_users", username)
         parsed = auth.parse_roles(roles)
+        self._refuse_self_change(actor, username, "roles")
         with self.store.writer.begin() as conn:
             uid = self._user_id(conn, username)
             old = conn.execute(select(users.c.roles).where(users.c.id == uid)).scalar()
@@ -316,12 +398,33 @@ class Faceledger:
                 {"old": str(old).split(","), "new": sorted(parsed)},
             )
 
+    def set_unit(self, actor: Actor, username: str, unit: str | None) -> None:
+        """Move a user to another unit (admins; never themselves)."""
+        self.require(actor, "manage_users", username)
+        unit = (unit or "").strip() or None
+        check_length("unit", unit, MAX_UNIT)
+        self._refuse_self_change(actor, username, "unit")
+        with self.store.writer.begin() as conn:
+            uid = self._user_id(conn, username)
+            old = conn.execute(select(users.c.unit).where(users.c.id == uid)).scalar()
+            conn.execute(update(users).where(users.c.id == uid).values(unit=unit))
+            audit.append(conn, actor.username, "user.set_unit", username, {"old": old, "new": unit})
+
     def create_token(
         self, actor: Actor, username: str, name: str = "api", days: int = auth.DEFAULT_TOKEN_DAYS
     ) -> tuple[int, str]:
-        """A new token for ``username`` (admins: anyone; others: themselves)."""
+        """A new token for yourself. Nobody, admins included, creates a token for another
+        user: that would let them act, and be recorded, as that user."""
         if username != actor.username:
-            self.require(actor, "manage_users", username)
+            self.record(
+                actor, "authz.denied", username, permission="create_token", reason="impersonation"
+            )
+            raise RefusedError(
+                "impersonation",
+                f"a token acts as its owner: {actor.username} cannot create one for "
+                f"{username}; they must create it themselves",
+            )
+        check_length("token name", name, MAX_TOKEN_NAME)
         if not 1 <= days <= 366:
             raise RefusedError("bad-expiry", "token lifetime must be 1 to 366 days")
         secret, h = auth.new_token()
@@ -429,14 +532,16 @@ class Faceledger:
 
     # -- case requests ---------------------------------------------------------------------
     def request_case(self, actor: Actor, case_number: str, purpose: str, justification: str) -> int:
+        self._check_case_lengths(case_number, purpose, justification)
         self.require(actor, "request_case", case_number)
         self._check_case_fields(actor, case_number, purpose, justification)
+        case_number, justification = case_number.strip(), justification.strip()
         with self.store.writer.begin() as conn:
             pk = conn.execute(
                 insert(case_requests).values(
-                    case_number=case_number.strip(),
+                    case_number=case_number,
                     purpose=purpose,
-                    justification=justification.strip(),
+                    justification=justification,
                     requested_by=actor.user_id,
                     status="pending",
                     created_at=now_iso(),
@@ -449,36 +554,71 @@ class Faceledger:
                 actor.username,
                 "case.request",
                 case_number,
-                {"request_id": int(rid), "purpose": purpose},
+                {"request_id": int(rid), **case_details(case_number, purpose, justification)},
             )
         return int(rid)
 
-    def decide_case(self, actor: Actor, request_id: int, approve: bool, note: str = "") -> None:
-        self.require(actor, "decide_case", f"request {request_id}")
-        with self.store.engine.connect() as conn:  # who asked never changes: no lock needed
-            asker = conn.execute(
-                select(case_requests.c.requested_by).where(case_requests.c.id == request_id)
-            ).scalar()
-        if asker is not None and asker == actor.user_id:  # refused, and recorded like a denial
+    def _decider_check(self, actor: Actor, permission: str, request_id: int) -> Any:
+        """The request, if ``actor`` (a supervisor) may decide on it: requests of their own
+        unit only, never their own request; a supervisor without a unit decides none."""
+        self.require(actor, permission, f"request {request_id}")
+        req = users.alias("req")
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                select(case_requests, req.c.unit.label("unit"))
+                .join(req, req.c.id == case_requests.c.requested_by)
+                .where(case_requests.c.id == request_id)
+            ).first()
+        if row is None:
+            raise RefusedError("no-such-request", f"no case request {request_id}")
+        reason = None
+        if row.requested_by == actor.user_id:
+            reason, message = "self-approval", "you cannot decide your own request"
+        elif not actor.unit:
+            reason = "no-unit"
+            message = "supervisors without a unit decide no requests; an admin must set yours"
+        elif row.unit != actor.unit:
+            reason = "other-unit"
+            message = f"request {request_id} comes from another unit than yours ({actor.unit})"
+        if reason:  # refused, and recorded like a denial
             self.record(
                 actor,
                 "authz.denied",
                 f"request {request_id}",
-                permission="decide_case",
-                reason="self-approval",
+                permission=permission,
+                reason=reason,
             )
-            raise RefusedError("self-approval", "you cannot decide your own request")
+            raise RefusedError(reason, message)
+        return row
+
+    def decide_case(
+        self,
+        actor: Actor,
+        request_id: int,
+        approve: bool,
+        note: str = "",
+        search_limit: int | None = None,
+    ) -> None:
+        """Approve or deny a pending request. An approval lasts the policy's
+        ``approval_days`` and, with ``search_limit``, that many searches and verifications."""
+        check_length("note", note, MAX_NOTE)
+        if search_limit is not None and not 1 <= search_limit <= 100_000:
+            raise RefusedError("bad-search-limit", "a search limit is 1 to 100,000 searches")
+        self._decider_check(actor, "decide_case", request_id)
+        pol = self.policy()
         with self.store.writer.begin() as conn:
             row = conn.execute(
                 select(case_requests).where(case_requests.c.id == request_id)
             ).first()
-            if row is None:
-                raise RefusedError("no-such-request", f"no case request {request_id}")
+            assert row is not None  # requests are never deleted
             if row.status != "pending":
                 raise RefusedError("already-decided", f"request {request_id} is {row.status}")
-            if row.requested_by == actor.user_id:
-                raise RefusedError("self-approval", "you cannot decide your own request")
             status = "approved" if approve else "denied"
+            expires = (
+                (auth.utcnow() + timedelta(days=pol.approval_days)).isoformat(timespec="seconds")
+                if approve
+                else None
+            )
             conn.execute(
                 update(case_requests)
                 .where(case_requests.c.id == request_id)
@@ -487,14 +627,62 @@ class Faceledger:
                     decided_by=actor.user_id,
                     decided_at=now_iso(),
                     decision_note=note,
+                    expires_at=expires,
+                    search_limit=search_limit if approve else None,
                 )
             )
+            details: dict[str, Any] = {
+                "request_id": request_id,
+                "case_number": row.case_number,
+                "purpose": row.purpose,
+                "note": note,
+            }
+            if approve:
+                details |= {"expires_at": expires, "search_limit": search_limit}
             audit.append(
                 conn,
                 actor.username,
                 f"case.{'approve' if approve else 'deny'}",
                 row.case_number,
-                {"request_id": request_id, "purpose": row.purpose, "note": note},
+                details,
+            )
+
+    def withdraw_case(self, actor: Actor, request_id: int, note: str) -> None:
+        """End an approval before its time (a supervisor of the requester's unit)."""
+        check_length("note", note, MAX_NOTE)
+        self._decider_check(actor, "decide_case", request_id)
+        if len(note.strip()) < 3:
+            raise RefusedError("missing-note", "say why the approval is withdrawn")
+        with self.store.writer.begin() as conn:
+            row = conn.execute(
+                select(case_requests).where(case_requests.c.id == request_id)
+            ).first()
+            assert row is not None  # requests are never deleted
+            if row.status != "approved":
+                raise RefusedError(
+                    "not-approved", f"request {request_id} is {row.status}, not approved"
+                )
+            conn.execute(
+                update(case_requests)
+                .where(case_requests.c.id == request_id)
+                .values(
+                    status="withdrawn",
+                    withdrawn_by=actor.user_id,
+                    withdrawn_at=now_iso(),
+                    withdrawal_note=note.strip(),
+                )
+            )
+            audit.append(
+                conn,
+                actor.username,
+                "case.withdraw",
+                row.case_number,
+                {
+                    "request_id": request_id,
+                    "case_number": row.case_number,
+                    "purpose": row.purpose,
+                    "note": note.strip(),
+                },
             )
 
     def list_case_requests(self, actor: Actor, status: str | None = None) -> list[dict[str, Any]]:
@@ -506,14 +694,21 @@ class Faceledger:
         if status:
             q = q.where(case_requests.c.status == status)
         if not (actor.roles & {"admin", "auditor"}):
+            mine = case_requests.c.requested_by == actor.user_id
             if "supervisor" in actor.roles and actor.unit:
-                q = q.where(req.c.unit == actor.unit)
-            elif "supervisor" not in actor.roles:
-                q = q.where(case_requests.c.requested_by == actor.user_id)
+                q = q.where(mine | (req.c.unit == actor.unit))
+            else:  # investigators, and supervisors without a unit: their own requests
+                q = q.where(mine)
         with self.store.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q.order_by(case_requests.c.id)).mappings()]
 
     # -- search ----------------------------------------------------------------------------
+    @staticmethod
+    def _check_case_lengths(case: str, purpose: str, why: str) -> None:
+        check_length("case number", case, MAX_CASE_NUMBER)
+        check_length("purpose", purpose, MAX_PURPOSE)
+        check_length("justification", why, MAX_JUSTIFICATION)
+
     def _check_case_fields(self, actor: Actor, case: str, purpose: str, why: str) -> Policy:
         pol = self.policy()
         problems = []
@@ -561,56 +756,100 @@ class Faceledger:
                 self._searcher = Searcher(self.store, self._analyzer_factory())
         return self._searcher
 
-    def searches_today(self, user_id: int) -> int:
+    def comparisons_today(self, user_id: int) -> int:
+        """Searches and 1:1 verifications by ``user_id`` since 00:00 UTC (the daily quota)."""
         start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        since = start.isoformat(timespec="seconds")
         with self.store.engine.connect() as conn:
-            return int(
-                conn.execute(
-                    select(func.count())
-                    .select_from(searches)
-                    .where(
-                        searches.c.user_id == user_id,
-                        searches.c.created_at >= start.isoformat(timespec="seconds"),
-                    )
-                ).scalar_one()
+            return sum(
+                int(
+                    conn.execute(
+                        select(func.count())
+                        .select_from(t)
+                        .where(t.c.user_id == user_id, t.c.created_at >= since)
+                    ).scalar_one()
+                )
+                for t in (searches, verifications)
             )
+
+    def _approval_problem(self, actor: Actor, req: SearchRequest, pol: Policy) -> str | None:
+        """Why the approval this search relies on (or lacks) does not cover it, or None.
+
+        A quoted request must be the searcher's own, approved, for this very case and
+        purpose, not expired, withdrawn or used up. Without one, the purpose must not need
+        approval and no request for this case may have been denied."""
+        case = req.case_number.strip()
+        rid = req.request_id
+        with self.store.engine.connect() as conn:
+            row = (
+                None
+                if rid is None
+                else conn.execute(select(case_requests).where(case_requests.c.id == rid)).first()
+            )
+            denied = conn.execute(
+                select(case_requests.c.id)
+                .where(case_requests.c.case_number == case, case_requests.c.status == "denied")
+                .limit(1)
+            ).scalar()
+            used = (
+                0
+                if row is None
+                else sum(
+                    int(
+                        conn.execute(
+                            select(func.count()).select_from(t).where(t.c.request_id == rid)
+                        ).scalar_one()
+                    )
+                    for t in (searches, verifications)
+                )
+            )
+        if rid is None:
+            if req.purpose in pol.approval_required:
+                return (
+                    f"purpose {req.purpose!r} needs a supervisor-approved case request; "
+                    "quote its request id"
+                )
+            if denied is not None:
+                return (
+                    f"a request for case {case!r} was denied (request {denied}); the case "
+                    "can be searched again only under a newly approved request"
+                )
+            return None
+        if row is None:
+            return f"there is no case request {rid}"
+        if row.requested_by != actor.user_id:
+            return f"request {rid} was made by another user"
+        if row.case_number != case or row.purpose != req.purpose:
+            return (
+                f"request {rid} approves case {row.case_number!r} for {row.purpose!r}, "
+                f"not case {case!r} for {req.purpose!r}"
+            )
+        if row.status != "approved":
+            return f"request {rid} is {row.status}, not approved"
+        if row.expires_at and auth.parse_ts(row.expires_at) <= auth.utcnow():
+            return f"the approval of request {rid} expired at {row.expires_at}"
+        if row.search_limit is not None and used >= int(row.search_limit):
+            return f"the approval of request {rid} covered {row.search_limit} searches, all used"
+        return None
 
     def authorise_search(self, actor: Actor, req: SearchRequest) -> Policy:
         """All the rules, before any face is compared. Raises RefusedError/PermissionDenied."""
+        self._check_case_lengths(req.case_number, req.purpose, req.justification)
         self.require(actor, "search", req.case_number)
         pol = self._check_case_fields(actor, req.case_number, req.purpose, req.justification)
-        if req.purpose in pol.approval_required:
-            with self.store.engine.connect() as conn:
-                row = (
-                    None
-                    if req.request_id is None
-                    else conn.execute(
-                        select(case_requests).where(case_requests.c.id == req.request_id)
-                    ).first()
-                )
-            reason = None
-            if row is None:
-                reason = (
-                    f"purpose {req.purpose!r} needs a supervisor-approved request "
-                    "(faceledger cases request, then --request ID)"
-                )
-            elif row.status != "approved":
-                reason = f"request {req.request_id} is {row.status}, not approved"
-            elif row.case_number != req.case_number.strip() or row.purpose != req.purpose:
-                reason = f"request {req.request_id} is for another case or purpose"
-            elif row.requested_by != actor.user_id:
-                reason = f"request {req.request_id} was made by another user"
-            if reason:
-                self.record(
-                    actor,
-                    "search.refused",
-                    req.case_number,
-                    reason="not-approved",
-                    purpose=req.purpose,
-                    request_id=req.request_id,
-                )
-                raise RefusedError("not-approved", reason)
-        if pol.daily_quota and self.searches_today(actor.user_id) >= pol.daily_quota:
+        reason = self._approval_problem(actor, req, pol)
+        if reason:
+            self.record(
+                actor,
+                "search.refused",
+                req.case_number,
+                reason="not-approved",
+                purpose=req.purpose,
+                request_id=req.request_id,
+                detail=reason,
+            )
+            raise RefusedError("not-approved", reason)
+        if pol.daily_quota and self.comparisons_today(actor.user_id) >= pol.daily_quota:
             self.record(
                 actor,
                 "search.quota_refused",
@@ -618,48 +857,92 @@ class Faceledger:
                 purpose=req.purpose,
                 quota=pol.daily_quota,
             )
-            raise RefusedError("quota-exceeded", f"daily search quota of {pol.daily_quota} reached")
+            raise RefusedError(
+                "quota-exceeded",
+                f"daily quota of {pol.daily_quota} searches and verifications reached",
+            )
         return pol
 
-    def search(self, actor: Actor, probe: bytes, req: SearchRequest) -> dict[str, Any]:
+    def _decode_probe(self, actor: Actor, data: bytes, action: str, case: str, **what: Any) -> Any:
+        """Decode a probe photo (bounded in pixels and in how many decode at once); a photo
+        that cannot be decoded is recorded as ``action`` before the error goes up."""
+        try:
+            return decode_image(data)
+        except DecodeError as exc:
+            self.record(actor, action, case, **what, error=exc.reason)
+            raise
+
+    def search(
+        self,
+        actor: Actor,
+        photo: bytes,
+        req: SearchRequest,
+        face_box: list[int] | None = None,
+    ) -> dict[str, Any]:
+        """Search the gallery with every face in ``photo``, or with the one in ``face_box``.
+
+        With ``face_box`` the probe is the region around that face with any other face found
+        there painted out, so the other people in the photo are not compared; the ledger
+        entry names the whole photo's hash and the region used."""
         pol = self.authorise_search(actor, req)
         top_k = max(1, min(req.top_k, pol.max_candidates))
+        photo_sha = hashlib.sha256(photo).hexdigest()
+        img = self._decode_probe(
+            actor, photo, "search.bad_probe", req.case_number, probe_sha256=photo_sha
+        )
+        region: list[int] | None = None
+        probe = photo
+        with self.analysis_lock:
+            searcher = self.searcher()
+            pixels = img.pixels
+            if face_box is not None:
+                if face_box[2] > img.width or face_box[3] > img.height:
+                    raise RefusedError("bad-face-box", "face_box lies outside the photo")
+                found = searcher.analyzer.detector.detect(pixels)
+                others = [
+                    b for b in (d.bbox.as_list() for d in found) if probes.iou(b, face_box) < 0.3
+                ]
+                region = probes.region_around(face_box, img.width, img.height)
+                pixels = probes.masked_region(pixels, region, others)
+                probe = probes.png_bytes(pixels)
+            faces = searcher.analyzer.analyze(pixels)
+            searchable = [f for f in faces if f.quality >= pol.min_probe_quality]
+            results = searcher.search_faces(searchable, top_k) if searchable else []
+            gallery_faces = len(searcher.indexes.sync())
+            model_id = searcher.analyzer.model_id
         probe_sha = hashlib.sha256(probe).hexdigest()
-        searcher = self.searcher()
-        try:
-            img = decode_image(probe)
-        except Exception as exc:
-            self.record(
-                actor,
-                "search.bad_probe",
-                req.case_number,
-                probe_sha256=probe_sha,
-                error=getattr(exc, "reason", "decode"),
-            )
-            raise
-        faces = searcher.analyzer.analyze(img.pixels)
-        searchable = [f for f in faces if f.quality >= pol.min_probe_quality]
-        results = searcher.search_faces(searchable, top_k) if searchable else []
         by_index = {id(f): r for f, r in zip(searchable, results, strict=True)}
         probe_faces: list[dict[str, Any]] = []
         for i, f in enumerate(faces):
             r = by_index.get(id(f))
             if r is None:
                 d = f.detection
-                probe_faces.append(
-                    {
-                        "face_index": i,
-                        "bbox": d.bbox.as_list(),
-                        "quality": f.quality,
-                        "size": f.size,
-                        "below_min_quality": True,
-                        "candidates": [],
-                    }
-                )
+                doc: dict[str, Any] = {
+                    "face_index": i,
+                    "bbox": d.bbox.as_list(),
+                    "quality": f.quality,
+                    "size": f.size,
+                    "sharpness": round(f.sharpness, 2),
+                    "yaw": round(f.yaw, 3),
+                    "below_min_quality": True,
+                    "candidates": [],
+                }
             else:
                 doc = r.__dict__ | {"face_index": i, "below_min_quality": False}
                 doc["candidates"] = [c.__dict__ for c in r.candidates]
-                probe_faces.append(doc)
+            doc["warnings"] = probes.quality_warnings(f.size, f.sharpness, f.yaw)
+            probe_faces.append(doc)
+        if region is not None:
+            x0, y0 = region[0], region[1]
+            for pf in probe_faces:
+                b = pf["bbox"]
+                pf["bbox"] = [b[0] + x0, b[1] + y0, b[2] + x0, b[3] + y0]
+                if pf.get("landmarks"):
+                    pf["landmarks"] = [[p[0] + x0, p[1] + y0] for p in pf["landmarks"]]
+            assert face_box is not None
+            best = max(probe_faces, key=lambda pf: probes.iou(pf["bbox"], face_box), default=None)
+            for pf in probe_faces:
+                pf["selected"] = pf is best
         summary = [
             {
                 "face": pf["face_index"],
@@ -667,13 +950,14 @@ class Faceledger:
             }
             for pf in probe_faces
         ]
+        case, why = req.case_number.strip(), req.justification.strip()
         with self.store.writer.begin() as conn:
             pk = conn.execute(
                 insert(searches).values(
                     user_id=actor.user_id,
-                    case_number=req.case_number.strip(),
+                    case_number=case,
                     purpose=req.purpose,
-                    justification=req.justification.strip(),
+                    justification=why,
                     request_id=req.request_id,
                     probe_sha256=probe_sha,
                     faces=len(faces),
@@ -683,21 +967,19 @@ class Faceledger:
             ).inserted_primary_key
             assert pk is not None  # a single-row INSERT always reports its key
             sid = int(pk[0])
-            audit.append(
-                conn,
-                actor.username,
-                "search",
-                req.case_number,
-                {
-                    "search_id": sid,
-                    "purpose": req.purpose,
-                    "request_id": req.request_id,
-                    "probe_sha256": probe_sha,
-                    "faces": len(faces),
-                    "results": summary,
-                    **({"token_id": actor.token_id} if actor.token_id else {}),
-                },
-            )
+            details: dict[str, Any] = {
+                "search_id": sid,
+                **case_details(case, req.purpose, why),
+                "request_id": req.request_id,
+                "probe_sha256": probe_sha,
+                "faces": len(faces),
+                "results": summary,
+            }
+            if region is not None:
+                details |= {"photo_sha256": photo_sha, "probe_region": region}
+            if actor.token_id:
+                details["token_id"] = actor.token_id
+            audit.append(conn, actor.username, "search", case, details)
             if pol.retain_probes_days > 0:
                 rel = f"probes/{probe_sha}.bin"
                 atomic_write(self.data_dir / rel, probe)
@@ -705,7 +987,7 @@ class Faceledger:
                     timespec="seconds"
                 )
                 conn.execute(
-                    insert_or_ignore(probes, conn),
+                    insert_or_ignore(probe_table, conn),
                     {
                         "sha256": probe_sha,
                         "stored_path": rel,
@@ -718,21 +1000,222 @@ class Faceledger:
         return {
             "search_id": sid,
             "probe_sha256": probe_sha,
+            "photo_sha256": photo_sha,
+            "probe_region": region,
             "case_number": req.case_number,
             "purpose": req.purpose,
-            "gallery_faces": len(searcher.indexes.sync()),
-            "model_id": searcher.analyzer.model_id,
+            "gallery_faces": gallery_faces,
+            "model_id": model_id,
             "faces": probe_faces,
             "notice": LEADS_NOTICE,
         }
 
-    def get_search(self, actor: Actor, search_id: int) -> dict[str, Any]:
+    def verify(
+        self,
+        actor: Actor,
+        photo_a: bytes,
+        photo_b: bytes,
+        req: SearchRequest,
+        box_a: list[int] | None = None,
+        box_b: list[int] | None = None,
+    ) -> dict[str, Any]:
+        """1:1 comparison of one face in each photo, under the same rules as a search.
+
+        Investigators only, with case, purpose, justification, approval and the daily quota
+        (shared with searches) checked by :meth:`authorise_search`; the probe-quality minimum
+        applies to both faces. Every comparison, also one that finds no face, is stored in
+        ``verifications`` and the ledger (hashes and score, no image). The face is the one
+        matching ``box_*`` or else the largest in each photo."""
+        self._check_case_lengths(req.case_number, req.purpose, req.justification)
+        self.require(actor, "verify", req.case_number)
+        pol = self.authorise_search(actor, req)
+        shas = [hashlib.sha256(p).hexdigest() for p in (photo_a, photo_b)]
+        chosen: list[Face | None] = []
+        counts: list[int] = []
+        for label, data, sha, box in (
+            ("A", photo_a, shas[0], box_a),
+            ("B", photo_b, shas[1], box_b),
+        ):
+            img = self._decode_probe(
+                actor, data, "verify.bad_photo", req.case_number, photo=label, photo_sha256=sha
+            )
+            with self.analysis_lock:
+                found = self.searcher().analyzer.analyze(img.pixels)
+            del img
+            counts.append(len(found))
+            if not found:
+                chosen.append(None)
+            elif box is not None:
+                chosen.append(max(found, key=lambda f: probes.iou(f.detection.bbox.as_list(), box)))
+            else:
+                chosen.append(max(found, key=lambda f: f.size))
+        searcher = self.searcher()
+        calib, model_id = searcher.calibration, searcher.analyzer.model_id
+        missing = [label for label, f in zip("AB", chosen, strict=True) if f is None]
+        low = [
+            label
+            for label, f in zip("AB", chosen, strict=True)
+            if f is not None and f.quality < pol.min_probe_quality
+        ]
+        score = est = None
+        if missing:
+            outcome = "no-face"
+        elif low:
+            outcome = "low-quality"
+        else:
+            outcome = "compared"
+            fa, fb = chosen
+            assert fa is not None and fb is not None
+            score = float(np.dot(fa.embedding, fb.embedding))
+            est = calib.estimate(score) if calib else None
+        case, why = req.case_number.strip(), req.justification.strip()
+        with self.store.writer.begin() as conn:
+            pk = conn.execute(
+                insert(verifications).values(
+                    user_id=actor.user_id,
+                    case_number=case,
+                    purpose=req.purpose,
+                    justification=why,
+                    request_id=req.request_id,
+                    photo_a_sha256=shas[0],
+                    photo_b_sha256=shas[1],
+                    outcome=outcome,
+                    score=None if score is None else round(score, 4),
+                    created_at=now_iso(),
+                )
+            ).inserted_primary_key
+            assert pk is not None  # a single-row INSERT always reports its key
+            vid = int(pk[0])
+            details: dict[str, Any] = {
+                "verify_id": vid,
+                **case_details(case, req.purpose, why),
+                "request_id": req.request_id,
+                "photo_a_sha256": shas[0],
+                "photo_b_sha256": shas[1],
+                "faces_a": counts[0],
+                "faces_b": counts[1],
+                "outcome": outcome,
+                "score": None if score is None else round(score, 4),
+                "est_fmr": None if est is None else est.fmr,
+            }
+            if actor.token_id:
+                details["token_id"] = actor.token_id
+            audit.append(conn, actor.username, "verify", case, details)
+        if missing:
+            raise NoFaceError(f"no face found in photo {' and '.join(missing)}")
+        if low:
+            raise RefusedError(
+                "low-quality",
+                f"the face in photo {' and '.join(low)} is below the policy's minimum quality "
+                f"({pol.min_probe_quality})",
+            )
+        assert score is not None
+        return {
+            "verify_id": vid,
+            "case_number": req.case_number,
+            "purpose": req.purpose,
+            "model_id": model_id,
+            "score": round(score, 5),
+            "est_fmr": None if est is None else est.fmr,
+            "est_fmr_extrapolated": None if est is None else est.extrapolated,
+            "faces": [
+                {
+                    "photo": label,
+                    "photo_sha256": sha,
+                    "faces_in_photo": n,
+                    "bbox": f.detection.bbox.as_list(),
+                    "quality": f.quality,
+                    "warnings": probes.quality_warnings(f.size, f.sharpness, f.yaw),
+                }
+                for label, sha, n, f in zip("AB", shas, counts, chosen, strict=True)
+                if f is not None
+            ],
+            "notice": LEADS_NOTICE,
+        }
+
+    def _detects_today(self, actor: Actor) -> int:
+        from faceledger.schema import ledger
+
+        start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        with self.store.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(ledger)
+                    .where(
+                        ledger.c.action == "probe.detect",
+                        ledger.c.actor == actor.username,
+                        ledger.c.ts >= start.isoformat(timespec="seconds"),
+                    )
+                ).scalar_one()
+            )
+
+    def detect(self, actor: Actor, photo: bytes, case_number: str = "") -> dict[str, Any]:
+        """The faces in a photo (boxes, quality), for picking one before a search.
+
+        Investigators only; compares nothing and stores nothing; recorded in the ledger with
+        the photo's hash, the number of faces and the case it serves (when given), and
+        counted against the policy's ``daily_detect_quota``."""
+        check_length("case number", case_number, MAX_CASE_NUMBER)
+        case = case_number.strip()
+        self.require(actor, "search", case or "detect")
+        pol = self.policy()
+        if pol.daily_detect_quota and self._detects_today(actor) >= pol.daily_detect_quota:
+            self.record(actor, "search.quota_refused", case, quota=pol.daily_detect_quota)
+            raise RefusedError(
+                "quota-exceeded", f"daily quota of {pol.daily_detect_quota} face detections reached"
+            )
+        sha = hashlib.sha256(photo).hexdigest()
+        img = self._decode_probe(actor, photo, "search.bad_probe", case, probe_sha256=sha)
+        with self.analysis_lock:
+            found = self.searcher().analyzer.analyze(img.pixels)
+        self.record(
+            actor,
+            "probe.detect",
+            case or sha[:16],
+            photo_sha256=sha,
+            faces=len(found),
+            case_number=case or None,
+        )
+        out = []
+        for i, f in enumerate(found):
+            warnings = probes.quality_warnings(f.size, f.sharpness, f.yaw)
+            out.append(
+                {
+                    "face_index": i,
+                    "bbox": f.detection.bbox.as_list(),
+                    "quality": f.quality,
+                    "size": f.size,
+                    "sharpness": round(f.sharpness, 2),
+                    "yaw": round(f.yaw, 3),
+                    "warnings": warnings,
+                    "warning_text": [probes.QUALITY_HINTS[w] for w in warnings],
+                    "below_min_quality": f.quality < pol.min_probe_quality,
+                }
+            )
+        return {
+            "photo_sha256": sha,
+            "width": img.width,
+            "height": img.height,
+            "faces": out,
+            "min_probe_quality": pol.min_probe_quality,
+        }
+
+    def _readable_search(self, actor: Actor, search_id: int) -> Any:
+        """The search row, if ``actor`` may read it: their own; a supervisor those of their
+        unit and those run under approvals they gave; auditors all."""
         self.require(actor, "view_search", f"search {search_id}")
         with self.store.engine.connect() as conn:
             row = (
                 conn.execute(
-                    select(searches, users.c.username, users.c.unit)
+                    select(
+                        searches,
+                        users.c.username,
+                        users.c.unit,
+                        case_requests.c.decided_by.label("approved_by"),
+                    )
                     .join(users, users.c.id == searches.c.user_id)
+                    .outerjoin(case_requests, case_requests.c.id == searches.c.request_id)
                     .where(searches.c.id == search_id)
                 )
                 .mappings()
@@ -740,15 +1223,28 @@ class Faceledger:
             )
         if row is None:
             raise RefusedError("no-such-search", f"no search {search_id}")
-        own = row["user_id"] == actor.user_id
-        if (
-            not own
-            and not (actor.roles & {"auditor"})
-            and not ("supervisor" in actor.roles and actor.unit and actor.unit == row["unit"])
+        supervisor = "supervisor" in actor.roles
+        if not (
+            row["user_id"] == actor.user_id
+            or "auditor" in actor.roles
+            or (supervisor and actor.unit and actor.unit == row["unit"])
+            or (supervisor and row["approved_by"] == actor.user_id)
         ):
             self.record(actor, "authz.denied", f"search {search_id}", permission="view_search")
             raise PermissionDenied("you may only view your own searches")
-        self.record(actor, "search.view", f"search {search_id}")
+        return row
+
+    def get_search(self, actor: Actor, search_id: int) -> dict[str, Any]:
+        row = self._readable_search(actor, search_id)
+        results = json.loads(row["result_json"])
+        self.record(
+            actor,
+            "search.view",
+            f"search {search_id}",
+            search_id=search_id,
+            case_number=row["case_number"],
+            candidates=[int(fid) for f in results for fid, _score in f["candidates"]],
+        )
         return {
             k: row[k]
             for k in (
@@ -762,7 +1258,50 @@ class Faceledger:
                 "faces",
                 "created_at",
             )
-        } | {"results": json.loads(row["result_json"])}
+        } | {"results": results}
+
+    def candidate_file(self, actor: Actor, search_id: int, face_id: int, what: str) -> Path:
+        """A candidate's crop (``what="crop"``) or source image (``"image"``), served only
+        as part of a search that returned that face, to those who may read the search, while
+        the search is within the policy's ``result_view_days``.
+
+        Thumbnails are not recorded one by one (the search, or the ``search.view`` of a
+        record, lists the candidates shown); opening a source image is."""
+        row = self._readable_search(actor, search_id)
+        pol = self.policy()
+        ends = auth.parse_ts(row["created_at"]) + timedelta(days=pol.result_view_days)
+        results = json.loads(row["result_json"])
+        reason = None
+        if auth.utcnow() >= ends:
+            reason = "results-expired"
+            message = f"search {search_id}'s results could be viewed until {ends:%Y-%m-%d}"
+        elif face_id not in {int(fid) for f in results for fid, _ in f["candidates"]}:
+            reason = "not-a-candidate"
+            message = f"face {face_id} is not among the candidates of search {search_id}"
+        if reason:
+            self.record(
+                actor,
+                "authz.denied",
+                f"search {search_id}",
+                permission="view_candidate",
+                reason=reason,
+                face_id=face_id,
+            )
+            raise RefusedError(reason, message)
+        rec = self.store.candidates([face_id]).get(face_id)
+        if rec is None:
+            raise RefusedError("erased", f"face {face_id} has since been erased from the gallery")
+        if what == "image":
+            self.record(
+                actor,
+                "image.view",
+                rec.image_sha,
+                search_id=search_id,
+                face_id=face_id,
+                case_number=row["case_number"],
+            )
+            return self.data_dir / rec.stored_path
+        return self.data_dir / rec.crop_path
 
     # -- gallery ----------------------------------------------------------------------------
     def ingest(
@@ -836,18 +1375,9 @@ class Faceledger:
         self.require(actor, "stats")
         s = self.store.stats()
         s["ledger_entries"] = audit.count(self.store)
+        if not actor.can("manage_users"):  # where the data lives is the operators' business
+            s.pop("data_dir", None)
         return s
-
-    def view_image_path(self, actor: Actor, sha: str) -> Path:
-        self.require(actor, "view_image", sha)
-        from faceledger.schema import images
-
-        with self.store.engine.connect() as conn:
-            rel = conn.execute(select(images.c.stored_path).where(images.c.sha256 == sha)).scalar()
-        if rel is None:
-            raise RefusedError("no-such-image", f"no image {sha}")
-        self.record(actor, "image.view", sha)
-        return self.data_dir / rel
 
     def add_blocklist_embeddings(
         self, conn: Any, model_id: str, vectors: np.ndarray, reference: str

@@ -9,6 +9,7 @@ notice that it is stale and catch up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -173,10 +174,15 @@ class Store:
 
     def __init__(self, data_dir: Path, url: str | None = None) -> None:
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if url is None:
             url = os.environ.get("FACELEDGER_DB") or None
         self.url, binding = resolve_database(self.data_dir, url)
+        if binding is None and self.url == f"sqlite:///{self.data_dir / SQLITE_FILE}":
+            db_file = self.data_dir / SQLITE_FILE
+            if not db_file.exists():  # SQLite gives its -wal and -shm files the same mode
+                with contextlib.suppress(FileExistsError):  # another process was first
+                    os.close(os.open(db_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         # Two engines on one database: ``engine`` for reads (deferred transactions) and
         # ``writer`` whose transactions take the write lock up front (BEGIN IMMEDIATE on
         # SQLite, an advisory lock on PostgreSQL), so read-then-write units such as ledger
@@ -214,7 +220,7 @@ class Store:
                 self._check_binding(conn, binding, fresh=version is None)
         path = self.data_dir / BINDING_FILE
         if binding is not None and not path.exists():
-            atomic_write(path, json.dumps(binding).encode(), mode=0o600)
+            atomic_write(path, json.dumps(binding).encode())
 
     def _check_binding(self, conn: Connection, binding: dict[str, Any], fresh: bool) -> None:
         """A server database belongs to one data dir (its images and crops live there)."""
@@ -609,13 +615,16 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file.
+
+    Files are created readable by their owner only (``mode``): the data dir holds photos,
+    face vectors and the policy, none of them for other accounts on the machine."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        if mode is not None:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode))
+        tmp.unlink(missing_ok=True)  # a leftover of this pid would keep its old mode
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode))
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()

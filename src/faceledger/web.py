@@ -38,7 +38,15 @@ from faceledger.api import (
     read_upload,
     start_ingest,
 )
-from faceledger.auth import PERMISSIONS, ROLES, Actor, AuthError, PermissionDenied
+from faceledger.auth import (
+    PERMISSIONS,
+    ROLES,
+    Actor,
+    AuthError,
+    PermissionDenied,
+    parse_ts,
+    utcnow,
+)
 from faceledger.policy import Policy
 from faceledger.search import LEADS_NOTICE
 from faceledger.service import PolicyTamperedError
@@ -66,7 +74,6 @@ COMMON_ACTIONS = [
     "search.quota_refused",
     "search.bad_probe",
     "search.view",
-    "search.probe_region",
     "verify",
     "probe.detect",
     "authz.denied",
@@ -79,7 +86,7 @@ COMMON_ACTIONS = [
     "case.approve",
     "case.deny",
     "image.view",
-    "face.crop_view",
+    "case.withdraw",
     "ingest",
     "erase",
     "purge",
@@ -357,13 +364,20 @@ def search_page(request: Request, user: User) -> Response:
 
 @router.get("/searches/{search_id}")
 def search_record(request: Request, user: User, search_id: int) -> Response:
-    rec = user.ctx.fl.get_search(user.actor, search_id)
+    fl = user.ctx.fl
+    rec = fl.get_search(user.actor, search_id)
+    try:
+        view_days = fl.policy().result_view_days
+    except PolicyTamperedError:
+        view_days = Policy().result_view_days
+    ends = parse_ts(rec["created_at"]) + timedelta(days=view_days)
     return render(
         request,
         "search_record.html",
         user,
         rec=rec,
-        can_view_images=user.actor.can("view_image"),
+        can_view_candidates=utcnow() < ends,
+        view_days=view_days,
     )
 
 
@@ -411,16 +425,35 @@ def cases_decide(
     request_id: int,
     decision: Annotated[str, Form()] = "",
     note: Annotated[str, Form()] = "",
+    search_limit: Annotated[str, Form()] = "",
 ) -> Response:
     if decision not in ("approve", "deny"):
         flash(user, "error", "Choose approve or deny.")
+        return redirect("/cases")
+    limit = search_limit.strip()
+    if limit and not (limit.isascii() and limit.isdigit()):
+        flash(user, "error", "The search limit is a whole number of searches.")
         return redirect("/cases")
     approve = decision == "approve"
     return attempt(
         user,
         "/cases",
-        lambda: user.ctx.fl.decide_case(user.actor, request_id, approve, note.strip()),
+        lambda: user.ctx.fl.decide_case(
+            user.actor, request_id, approve, note.strip(), int(limit) if limit else None
+        ),
         f"Request {request_id} {'approved' if approve else 'denied'}.",
+    )
+
+
+@router.post("/cases/{request_id}/withdraw")
+def cases_withdraw(
+    request: Request, user: PostUser, request_id: int, note: Annotated[str, Form()] = ""
+) -> Response:
+    return attempt(
+        user,
+        "/cases",
+        lambda: user.ctx.fl.withdraw_case(user.actor, request_id, note),
+        f"The approval of request {request_id} is withdrawn.",
     )
 
 
@@ -575,8 +608,16 @@ def admin_change_user(
     username: str,
     action: Annotated[str, Form()] = "",
     roles: Annotated[list[str] | None, Form()] = None,
+    unit: Annotated[str, Form()] = "",
 ) -> Response:
     fl, actor = user.ctx.fl, user.actor
+    if action == "unit":
+        return attempt(
+            user,
+            "/admin#users",
+            lambda: fl.set_unit(actor, username, unit),
+            f"{username} is now in unit {unit.strip() or '(none)'}.",
+        )
     if action == "disable":
         return attempt(
             user,
@@ -609,12 +650,10 @@ def tokens_create(
     username: Annotated[str, Form()] = "",
     name: Annotated[str, Form()] = "api",
     days: Annotated[str, Form()] = "90",
-    back: Annotated[str, Form()] = "/account",
 ) -> Response:
-    back = local_url(back, "/account")
+    """A token for yourself (a ``username`` naming someone else is refused by the core)."""
+    back = "/account"
     target = username.strip() or user.actor.username
-    if back.startswith("/admin"):
-        back = "/admin?" + urlencode({"tokens_for": target}) + "#tokens"
     if not days.strip().isdigit():
         flash(user, "error", "Lifetime is a number of days (1-366).")
         return redirect(back)
