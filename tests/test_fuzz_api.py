@@ -135,7 +135,7 @@ BIG = str(2**63)  # one past the largest database id
 REGRESSIONS = [
     # (user, method, url, request kwargs, status, code)
     ("ivy", "GET", f"/api/v1/searches/{BIG}", {}, 422, "invalid-request"),
-    ("ivy", "GET", f"/api/v1/faces/{BIG}/crop", {}, 422, "invalid-request"),
+    ("ivy", "GET", f"/api/v1/searches/1/faces/{BIG}/crop", {}, 422, "invalid-request"),
     ("root", "DELETE", f"/api/v1/tokens/{BIG}", {}, 422, "invalid-request"),
     ("ivy", "POST", f"/api/v1/cases/{BIG}/approve", {}, 422, "invalid-request"),
     ("root", "POST", "/api/v1/erasures", {"data": {"face_ids": f"1,{BIG}"}}, 400, "bad-face-ids"),
