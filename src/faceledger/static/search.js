@@ -72,6 +72,8 @@
     setStatus(detectStatus, "Finding faces…");
     const data = new FormData();
     data.append("photo", file, file.name);
+    const caseField = document.getElementById("case_number");
+    if (caseField && caseField.value.trim()) data.append("case_number", caseField.value.trim());
     try {
       const found = await api("/api/v1/detect", { method: "POST", body: data });
       showFaces(found);
