@@ -277,6 +277,16 @@ def test_verify_catches_search_rows_inserted_behind_faceledgers_back(fl: Faceled
         "problem": f"searches row {sid + 1} has no 'search' ledger entry "
         "(inserted outside faceledger?)",
     }
+    # the API and the audit page say the same
+    client = _client(fl)
+    v = client.get("/api/v1/audit/verify", headers=_token(fl, "ada")).json()
+    assert not v["ok"] and v["mismatches"] == [m] and v["mismatch_count"] == 1
+    login = client.get("/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text).group(1)
+    client.post("/login", data={"username": "ada", "password": PW, "csrf_token": csrf})
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/audit").text).group(1)
+    page = client.post("/audit/verify", data={"csrf_token": csrf}).text
+    assert "FAILED" in page and f"searches row {sid + 1} has no" in page
 
 
 def test_verify_catches_a_request_flipped_to_approved_or_extended(fl: Faceledger) -> None:
@@ -401,6 +411,15 @@ def test_a_removed_guard_is_restored_and_recorded(fl: Faceledger, monkeypatch) -
     assert len(list(audit.iter_entries(reopened.store, action="ledger.guard_restored"))) == 1
     r = cli(reopened, monkeypatch, "audit", "verify")
     assert r.exit_code == 0 and "warning" in r.output and f"entries {e.seq}" in r.output
+    client = _client(reopened)
+    v = client.get("/api/v1/audit/verify", headers=_token(reopened, "ada")).json()
+    assert v["ok"] and v["guard_restorations"] == [e.seq] and v["warnings"]
+    login = client.get("/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text).group(1)
+    client.post("/login", data={"username": "ada", "password": PW, "csrf_token": csrf})
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/audit").text).group(1)
+    page = client.post("/audit/verify", data={"csrf_token": csrf}).text
+    assert "Ledger verified" in page and "Warning: the ledger&#39;s append-only guard" in page
 
 
 def test_a_neutered_guard_or_a_trigger_that_drops_appends_is_restored(fl: Faceledger) -> None:

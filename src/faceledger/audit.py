@@ -591,7 +591,8 @@ def _check_requests(conn: Connection, report: _Report, batch: int) -> int:
                 t.decision_seq if t.decision_seq is not None else seq,
                 f"{where} has status {r['status']!r} but {last} (changed in the database?)",
             )
-        if t.approval is not None and t.approval[1]:
+        # an approval in force must keep the expiry and search limit it was given
+        if t.approval is not None and t.approval[1] and t.decision_seq == t.approval[0]:
             aseq, anames, adigest = t.approval
             if _hash16(_row_values(r, anames, APPROVAL_FIELDS)) != adigest:
                 report.add(
