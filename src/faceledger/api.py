@@ -187,6 +187,8 @@ REFUSAL_STATUS = {
     "not-a-candidate": 404,
     "erased": 410,
     "missing-case-fields": 400,
+    "bad-report": 400,
+    "bad-format": 400,
     "low-quality": 422,
     "already-decided": 409,
     "already-initialised": 409,
@@ -1329,12 +1331,31 @@ class JobOut(BaseModel):
     )
 
 
+class RecordMismatchOut(BaseModel):
+    table: str = Field(description="searches, verifications or case_requests")
+    row_id: int
+    seq: int | None = Field(description="The ledger entry it disagrees with; null if none")
+    problem: str
+
+
 class LedgerVerifyOut(BaseModel):
     ok: bool
     entries: int
     head_hash: str
+    head_seq: int
     first_bad_seq: int | None
     problem: str | None
+    records_checked: int = Field(
+        description="Rows of searches, verifications and case_requests recomputed against "
+        "their ledger entries"
+    )
+    mismatches: list[RecordMismatchOut] = Field(description="The first 100 records that disagree")
+    mismatch_count: int
+    guard_restorations: list[int] = Field(
+        description="Seqs of ledger.guard_restored entries: the append-only guard was found "
+        "missing or disabled when the database was opened, and restored"
+    )
+    warnings: list[str]
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -1342,8 +1363,14 @@ class LedgerVerifyOut(BaseModel):
                     "ok": True,
                     "entries": 1204,
                     "head_hash": "c0ffee...",
+                    "head_seq": 1204,
                     "first_bad_seq": None,
                     "problem": None,
+                    "records_checked": 310,
+                    "mismatches": [],
+                    "mismatch_count": 0,
+                    "guard_restorations": [],
+                    "warnings": [],
                 }
             ]
         }
@@ -1701,6 +1728,24 @@ def withdraw_case(
                         "searches_per_purpose": {"violent-crime": 40, "missing-person": 2},
                         "searches_per_case": {"CASE-1": 20},
                         "searches_per_week": {"2026-W02": {"violent-crime": 12}},
+                        "ledger_head": "1204:c0ffee...",
+                        "generated_at": "2026-02-01T09:00:00+00:00",
+                        "generated_by": "ada",
+                        "verifications": 3,
+                        "verifications_per_user": {"ivy": 3},
+                        "verifications_per_purpose": {"violent-crime": 3},
+                        "verifications_per_case": {"CASE-1": 3},
+                        "verifications_per_outcome": {"compared": 3},
+                        "detections_per_user": {"ivy": 5},
+                        "account_changes": [
+                            {
+                                "when": "2026-01-05T10:00:00+00:00",
+                                "by": "root",
+                                "action": "user.set_roles",
+                                "user": "ivy",
+                                "change": "roles investigator -> investigator, supervisor",
+                            }
+                        ],
                         "case_requests": {"requested": 3, "approved": 2, "denied": 1},
                         "refusals": {"quota": 1},
                         "erasure": {
@@ -1757,7 +1802,9 @@ def audit_verify(
     actor: CurrentActor,
     checkpoint: Annotated[str | None, Query(description="seq:hash kept elsewhere")] = None,
 ) -> dict[str, Any]:
-    """Recompute the ledger's hash chain (auditors, admins); the check is itself recorded."""
+    """Recompute the ledger's hash chain and every search, verification and case request
+    against it (auditors, admins); ``checkpoint`` may be a transparency report's
+    ``ledger_head``. The check is itself recorded."""
     res = ctx.fl.audit_verify(actor, checkpoint or None)
     return res.__dict__
 
@@ -1768,7 +1815,20 @@ def audit_checkpoint(ctx: Ctx, actor: CurrentActor) -> dict[str, str]:
     return {"checkpoint": ctx.fl.audit_checkpoint(actor)}
 
 
-@router.get("/audit/entries", response_model=LedgerPageOut, responses=ERRORS, tags=["audit"])
+@router.get(
+    "/audit/entries",
+    response_model=LedgerPageOut,
+    responses={
+        **ERRORS,
+        200: {
+            "description": "A page of entries (JSON), or with format=csv|jsonl the whole "
+            "filtered ledger in seq order, streamed (re-verifiable: seq, ts, actor, action, "
+            "target, details, prev_hash, hash)",
+            "content": {"application/json": {}, "text/csv": {}, "application/x-ndjson": {}},
+        },
+    },
+    tags=["audit"],
+)
 def audit_entries(
     ctx: Ctx,
     actor: CurrentActor,
@@ -1778,12 +1838,36 @@ def audit_entries(
     until: Annotated[
         str | None, Query(alias="to", description="Date (inclusive) or ISO time")
     ] = None,
+    case: Annotated[
+        str | None,
+        Query(description="Entries about this case number (target or details.case_number)"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
-) -> dict[str, Any]:
-    """Ledger entries with filters (auditors), newest first by default."""
-    entries = ledger_page(ctx.fl, actor, actor_name, action, since, until)
+    fmt: Annotated[str, Query(alias="format", pattern="^(json|csv|jsonl)$")] = "json",
+) -> Any:
+    """Ledger entries with filters (auditors), newest first by default; ``format=csv`` or
+    ``jsonl`` exports the whole filtered ledger (the export is recorded)."""
+    if fmt != "json":
+        from fastapi.responses import StreamingResponse
+
+        lines = ctx.fl.audit_export(
+            actor,
+            fmt,
+            actor=actor_name or None,
+            action=action or None,
+            since=day_bound(since, "from"),
+            until=day_bound(until, "to", end=True),
+            case=case or None,
+        )
+        media = "text/csv" if fmt == "csv" else "application/x-ndjson"
+        return StreamingResponse(
+            iter(lines),
+            media_type=media,
+            headers={"Content-Disposition": f'attachment; filename="faceledger-ledger.{fmt}"'},
+        )
+    entries = ledger_page(ctx.fl, actor, actor_name, action, since, until, case)
     if order == "desc":
         entries.reverse()
     return {
@@ -1801,6 +1885,7 @@ def ledger_page(
     action: str | None,
     since: str | None,
     until: str | None,
+    case: str | None = None,
 ) -> list[audit.Entry]:
     return fl.audit_entries(
         actor,
@@ -1808,6 +1893,7 @@ def ledger_page(
         action=action or None,
         since=day_bound(since, "from"),
         until=day_bound(until, "to", end=True),
+        case=case or None,
     )
 
 

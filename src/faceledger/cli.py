@@ -861,15 +861,41 @@ def audit_verify(
     checkpoint: Annotated[
         str | None, typer.Option(help="A checkpoint (seq:hash) kept elsewhere.")
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="A transparency report (JSON, CSV or HTML) kept elsewhere: its ledger head "
+            "is the checkpoint.",
+        ),
+    ] = None,
     data_dir: DataDir = None,
     as_user: AsUser = None,
 ) -> None:
-    """Recompute the hash chain; exit 1 naming the first bad entry."""
+    """Recompute the hash chain and the records against it; exit 1 naming the first bad
+    entry and every record that disagrees with its entry."""
+    report_text = None
+    if report is not None:
+        try:
+            report_text = report.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read the report {report}: {exc}")
     with session(data_dir, as_user) as (fl, actor):
-        res = fl.audit_verify(actor, checkpoint)
+        res = fl.audit_verify(actor, checkpoint, report=report_text)
+    for warning in res.warnings:
+        err.print(f"[bold yellow]warning:[/] {escape(warning)}")
     if not res.ok:
-        fail(f"ledger verification FAILED at entry {res.first_bad_seq}: {res.problem}")
-    out.print(f"ledger OK: {res.entries} entries, head {res.head_hash}")
+        for m in res.mismatches:
+            err.print(f"  {escape(m['problem'])}")
+        if res.mismatch_count > len(res.mismatches):
+            err.print(f"  ... and {res.mismatch_count - len(res.mismatches)} more")
+        at = f" at entry {res.first_bad_seq}" if res.first_bad_seq is not None else ""
+        fail(f"ledger verification FAILED{at}: {escape(res.problem or '')}")
+    against = " and matches the report" if report else " and the checkpoint" if checkpoint else ""
+    out.print(
+        f"ledger OK{against}: {res.entries} entries, {res.records_checked} records agree, "
+        f"head {res.head_seq}:{res.head_hash}"
+    )
 
 
 @audit_app.command("checkpoint")
@@ -883,14 +909,49 @@ def audit_checkpoint(data_dir: DataDir = None, as_user: AsUser = None) -> None:
 def audit_log(
     actor_name: Annotated[str | None, typer.Option("--actor")] = None,
     action: Annotated[str | None, typer.Option()] = None,
-    since: Annotated[str | None, typer.Option("--from")] = None,
+    since: Annotated[str | None, typer.Option("--from", help="ISO time or date.")] = None,
+    until: Annotated[
+        str | None, typer.Option("--to", help="ISO time (exclusive) or date (inclusive).")
+    ] = None,
+    case: Annotated[
+        str | None,
+        typer.Option("--case", help="Entries about this case number (target or details)."),
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="jsonl (JSON lines) or csv (re-verifiable).")
+    ] = "jsonl",
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the export to this file.")
+    ] = None,
     data_dir: DataDir = None,
     as_user: AsUser = None,
 ) -> None:
-    """List ledger entries (auditor) as JSON lines."""
+    """List or export ledger entries (auditor), in seq order."""
+    from datetime import date, timedelta
+
+    if fmt not in ("jsonl", "csv"):
+        fail("--format must be jsonl or csv")
+    if until and len(until.strip()) == 10:  # a whole day, as in the API and the web page
+        try:
+            until = (date.fromisoformat(until.strip()) + timedelta(days=1)).isoformat()
+        except (ValueError, OverflowError):
+            fail("--to is a date like 2026-01-31 or an ISO time")
     with session(data_dir, as_user) as (fl, actor):
-        for e in fl.audit_entries(actor, actor=actor_name, action=action, since=since):
-            print(json.dumps(e.__dict__, sort_keys=True))
+        lines = fl.audit_export(
+            actor, fmt, actor=actor_name, action=action, since=since, until=until, case=case
+        )
+        n = 0
+        if output:
+            with output.open("w", encoding="utf-8", newline="") as fh:
+                for line in lines:
+                    fh.write(line)
+                    n += line.count("\n")
+        else:
+            for line in lines:
+                sys.stdout.write(line)
+    if output:
+        entries = n - 1 if fmt == "csv" else n
+        err.print(f"{entries} entr{'y' if entries == 1 else 'ies'} written to {output}")
 
 
 @audit_app.command("report")

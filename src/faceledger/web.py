@@ -466,7 +466,7 @@ def audit_page(request: Request, user: User) -> Response:
     if not (can_read or can_verify or can_report):
         fl.require(actor, "read_ledger", "audit page")
     q = request.query_params
-    filters = {k: q.get(k, "").strip() for k in ("actor", "action", "from", "to")}
+    filters = {k: q.get(k, "").strip() for k in ("actor", "action", "from", "to", "case")}
     page = max(1, int(q.get("page", "1"))) if q.get("page", "1").isdigit() else 1
     entries: list[Any] = []
     total = 0
@@ -474,7 +474,13 @@ def audit_page(request: Request, user: User) -> Response:
     if can_read:
         try:
             found = ledger_page(
-                fl, actor, filters["actor"], filters["action"], filters["from"], filters["to"]
+                fl,
+                actor,
+                filters["actor"],
+                filters["action"],
+                filters["from"],
+                filters["to"],
+                filters["case"],
             )
         except ApiError as exc:
             found, filter_error = [], exc.message
@@ -511,6 +517,7 @@ def audit_page(request: Request, user: User) -> Response:
         page=page,
         pages=max(1, -(-total // LEDGER_PAGE)),
         page_query=lambda p: "?" + urlencode(base_q | {"page": p}),
+        export_query=urlencode(base_q),
         actions=COMMON_ACTIONS,
         report=report,
         report_error=report_error,
@@ -518,6 +525,7 @@ def audit_page(request: Request, user: User) -> Response:
         report_from=rfrom,
         report_to=rto,
         report_query=urlencode({"from": rfrom, "to": rto}),
+        report_sections=reports.COUNTER_SECTIONS,
     )
 
 
@@ -532,14 +540,18 @@ def audit_verify(
             "ok",
             f"Ledger verified: {res.entries} entries, the hash chain is intact"
             + (" and matches the checkpoint" if checkpoint.strip() else "")
-            + f". Head {res.head_hash[:16]}…",
+            + f"; {res.records_checked} searches, verifications and case requests agree "
+            f"with it. Head {res.head_seq}:{res.head_hash[:16]}…",
         )
     else:
-        flash(
-            user,
-            "error",
-            f"Ledger verification FAILED at entry {res.first_bad_seq}: {res.problem}",
-        )
+        at = f" at entry {res.first_bad_seq}" if res.first_bad_seq is not None else ""
+        flash(user, "error", f"Ledger verification FAILED{at}: {res.problem}")
+        for m in res.mismatches[:10]:
+            flash(user, "error", m["problem"])
+        if res.mismatch_count > 10:
+            flash(user, "error", f"… and {res.mismatch_count - 10} more (see the API or CLI)")
+    for warning in res.warnings:
+        flash(user, "error", f"Warning: {warning}")
     return redirect("/audit")
 
 
