@@ -305,13 +305,15 @@ def test_approvals_expire_run_out_and_can_be_withdrawn(env: Env) -> None:
 
     rid = _approved(env, "EXPIRE-1")
     raw = RawDB(env.fl.data_dir)
-    raw.execute(
-        "update case_requests set expires_at = ? where id = ?", ("2001-01-01T00:00:00+00:00", rid)
-    )
+    (ends,) = raw.execute("select expires_at from case_requests where id = ?", (rid,)).fetchone()
+    set_end = "update case_requests set expires_at = ? where id = ?"
+    raw.execute(set_end, ("2001-01-01T00:00:00+00:00", rid))  # as if 25 years had passed
     raw.commit()
-    raw.close()
     r = env.search(case_number="EXPIRE-1", purpose="identity-fraud", request_id=str(rid))
     assert r.status_code == 403 and "expired" in r.json()["message"]
+    raw.execute(set_end, (ends, rid))  # as the approval recorded it (audit verify checks)
+    raw.commit()
+    raw.close()
 
     rid = _approved(env, "WITHDRAW-1")
     fields = {"case_number": "WITHDRAW-1", "purpose": "identity-fraud", "request_id": str(rid)}
@@ -486,3 +488,38 @@ def test_data_dir_files_are_private(env: Env) -> None:
     assert (data / "policy.json").is_file()
     assert (data / "gallery.db").is_file() or (data / "database.json").is_file()
     assert not loose, loose
+
+
+def test_audit_verify_agrees_with_every_writer_and_catches_a_forged_justification(
+    env: Env,
+) -> None:
+    """#11 item 7, end to end: after searches, verifications, requests, approvals (with
+    limits), denials and withdrawals through the API, `audit verify` finds every record in
+    agreement with the chain; `UPDATE searches SET justification=...` then fails it."""
+    c = env.client
+    rid = _approved(env, "E2E-1", search_limit=3)
+    fields = {"case_number": "E2E-1", "purpose": "identity-fraud", "request_id": str(rid)}
+    assert env.search(**fields).status_code == 200
+    assert env.verify(**fields).status_code == 200
+    c.post(f"/api/v1/cases/{rid}/withdraw", headers=env.h("sam"), json={"note": "done"})
+    body = {**CASE, "case_number": "E2E-2", "purpose": "identity-fraud"}
+    rid2 = c.post("/api/v1/cases", headers=env.h("ivy"), json=body).json()["id"]
+    c.post(f"/api/v1/cases/{rid2}/deny", headers=env.h("sam"), json={"note": "no"})
+    sid = env.search(justification="the real reason for this search").json()["search_id"]
+    ok = c.get("/api/v1/audit/verify", headers=env.h("ada")).json()
+    assert ok["ok"] and ok["mismatch_count"] == 0, ok["mismatches"]
+    raw = RawDB(env.fl.data_dir)
+    raw.execute("update searches set justification = ? where id = ?", ("forged reason", sid))
+    raw.commit()
+    raw.close()
+    bad = c.get("/api/v1/audit/verify", headers=env.h("ada")).json()
+    assert not bad["ok"] and bad["mismatch_count"] == 1
+    assert bad["mismatches"][0]["table"] == "searches" and bad["mismatches"][0]["row_id"] == sid
+    raw = RawDB(env.fl.data_dir)
+    raw.execute(
+        "update searches set justification = ? where id = ?",
+        ("the real reason for this search", sid),
+    )
+    raw.commit()
+    raw.close()
+    assert c.get("/api/v1/audit/verify", headers=env.h("ada")).json()["ok"]
