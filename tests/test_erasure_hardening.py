@@ -174,6 +174,30 @@ def test_erasing_a_face_remakes_the_neighbours_crop_from_the_blurred_photo(fl: F
     assert not list((fl.data_dir / "pending").iterdir())  # the journal was carried out
 
 
+def test_a_crash_before_the_files_are_replaced_still_leaves_no_erased_pixels(
+    fl: Faceledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#11 item 10a: the remade crops are journalled with the blurred photo, so the next
+    start completes them after a crash between the commit and the file replacements."""
+    import faceledger.privacy as privacy
+
+    left, right = group_faces(fl)
+    old_crop = right["crop"].read_bytes()
+    with monkeypatch.context() as m:
+        m.setattr(privacy, "finish_pending_files", lambda store: 0)  # "dies" after commit
+        fl.erase(login(fl), face_ids=[left["id"]], reason="erasure request 33")
+    assert right["crop"].read_bytes() == old_crop  # nothing replaced yet: the crash
+    pending = RawDB(fl.data_dir).execute("select path from pending_files").fetchall()
+    assert {p[0] for p in pending} >= {str(right["crop"].relative_to(fl.data_dir))}
+    fl.store.close()
+    reopened = Faceledger(fl.data_dir)  # the next start carries the journal out
+    assert right["crop"].read_bytes() != old_crop
+    blurred = decode_image(right["image"].read_bytes()).pixels
+    det = Detection(BBox(*right["bbox"]), 0.0, "x")
+    assert right["crop"].read_bytes() == face_crop_jpeg(blurred, det)
+    assert not RawDB(reopened.data_dir).execute("select * from pending_files").fetchall()
+
+
 def test_an_opted_out_face_dropped_at_ingest_is_not_in_the_kept_faces_crop(
     fl: Faceledger, lfw: Path, tmp_path: Path, analyzer: Any
 ) -> None:

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Blurred copies of images (pid.sha.random.blurred) and the crops made again from them
-# (pid.sha.random.face.crop) wait here for their erasure to commit
+# (pid.sha.random.FACE_ID.crop) wait here for their erasure to commit
 PENDING_DIR = "pending"
 # Erasure by photo: the default threshold is the calibrated score of this estimated FMR
 PREVIEW_FMR = 1e-6
