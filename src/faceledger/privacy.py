@@ -421,14 +421,16 @@ def checkpoint_wal(store: Store) -> bool:
     raw = store.writer.raw_connection()
     try:
         cur = raw.cursor()
-        cur.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
-        cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        row = cur.fetchone()
-        busy = bool(row and row[0])
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
+        try:
+            cur.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            row = cur.fetchone()
+        finally:
+            cur.execute("PRAGMA busy_timeout=30000")  # as every connection has it
+            cur.close()
     finally:
         raw.close()
+    busy = bool(row and row[0])
     if busy:
         log.warning(
             "erasure: a reader kept the WAL from being truncated; the erased rows' old pages "
