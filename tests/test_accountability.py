@@ -401,7 +401,7 @@ def test_erase_one_face_of_a_group_photo_blurs_it(lfw: Path, tmp_path: Path, ana
     left = min(rows, key=lambda r: json.loads(r[1])[0])
     stored = next((f.data_dir / "images").rglob("*.jpg"))
     original = np.asarray(Image.open(stored).convert("L"), dtype=float)
-    rep = f.erase(root, face_ids=[left[0]])
+    rep = f.erase(root, face_ids=[left[0]], reason="erasure request 13")
     assert rep.images_blurred and not rep.images_deleted
     now = np.asarray(Image.open(stored).convert("L"), dtype=float)
     x0, y0, x1, y1 = json.loads(left[1])
@@ -412,8 +412,13 @@ def test_erase_one_face_of_a_group_photo_blurs_it(lfw: Path, tmp_path: Path, ana
 
 def test_erase_by_probe_with_optout_blocks_reingest(fl: Faceledger, lfw: Path, tmp_path) -> None:
     root = who(fl, "root")
+    preview = fl.erase_preview(root, probe(lfw, "Adrien_Brody"), threshold=0.93)
     rep = fl.erase(
-        root, probe=probe(lfw, "Adrien_Brody"), threshold=0.93, optout_reference="request-77"
+        root,
+        preview_id=preview["preview_id"],
+        face_ids=[f["face_id"] for f in preview["faces"]],
+        optout_reference="request-77",
+        reason="opt-out request 77",
     )
     assert len(rep.faces) == 1 and rep.blocklisted == 1
     again = tmp_path / "again"
@@ -421,9 +426,10 @@ def test_erase_by_probe_with_optout_blocks_reingest(fl: Faceledger, lfw: Path, t
     shutil.copy(lfw_image(lfw, "Adrien_Brody", 1), again)
     shutil.copy(lfw_image(lfw, "Adrien_Brody", 3), again / "other_photo.jpg")
     shutil.copy(lfw_image(lfw, "Abdullah_Gul", 2), again)
-    # an unrelated person in the same batch is kept: the opt-out threshold is calibrated
+    # an unrelated person in the same batch is kept: the opt-out threshold is calibrated;
+    # the erased file itself is refused by its hash, his other photo by the opt-out
     summary = fl.ingest(root, iter_paths([again], "archive2", "test"), PipelineSettings())
-    assert summary.opted_out == 2 and summary.new == 1
+    assert summary.opted_out == 1 and summary.new == 1 and summary.failures == {"erased": 1}
     assert "opted-out" in summary.line()
     raw = RawDB(fl.data_dir)
     assert raw.execute("select count(*) from blocklist").fetchone()[0] == 1
@@ -434,8 +440,8 @@ def test_erase_by_source_and_image(fl: Faceledger) -> None:
     root = who(fl, "root")
     raw = RawDB(fl.data_dir)
     sha = raw.execute("select sha256 from images limit 1").fetchone()[0]
-    assert len(fl.erase(root, image_sha=sha).images_deleted) == 1
-    rep = fl.erase(root, source="archive")
+    assert len(fl.erase(root, image_sha=sha, reason="request 14").images_deleted) == 1
+    rep = fl.erase(root, source="archive", reason="request 15")
     assert len(rep.images_deleted) == len(PEOPLE) - 1
     assert raw.execute("select count(*) from images").fetchone()[0] == 0
     assert not list((fl.data_dir / "crops").rglob("*.jpg"))

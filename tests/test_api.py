@@ -670,26 +670,44 @@ def test_erasure_by_face_image_and_probe(env: Env, tmp_path: Path) -> None:
     again = env.search(photo=env.photo("Alejandro_Toledo", 2)).json()["faces"][0]["candidates"]
     assert hit["face_id"] not in [x["face_id"] for x in again]
     assert entries(env.fl, "erase")[-1].details["reason"] == "request 12"
-    r = c.post("/api/v1/erasures", headers=h, data={"face_ids": "1", "source": "x"})
+    r = c.post("/api/v1/erasures", headers=h, data={"face_ids": "1", "source": "x", "reason": "r"})
     assert r.status_code == 400 and r.json()["code"] == "invalid-erasure"
     r = c.post("/api/v1/erasures", headers=h, data={"face_ids": "one"})
     assert r.status_code == 400 and r.json()["code"] == "bad-face-ids"
-    # the subject's own photo scores above every other gallery face: erase just theirs
+    r = c.post("/api/v1/erasures", headers=h, data={"face_ids": "1"})
+    assert r.status_code == 400 and r.json()["code"] == "missing-reason"
+    # the subject's own photo scores above every other gallery face: erase just theirs,
+    # through a preview of the faces at or above the threshold, confirmed
     subject = env.photo("Aaron_Sorkin", 2)
     ranked = env.search(photo=subject).json()["faces"][0]["candidates"]
     assert "Aaron_Sorkin" in ranked[0]["provenance"][0]["original_path"]
     threshold = (ranked[0]["score"] + ranked[1]["score"]) / 2
     r = c.post(
+        "/api/v1/erasures/previews",
+        headers=h,
+        data={"threshold": str(threshold)},
+        files={"probe": ("s.jpg", subject, "image/jpeg")},
+    )
+    assert r.status_code == 200, r.text
+    preview = r.json()
+    assert [f["face_id"] for f in preview["faces"]] == [ranked[0]["face_id"]]
+    r = c.post(
         "/api/v1/erasures",
         headers=h,
-        data={"threshold": str(threshold), "optout_reference": "request-13", "reason": "opt-out"},
-        files={"probe": ("s.jpg", subject, "image/jpeg")},
+        data={
+            "preview_id": str(preview["preview_id"]),
+            "face_ids": str(ranked[0]["face_id"]),
+            "optout_reference": "request-13",
+            "reason": "opt-out",
+        },
     )
     assert r.status_code == 200 and r.json()["blocklisted"] == 1, r.text
     assert r.json()["faces_erased"] == 1
     colin = env.search(photo=env.photo("Colin_Powell", 2)).json()["faces"][0]["candidates"][0]
     assert colin["provenance"][0]["original_path"] == "upload:new.jpg"  # Colin Powell
-    r = c.post("/api/v1/erasures", headers=h, data={"image_sha": colin["image_sha256"]})
+    r = c.post(
+        "/api/v1/erasures", headers=h, data={"image_sha": colin["image_sha256"], "reason": "r14"}
+    )
     assert r.status_code == 200 and r.json()["images_deleted"] == [colin["image_sha256"]]
     assert c.get(colin["image_url"], headers=env.h("ivy")).status_code == 404
     assert c.post("/api/v1/purge", headers=h).json() == {"images": 0, "probes": 0}

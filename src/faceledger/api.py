@@ -197,6 +197,12 @@ REFUSAL_STATUS = {
     "empty-gallery": 409,
     "bad-username": 400,
     "bad-expiry": 400,
+    "missing-reason": 400,
+    "no-calibration": 400,
+    "not-in-preview": 400,
+    "nothing-confirmed": 400,
+    "preview-used": 409,
+    "preview-expired": 410,
 }
 
 HTTP_CODES = {
@@ -838,45 +844,71 @@ def job_for(ctx: AppContext, actor: Actor, job_id: str) -> dict[str, Any]:
     return job.as_dict()
 
 
+def parse_face_ids(text: str) -> list[int]:
+    try:
+        ids = [int(x) for x in re.split(r"[,\s]+", text.strip()) if x]
+        if any(abs(i) > MAX_ID for i in ids):
+            raise ValueError("out of range")
+    except ValueError as exc:
+        raise ApiError(400, "bad-face-ids", "face_ids are numbers, comma-separated") from exc
+    return ids
+
+
 def erase_request(
     ctx: AppContext,
     actor: Actor,
     face_ids: str,
     image_sha: str,
     source: str,
-    probe: bytes | None,
-    threshold: float | None,
+    preview_id: str,
     optout_reference: str,
     reason: str,
 ) -> dict[str, Any]:
-    ids: list[int] | None = None
-    if face_ids.strip():
-        try:
-            ids = [int(x) for x in re.split(r"[,\s]+", face_ids.strip()) if x]
-            if any(abs(i) > MAX_ID for i in ids):
-                raise ValueError("out of range")
-        except ValueError as exc:
-            raise ApiError(400, "bad-face-ids", "face_ids are numbers, comma-separated") from exc
+    """An erasure by face ids, image or source, or the faces confirmed from a preview
+    (``preview_id`` with ``face_ids`` the confirmed subset, which may be empty)."""
+    preview: int | None = None
+    if preview_id.strip():
+        if not (preview_id.strip().isascii() and preview_id.strip().isdigit()):
+            raise ApiError(400, "bad-preview-id", "preview_id is a number")
+        preview = int(preview_id.strip())
+        if preview > MAX_ID:
+            raise ApiError(400, "bad-preview-id", "preview_id is a number")
+    ids = parse_face_ids(face_ids) if face_ids.strip() or preview is not None else None
     with invalid_input("invalid-erasure"):
-        if probe is not None:
-            with ctx.analysis_lock:
-                report = ctx.fl.erase(
-                    actor,
-                    probe=probe,
-                    threshold=threshold,
-                    optout_reference=optout_reference.strip() or None,
-                    reason=reason.strip(),
-                )
-        else:
-            report = ctx.fl.erase(
-                actor,
-                face_ids=ids,
-                image_sha=image_sha.strip() or None,
-                source=source.strip() or None,
-                optout_reference=optout_reference.strip() or None,
-                reason=reason.strip(),
-            )
+        report = ctx.fl.erase(
+            actor,
+            face_ids=ids,
+            image_sha=image_sha.strip() or None,
+            source=source.strip() or None,
+            preview_id=preview,
+            optout_reference=optout_reference.strip() or None,
+            reason=reason.strip(),
+        )
     return typing.cast(dict[str, Any], report.as_dict())
+
+
+def erasure_preview_request(
+    ctx: AppContext, actor: Actor, probe: bytes, threshold: float | None
+) -> dict[str, Any]:
+    """Make an erasure preview (the analyzer is used by one thread at a time)."""
+    ctx.fl.require(actor, "erase")
+    with invalid_input("invalid-erasure"), ctx.analysis_lock:
+        doc = ctx.fl.erase_preview(actor, probe, threshold)
+    return preview_out(doc)
+
+
+def preview_crop_url(preview_id: int, face_id: int) -> str:
+    return f"{API}/erasures/previews/{preview_id}/faces/{face_id}/crop"
+
+
+def preview_out(doc: dict[str, Any]) -> dict[str, Any]:
+    """A preview with each face's crop URL (served to the preview's admin only)."""
+    out = dict(doc)
+    out["faces"] = [
+        f | {"crop_url": None if f["erased"] else preview_crop_url(doc["preview_id"], f["face_id"])}
+        for f in doc["faces"]
+    ]
+    return out
 
 
 def current_policy_for_edit(fl: Faceledger) -> Policy:
@@ -1406,6 +1438,41 @@ class ErasureOut(BaseModel):
     images_blurred: list[str]
     provenance_removed: int
     blocklisted: int
+    preview_id: int | None = Field(None, description="The preview this erasure confirmed")
+
+
+class ErasurePreviewFaceOut(BaseModel):
+    face_id: int
+    score: float
+    est_fmr: float | None = Field(description="Estimated false match rate at this score")
+    expected_false_matches: float | None = Field(
+        description="Different people expected at or above this score: gallery size x FMR"
+    )
+    erased: bool = Field(description="Erased since the preview was made")
+    image_sha256: str | None
+    provenance: list[dict[str, Any]]
+    crop_url: str | None = Field(description="Only for the admin who made the preview")
+
+
+class ErasurePreviewOut(BaseModel):
+    preview_id: int
+    probe_sha256: str
+    model_id: str | None
+    threshold: float
+    calibrated_threshold: float | None = Field(
+        description="The score whose estimated FMR is calibrated_fmr (the default threshold)"
+    )
+    calibrated_fmr: float
+    threshold_is_calibrated: bool
+    threshold_fmr: float | None = Field(description="Estimated false match rate at threshold")
+    gallery_faces: int
+    expected_false_matches: float | None = Field(
+        description="Faces of other people expected at or above the threshold: N x FMR"
+    )
+    truncated: bool = Field(description="More faces scored above the threshold than listed")
+    created_at: str
+    expires_at: str
+    faces: list[ErasurePreviewFaceOut]
 
 
 def _policy_models() -> tuple[type[BaseModel], type[BaseModel]]:
@@ -1636,27 +1703,77 @@ def cancel_job(ctx: Ctx, actor: CurrentActor, job_id: str) -> dict[str, Any]:
     return job_for(ctx, actor, job_id)
 
 
+@router.post(
+    "/erasures/previews",
+    response_model=ErasurePreviewOut,
+    responses=UPLOAD_ERRORS,
+    tags=["gallery"],
+)
+def erasure_preview(
+    ctx: Ctx,
+    actor: CurrentActor,
+    probe: Annotated[UploadFile | None, File(description="The subject's photo")] = None,
+    threshold: Annotated[
+        float | None,
+        Form(ge=-1, le=1, description="Cosine score; default: the calibrated score of FMR 1e-6"),
+    ] = None,
+) -> dict[str, Any]:
+    """Erasure by photo, step 1 (admin): the gallery faces scoring at or above the threshold
+    against the subject's photo, with scores and estimated FMRs; recorded, valid for one
+    hour, for you only. Confirm the right faces with POST /api/v1/erasures."""
+    ctx.fl.require(actor, "erase")
+    return erasure_preview_request(ctx, actor, read_upload(probe, "probe"), threshold)
+
+
+@router.get(
+    "/erasures/previews/{preview_id}",
+    response_model=ErasurePreviewOut,
+    responses=ERRORS,
+    tags=["gallery"],
+)
+def get_erasure_preview(ctx: Ctx, actor: CurrentActor, preview_id: DbId) -> dict[str, Any]:
+    """Your open (unused, unexpired) erasure preview (admin)."""
+    return preview_out(ctx.fl.get_erase_preview(actor, preview_id))
+
+
+@router.get(
+    "/erasures/previews/{preview_id}/faces/{face_id}/crop",
+    responses=IMAGE_RESPONSES,
+    tags=["gallery"],
+)
+def erasure_preview_crop(
+    ctx: Ctx, actor: CurrentActor, preview_id: DbId, face_id: DbId
+) -> FileResponse:
+    """The crop of a face in your open erasure preview (admin; the only way an admin sees a
+    gallery face)."""
+    path = ctx.fl.erase_preview_crop(actor, preview_id, face_id)
+    return _file_response(path, f"face-{face_id}.jpg")
+
+
 @router.post("/erasures", response_model=ErasureOut, responses=UPLOAD_ERRORS, tags=["gallery"])
 def erase(
     ctx: Ctx,
     actor: CurrentActor,
-    face_ids: Annotated[str, Form(description="Face ids, comma-separated")] = "",
+    face_ids: Annotated[
+        str, Form(description="Face ids, comma-separated (with preview_id: the confirmed ones)")
+    ] = "",
     image_sha: Annotated[str, Form(description="An image's SHA-256")] = "",
     source: Annotated[str, Form(description="Every image only held from this source")] = "",
-    probe: Annotated[
-        UploadFile | None, File(description="The subject's photo: erase faces scoring >= threshold")
-    ] = None,
-    threshold: Annotated[float | None, Form(ge=-1, le=1)] = None,
-    optout_reference: Annotated[
-        str, Form(description="With probe: keep the subject out of future ingests")
+    preview_id: Annotated[
+        str, Form(description="An erasure preview of yours: erase the face_ids confirmed from it")
     ] = "",
-    reason: Annotated[str, Form(description="Why (e.g. the erasure request number)")] = "",
+    optout_reference: Annotated[
+        str, Form(description="With preview_id: keep the subject out of future ingests")
+    ] = "",
+    reason: Annotated[
+        str, Form(description="Why (e.g. the erasure request number); required")
+    ] = "",
 ) -> dict[str, Any]:
-    """Erase faces for good (admin): by face ids, image, source, or a subject's photo."""
+    """Erase faces for good (admin): by face ids, image, source, or the faces you confirm
+    from an erasure preview (erasure by the subject's photo)."""
     ctx.fl.require(actor, "erase")
-    photo = read_upload(probe, "probe") if probe is not None and probe.filename else None
     return erase_request(
-        ctx, actor, face_ids, image_sha, source, photo, threshold, optout_reference, reason
+        ctx, actor, face_ids, image_sha, source, preview_id, optout_reference, reason
     )
 
 

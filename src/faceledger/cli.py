@@ -575,17 +575,88 @@ def index_rebuild(data_dir: DataDir = None, as_user: AsUser = None) -> None:
     out.print(f"index rebuilt: {len(index)} faces ({index.kind})")
 
 
+def _print_preview(doc: dict[str, Any]) -> None:
+    thr, fmr = doc["threshold"], doc["threshold_fmr"]
+    how = (
+        f"the calibrated score of FMR {doc['calibrated_fmr']:g}"
+        if doc["threshold_is_calibrated"]
+        else "given"
+        + (
+            f"; the calibrated default would be {doc['calibrated_threshold']:.3f}"
+            if doc["calibrated_threshold"] is not None
+            else ""
+        )
+    )
+    out.print(
+        f"erasure preview {doc['preview_id']}: {len(doc['faces'])} gallery face(s) score "
+        f">= {thr:.3f} ({how}) against the subject's photo"
+    )
+    if fmr is not None:
+        out.print(
+            f"est. FMR at the threshold {fmr:.2g}: about {doc['expected_false_matches']:.2g} "
+            f"face(s) of other people expected this high in {doc['gallery_faces']} faces"
+        )
+    table = Table("face", "score", "est. FMR", "exp. false")
+    table.add_column("source: path", overflow="fold")
+    for f in doc["faces"]:
+        table.add_row(
+            str(f["face_id"]),
+            f"{f['score']:.3f}",
+            "-" if f["est_fmr"] is None else f"{f['est_fmr']:.2g}",
+            "-" if f["expected_false_matches"] is None else f"{f['expected_false_matches']:.2g}",
+            escape("; ".join(f"{p['source']}: {p['original_path']}" for p in f["provenance"])),
+        )
+    if doc["faces"]:
+        out.print(table)
+    out.print(f"open until {doc['expires_at']}; scores are not identifications")
+
+
+def _confirmed_ids(doc: dict[str, Any], yes: bool, confirm: str | None) -> list[int]:
+    """The face ids to erase from a preview: all (--yes), --confirm's, or asked for."""
+    listed = [f["face_id"] for f in doc["faces"] if not f["erased"]]
+    if yes:
+        return listed
+    text = confirm
+    if text is None:
+        if not sys.stdin.isatty():
+            fail("confirm the faces to erase: --confirm IDS (or --yes for all of them)")
+        text = typer.prompt(
+            "face ids to erase (comma-separated, 'all', or empty to cancel)",
+            default="",
+            show_default=False,
+        )
+    text = text.strip()
+    if text.lower() == "all":
+        return listed
+    try:
+        return [int(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        fail("face ids are numbers, comma-separated")
+
+
 @app.command()
 def erase(
     face: Annotated[list[int] | None, typer.Option("--face", help="Face id (repeatable).")] = None,
     image: Annotated[str | None, typer.Option("--image", help="Image SHA-256.")] = None,
     source: Annotated[str | None, typer.Option("--source", help="Every image of a source.")] = None,
     probe: Annotated[
-        Path | None, typer.Option("--probe", help="Every face matching this photo.")
+        Path | None,
+        typer.Option(
+            "--probe",
+            help="The subject's photo: shows the matching faces, then erases those confirmed.",
+        ),
     ] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Cosine score for --probe matches.")
+        float | None,
+        typer.Option(help="Cosine score for --probe matches (default: calibrated, FMR 1e-6)."),
     ] = None,
+    confirm: Annotated[
+        str | None,
+        typer.Option("--confirm", help="With --probe: the face ids to erase, comma-separated."),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="With --probe: erase every face the preview lists.")
+    ] = False,
     optout: Annotated[
         str | None,
         typer.Option(
@@ -594,32 +665,60 @@ def erase(
             "(with --probe); give the request reference.",
         ),
     ] = None,
-    reason: Annotated[str, typer.Option(help="Why (e.g. erasure request number).")] = "",
+    reason: Annotated[str, typer.Option(help="Why (e.g. erasure request number); required.")] = "",
     data_dir: DataDir = None,
     as_user: AsUser = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Erase faces for good (admin): vectors, crops, index entries, and images left empty."""
+    """Erase faces for good (admin): vectors, crops, index entries, and images left empty.
+
+    With --probe, the faces scoring at or above the threshold against the subject's photo
+    are listed first (a recorded preview), and only the ones confirmed are erased.
+    """
+    if not reason.strip():
+        fail("give the erasure's reason: --reason (e.g. the erasure request number)")
+    if probe is None and (confirm is not None or yes):
+        fail("--confirm and --yes confirm the faces of a --probe preview")
     probe_bytes = None
     if probe is not None:
         try:
             probe_bytes = probe.read_bytes()
         except OSError as exc:
             fail(f"{probe}: cannot read ({exc.strerror or exc})")
+    from faceledger.search import NoFaceError
+
+    preview: dict[str, Any] | None = None
     with session(data_dir, as_user) as (fl, actor):
-        report = fl.erase(
-            actor,
-            face_ids=face or None,
-            image_sha=image,
-            source=source,
-            probe=probe_bytes,
-            threshold=threshold,
-            optout_reference=optout,
-            reason=reason,
-        )
+        if probe_bytes is not None:
+            try:
+                preview = fl.erase_preview(actor, probe_bytes, threshold)
+            except NoFaceError as exc:
+                fail(str(exc))
+            if not as_json:
+                _print_preview(preview)
+            ids = _confirmed_ids(preview, yes, confirm)
+            if not ids and not optout:
+                out.print("nothing confirmed: nothing erased")
+                return
+            report = fl.erase(
+                actor,
+                preview_id=preview["preview_id"],
+                face_ids=ids,
+                optout_reference=optout,
+                reason=reason,
+            )
+        else:
+            report = fl.erase(
+                actor,
+                face_ids=face or None,
+                image_sha=image,
+                source=source,
+                optout_reference=optout,
+                reason=reason,
+            )
     doc = report.as_dict()
     if as_json:
-        _dump(doc)
+        _dump(doc if preview is None else {"preview": preview, "erasure": doc})
         return
     out.print(
         f"erased {doc['faces_erased']} face(s); {len(doc['images_deleted'])} image(s) "

@@ -29,6 +29,7 @@ from faceledger.detection import DEFAULT_MIN_FACE, Detector, create_detector
 from faceledger.embedding import DEFAULT_EMBEDDER, Embedder, create_embedder
 from faceledger.index import IndexManager
 from faceledger.parallel import ordered_map
+from faceledger.privacy import erased_reason
 from faceledger.sources import ItemError, SourceItem
 from faceledger.store import Store, atomic_write
 from faceledger.types import Face
@@ -180,9 +181,12 @@ class Ingestor:
             return res.faces, data, 0
         kept = [f for f, k in zip(res.faces, keep, strict=True) if k]
         if kept:
-            from faceledger.privacy import blur_regions
+            from faceledger.privacy import blur_regions, crops_from
 
             data = blur_regions(data, [f.detection.bbox.as_list() for f in dropped])
+            # the kept faces' crops from the blurred pixels: none may show an opted-out face
+            crops = crops_from(data, [f.detection.bbox.as_list() for f in kept])
+            kept = [replace(f, crop_jpeg=c) for f, c in zip(kept, crops, strict=True)]
         return kept, data, len(dropped)
 
     def _store_result(
@@ -257,6 +261,17 @@ class Ingestor:
                 advance(1)
                 continue
             sha = hashlib.sha256(data).hexdigest()
+            erased = erased_reason(self.store, sha)
+            if erased is not None:
+                # this very file was erased: it does not come back (nor its provenance)
+                self._fail(
+                    summary,
+                    item,
+                    "erased",
+                    f"this file was erased from the gallery ({erased}); it is not ingested again",
+                )
+                advance(1)
+                continue
             if sha in in_run or self.store.has_image(sha):
                 summary.duplicates += 1
                 if sha not in in_run:

@@ -279,7 +279,9 @@ erasure_previews = Table(
     Column("probe_sha256", String(64), nullable=False),
     Column("threshold", Float, nullable=False),
     Column("face_ids_json", Text, nullable=False),  # [[face_id, score], ...]
-    Column("embedding", LargeBinary),  # the subject's vector, for an opt-out on confirm
+    # the subject's vector, for an opt-out on confirm; cleared when used or expired
+    Column("embedding", LargeBinary),
+    Column("gallery_faces", Int),  # gallery size when made: expected false matches = N x FMR
     Column("created_at", String(40), nullable=False),
     Column("expires_at", String(40), nullable=False),
     Column("used_at", String(40)),

@@ -1530,6 +1530,27 @@ class Faceledger:
         return purge_expired(self, actor)
 
     def erase(self, actor: Actor, **kwargs: Any) -> Any:
+        """Erase faces for good (see :func:`faceledger.privacy.erase`); a reason is required,
+        and erasure by photo confirms faces from :meth:`erase_preview` (``preview_id``)."""
         from faceledger.privacy import erase
 
         return erase(self, actor, **kwargs)
+
+    def erase_preview(
+        self, actor: Actor, probe: bytes, threshold: float | None = None
+    ) -> dict[str, Any]:
+        """The faces an erasure by the subject's photo would take, recorded, for one hour."""
+        from faceledger.privacy import erase_preview
+
+        return erase_preview(self, actor, probe, threshold)
+
+    def get_erase_preview(self, actor: Actor, preview_id: int) -> dict[str, Any]:
+        from faceledger.privacy import get_preview
+
+        return get_preview(self, actor, preview_id)
+
+    def erase_preview_crop(self, actor: Actor, preview_id: int, face_id: int) -> Path:
+        """A crop of a face in a preview, for the admin who made it, while it is open."""
+        from faceledger.privacy import preview_crop_path
+
+        return preview_crop_path(self, actor, preview_id, face_id)

@@ -166,6 +166,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
+    # Deleted rows (an erased face's vector) are overwritten with zeros, not left in free
+    # space; set explicitly because the compile-time default differs between builds.
+    cur.execute("PRAGMA secure_delete=ON")
     cur.close()
 
 

@@ -31,10 +31,12 @@ from faceledger.api import (
     ctx_of,
     current_policy_for_edit,
     erase_request,
+    erasure_preview_request,
     error_for,
     ledger_page,
     parse_day,
     policy_dict,
+    preview_out,
     read_upload,
     start_ingest,
 )
@@ -763,6 +765,14 @@ def admin_cancel_job(request: Request, user: PostUser, job_id: str) -> Response:
     return attempt(user, "/admin#jobs", cancel, f"Job {job_id} will stop after its current image.")
 
 
+def _erased_message(rep: dict[str, Any]) -> str:
+    return (
+        f"Erased {rep['faces_erased']} face(s); {len(rep['images_deleted'])} image(s) "
+        f"deleted, {len(rep['images_blurred'])} blurred; {rep['blocklisted']} opt-out "
+        "embedding(s) added."
+    )
+
+
 @router.post("/admin/erase")
 def admin_erase(
     request: Request,
@@ -770,28 +780,74 @@ def admin_erase(
     face_ids: Annotated[str, Form()] = "",
     image_sha: Annotated[str, Form()] = "",
     source: Annotated[str, Form()] = "",
-    threshold: Annotated[str, Form()] = "",
-    optout_reference: Annotated[str, Form()] = "",
     reason: Annotated[str, Form()] = "",
-    probe: Annotated[UploadFile | None, File()] = None,
 ) -> Response:
+    """Erasure by face ids, image or source (by photo: the preview below)."""
+
     def erase() -> str:
         user.ctx.fl.require(user.actor, "erase")
-        photo = read_upload(probe, "probe") if probe is not None and probe.filename else None
+        rep = erase_request(user.ctx, user.actor, face_ids, image_sha, source, "", "", reason)
+        return _erased_message(rep)
+
+    return attempt(user, "/admin#erase", erase, "{result}")
+
+
+@router.post("/admin/erase/preview")
+def admin_erase_preview(
+    request: Request,
+    user: PostUser,
+    threshold: Annotated[str, Form()] = "",
+    probe: Annotated[UploadFile | None, File()] = None,
+) -> Response:
+    """Erasure by photo, step 1: make the preview, then show it."""
+    made: dict[str, Any] = {}
+
+    def preview() -> None:
+        user.ctx.fl.require(user.actor, "erase")
         try:
             thr = float(threshold) if threshold.strip() else None
         except ValueError as exc:
             raise ApiError(400, "bad-threshold", "threshold is a cosine score") from exc
-        rep = erase_request(
-            user.ctx, user.actor, face_ids, image_sha, source, photo, thr, optout_reference, reason
-        )
-        return (
-            f"Erased {rep['faces_erased']} face(s); {len(rep['images_deleted'])} image(s) "
-            f"deleted, {len(rep['images_blurred'])} blurred; {rep['blocklisted']} opt-out "
-            "embedding(s) added."
-        )
+        photo = read_upload(probe, "probe")
+        made.update(erasure_preview_request(user.ctx, user.actor, photo, thr))
 
-    return attempt(user, "/admin#erase", erase, "{result}")
+    back = attempt(user, "/admin#erase", preview)
+    if made:
+        return redirect(f"/admin/erasures/previews/{made['preview_id']}")
+    return back
+
+
+@router.get("/admin/erasures/previews/{preview_id}")
+def admin_erase_preview_page(request: Request, user: User, preview_id: int) -> Response:
+    """The preview: crops, scores, estimated FMRs, and a checkbox per face."""
+    preview = preview_out(user.ctx.fl.get_erase_preview(user.actor, preview_id))
+    return render(request, "erase_preview.html", user, preview=preview)
+
+
+@router.post("/admin/erasures/previews/{preview_id}/confirm")
+def admin_erase_confirm(
+    request: Request,
+    user: PostUser,
+    preview_id: int,
+    face_ids: Annotated[list[str] | None, Form()] = None,
+    optout_reference: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
+) -> Response:
+    """Erasure by photo, step 2: erase only the faces ticked in the preview."""
+
+    done: list[bool] = []
+
+    def confirm() -> str:
+        user.ctx.fl.require(user.actor, "erase")
+        faces = ",".join(face_ids or [])
+        rep = erase_request(
+            user.ctx, user.actor, faces, "", "", str(preview_id), optout_reference, reason
+        )
+        done.append(True)
+        return _erased_message(rep)
+
+    back = attempt(user, f"/admin/erasures/previews/{preview_id}", confirm, "{result}")
+    return redirect("/admin#erase") if done else back
 
 
 @router.post("/admin/purge")
