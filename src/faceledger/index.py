@@ -251,6 +251,7 @@ def _atomic_path(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
+        os.chmod(tmp, 0o600)  # vectors are biometric data: the owner's only
         _fsync_path(tmp)
         os.replace(tmp, path)
     finally:
@@ -288,8 +289,9 @@ class RowStore:
     def create(cls, path: Path, dim: int) -> RowStore:
         store = cls(path, dim)
         store.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(store.path, "wb"):
-            pass
+        fd = os.open(store.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+        os.chmod(store.path, 0o600)  # an existing file keeps its mode through O_TRUNC
         return store
 
     @classmethod
@@ -780,7 +782,8 @@ class IndexManager:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a+") as fh:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a+") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
                 yield
