@@ -57,7 +57,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from faceledger import __version__, audit, reports
 from faceledger.auth import Actor, AuthError, PermissionDenied
-from faceledger.decode import DecodeError, decode_image
+from faceledger.decode import (
+    DEFAULT_MAX_PROBE_PIXELS,
+    DEFAULT_PROBE_DECODERS,
+    DecodeError,
+    configure_probes,
+    decode_probe,
+)
 from faceledger.jobs import JobManager
 from faceledger.policy import Policy, policy_path
 from faceledger.search import LEADS_NOTICE, NoFaceError
@@ -129,6 +135,10 @@ class ApiSettings:
     login_rate_per_minute: float = 10.0  # FACELEDGER_LOGIN_RATE_PER_MINUTE, per address
     login_rate_burst: int = 10
     ingest_workers: int = 1  # FACELEDGER_INGEST_WORKERS: processes per ingest job
+    # FACELEDGER_MAX_PROBE_MEGAPIXELS: probes (search, verify, detect) larger than this are
+    # refused from their header, before decoding; the gallery's own cap is larger.
+    max_probe_pixels: int = DEFAULT_MAX_PROBE_PIXELS
+    probe_decoders: int = DEFAULT_PROBE_DECODERS  # FACELEDGER_PROBE_DECODERS: at once
 
     @classmethod
     def from_env(cls, environ: typing.Mapping[str, str] | None = None) -> ApiSettings:
@@ -161,6 +171,14 @@ class ApiSettings:
             env, "FACELEDGER_LOGIN_RATE_PER_MINUTE", s.login_rate_per_minute
         )
         s.ingest_workers = max(1, int(_env_float(env, "FACELEDGER_INGEST_WORKERS", 1)))
+        s.max_probe_pixels = round(
+            _env_float(env, "FACELEDGER_MAX_PROBE_MEGAPIXELS", s.max_probe_pixels / 1e6) * 1e6
+        )
+        if s.max_probe_pixels < 1:
+            raise ValueError("$FACELEDGER_MAX_PROBE_MEGAPIXELS must be above 0")
+        s.probe_decoders = int(_env_float(env, "FACELEDGER_PROBE_DECODERS", s.probe_decoders))
+        if s.probe_decoders < 1:
+            raise ValueError("$FACELEDGER_PROBE_DECODERS must be 1 or more")
         return s
 
 
@@ -741,7 +759,7 @@ def detect_faces(ctx: AppContext, actor: Actor, photo: bytes) -> dict[str, Any]:
     fl = ctx.fl
     fl.require(actor, "search", "detect")
     sha = hashlib.sha256(photo).hexdigest()
-    img = decode_image(photo)
+    img = decode_probe(photo)
     pol = fl.policy()
     with ctx.analysis_lock:
         faces = fl.searcher().analyzer.analyze(img.pixels)
@@ -790,7 +808,7 @@ def search_photo(
     if face_box is not None:
         fl.authorise_search(actor, req)  # the rules, before the photo is even decoded
         try:
-            img = decode_image(photo)
+            img = decode_probe(photo)
         except DecodeError:
             img = None  # the core refuses it below, and records the bad probe
         if img is not None:
@@ -856,7 +874,7 @@ def verify_photos(
             ("B", photo_b, shas[1], box_b),
         ):
             try:
-                img = decode_image(data)
+                img = decode_probe(data)
             except DecodeError as exc:
                 fl.record(
                     actor,
@@ -2178,6 +2196,7 @@ def create_app(
     from faceledger import web
 
     settings = settings or ApiSettings.from_env()
+    configure_probes(settings.max_probe_pixels, settings.probe_decoders)  # process-wide
     fl = faceledger or Faceledger(Path(data_dir))
     ctx = AppContext(fl, settings)
 

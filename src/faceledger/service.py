@@ -24,7 +24,7 @@ from sqlalchemy import func, insert, select, update
 from faceledger import audit, auth
 from faceledger.analysis import FaceAnalyzer
 from faceledger.auth import Actor, AuthError, PermissionDenied
-from faceledger.decode import decode_image
+from faceledger.decode import decode_probe
 from faceledger.policy import Policy, optout_threshold, policy_path
 from faceledger.schema import blocklist, case_requests, probes, searches, tokens, users
 from faceledger.search import LEADS_NOTICE, NoFaceError, Searcher
@@ -627,7 +627,7 @@ class Faceledger:
         probe_sha = hashlib.sha256(probe).hexdigest()
         searcher = self.searcher()
         try:
-            img = decode_image(probe)
+            img = decode_probe(probe)
         except Exception as exc:
             self.record(
                 actor,
