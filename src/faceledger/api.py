@@ -681,16 +681,26 @@ Ctx = Annotated[AppContext, Depends(ctx_dep)]
 # -- core helpers that the API adds (candidates for service.py) -----------------------------------
 
 
+MAX_BOX_COORD = 1_000_000  # px: far beyond any photo a probe may be
+
+
 def parse_box(text: str, field_name: str = "face_box") -> list[int] | None:
     """'left,top,right,bottom' in pixels of the (orientation-corrected) photo."""
     if not text or not text.strip():
         return None
     try:
-        box = [round(float(v)) for v in text.split(",")]
+        values = [float(v) for v in text.split(",")]
     except ValueError:
-        box = []
+        values = []
+    if not all(math.isfinite(v) and abs(v) <= MAX_BOX_COORD for v in values):
+        values = []  # inf, nan and absurd sizes: no photo is that large
+    box = [round(v) for v in values]
     if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
-        raise ApiError(400, "bad-face-box", f"{field_name} must be 'left,top,right,bottom'")
+        raise ApiError(
+            400,
+            "bad-face-box",
+            f"{field_name} must be 'left,top,right,bottom' in pixels (0 to {MAX_BOX_COORD})",
+        )
     return box
 
 
