@@ -21,8 +21,9 @@ with a stable ``code``), plus what only an HTTP server needs:
   limits requests per user (all of one user's tokens and sessions share it), searches per
   user, and login attempts per client address. Sessions and buckets live in this process:
   run one server process per data dir.
-* **Concurrency**: endpoints are sync functions run in the server's threadpool; the face
-  analyzer (dlib) is used by one thread at a time (:attr:`AppContext.analysis_lock`).
+* **Concurrency**: endpoints are sync functions run in the server's threadpool; the core
+  uses the face analyzer (dlib) one thread at a time (``Faceledger.analysis_lock``) and
+  decodes probes in a bounded pool (:func:`faceledger.decode.decode_probe`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from faceledger import __version__, audit, probes, reports
 from faceledger.auth import Actor, AuthError, PermissionDenied
-from faceledger.decode import DecodeError
+from faceledger.decode import (
+    DEFAULT_MAX_PROBE_PIXELS,
+    DEFAULT_PROBE_DECODERS,
+    DecodeError,
+    configure_probes,
+)
 from faceledger.jobs import JobManager
 from faceledger.policy import Policy, policy_path
 from faceledger.search import LEADS_NOTICE, NoFaceError
@@ -125,6 +131,10 @@ class ApiSettings:
     login_rate_per_minute: float = 10.0  # FACELEDGER_LOGIN_RATE_PER_MINUTE, per address
     login_rate_burst: int = 10
     ingest_workers: int = 1  # FACELEDGER_INGEST_WORKERS: processes per ingest job
+    # FACELEDGER_MAX_PROBE_MEGAPIXELS: probes (search, verify, detect) larger than this are
+    # refused from their header, before decoding; the gallery's own cap is larger.
+    max_probe_pixels: int = DEFAULT_MAX_PROBE_PIXELS
+    probe_decoders: int = DEFAULT_PROBE_DECODERS  # FACELEDGER_PROBE_DECODERS: at once
 
     @classmethod
     def from_env(cls, environ: typing.Mapping[str, str] | None = None) -> ApiSettings:
@@ -157,6 +167,14 @@ class ApiSettings:
             env, "FACELEDGER_LOGIN_RATE_PER_MINUTE", s.login_rate_per_minute
         )
         s.ingest_workers = max(1, int(_env_float(env, "FACELEDGER_INGEST_WORKERS", 1)))
+        s.max_probe_pixels = round(
+            _env_float(env, "FACELEDGER_MAX_PROBE_MEGAPIXELS", s.max_probe_pixels / 1e6) * 1e6
+        )
+        if s.max_probe_pixels < 1:
+            raise ValueError("$FACELEDGER_MAX_PROBE_MEGAPIXELS must be above 0")
+        s.probe_decoders = int(_env_float(env, "FACELEDGER_PROBE_DECODERS", s.probe_decoders))
+        if s.probe_decoders < 1:
+            raise ValueError("$FACELEDGER_PROBE_DECODERS must be 1 or more")
         return s
 
 
@@ -520,7 +538,6 @@ class AppContext:
         self.settings = settings
         self.sessions = SessionStore(settings.session_idle_seconds, settings.session_max_seconds)
         self.limiter = RateLimiter()
-        self.analysis_lock = fl.analysis_lock  # the core's: one thread at a time analyses
         self.jobs = JobManager(fl, settings.ingest_workers)
 
     # sessions ---------------------------------------------------------------------------------
@@ -890,9 +907,9 @@ def erase_request(
 def erasure_preview_request(
     ctx: AppContext, actor: Actor, probe: bytes, threshold: float | None
 ) -> dict[str, Any]:
-    """Make an erasure preview (the analyzer is used by one thread at a time)."""
+    """Make an erasure preview."""
     ctx.fl.require(actor, "erase")
-    with invalid_input("invalid-erasure"), ctx.analysis_lock:
+    with invalid_input("invalid-erasure"):
         doc = ctx.fl.erase_preview(actor, probe, threshold)
     return preview_out(doc)
 
@@ -2144,6 +2161,7 @@ def create_app(
     from faceledger import web
 
     settings = settings or ApiSettings.from_env()
+    configure_probes(settings.max_probe_pixels, settings.probe_decoders)  # process-wide
     fl = faceledger or Faceledger(Path(data_dir))
     ctx = AppContext(fl, settings)
 

@@ -551,7 +551,7 @@ def erase_preview(
     to ``actor``, for :data:`PREVIEW_TTL`, with the subject's embedding (for an opt-out;
     never the photo).
     """
-    from faceledger.decode import decode_image
+    from faceledger.decode import decode_probe
     from faceledger.search import NoFaceError
     from faceledger.service import RefusedError
 
@@ -568,7 +568,10 @@ def erase_preview(
             )
         threshold = round(searcher.calibration.threshold_for(PREVIEW_FMR), 5)
     probe_sha = hashlib.sha256(probe).hexdigest()
-    probe_faces = searcher.analyzer.analyze(decode_image(probe).pixels)
+    pixels = decode_probe(probe).pixels  # a probe: the probe pixel budget and decoder pool
+    with fl.analysis_lock:
+        probe_faces = searcher.analyzer.analyze(pixels)
+    del pixels
     if not probe_faces:
         raise NoFaceError("no face found in the subject's photo")
     subject = max(probe_faces, key=lambda f: f.size)  # their face is the largest one in it

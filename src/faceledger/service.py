@@ -25,7 +25,7 @@ from sqlalchemy import func, insert, select, update
 from faceledger import audit, auth, probes
 from faceledger.analysis import FaceAnalyzer
 from faceledger.auth import Actor, AuthError, PermissionDenied
-from faceledger.decode import DecodeError, decode_image
+from faceledger.decode import DecodeError, decode_probe
 from faceledger.policy import Policy, optout_threshold, policy_path
 from faceledger.schema import (
     blocklist,
@@ -867,7 +867,7 @@ class Faceledger:
         """Decode a probe photo (bounded in pixels and in how many decode at once); a photo
         that cannot be decoded is recorded as ``action`` before the error goes up."""
         try:
-            return decode_image(data)
+            return decode_probe(data)
         except DecodeError as exc:
             self.record(actor, action, case, **what, error=exc.reason)
             raise
