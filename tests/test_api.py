@@ -226,6 +226,7 @@ def _calls(env: Env) -> list[tuple[str, set[str], Any]]:
         ("users", ADMIN, get("/api/v1/users")),
         ("add user", ADMIN, send("POST", "/api/v1/users", json=weak_user)),
         ("patch user", ADMIN, send("PATCH", "/api/v1/users/ian", json={"disabled": False})),
+        ("unlock user", ADMIN, send("POST", "/api/v1/users/ian/unlock")),
         ("tokens of ian", ADMIN, get("/api/v1/tokens?user=ian")),
         ("token for ian", ADMIN, send("POST", "/api/v1/tokens", json={"user": "ian", "days": 1})),
         ("put policy", ADMIN, send("PUT", "/api/v1/policy", json=policy)),
