@@ -278,9 +278,15 @@ def test_user_names_are_unambiguous_and_bounded(fl: Faceledger) -> None:
     with pytest.raises(RefusedError) as refused:
         fl.login("z" * 1_000_000, PW, "203.0.113.1")
     assert refused.value.code == "bad-username" and ledger_len(fl) == before
+    # 64 characters whose NFKC form is 1,152: an ordinary refusal, its key kept bounded
+    with pytest.raises(AuthError):
+        fl.login("\ufdfa" * 64, PW, "203.0.113.1")
+    assert fl.add_user(root, "\ufb2c" * 64, PW, "auditor")  # a 192-character key
     raw = RawDB(fl.data_dir)
     keys = dict(raw.execute("select username, username_key from users").fetchall())
+    longest = raw.execute("select max(length(username_key)) from login_failures").fetchone()
     raw.close()
+    assert longest[0] == 200
     assert keys["ivy"] == "ivy" and keys["Ωμέγα"] == "ωμέγα"
 
 

@@ -48,6 +48,7 @@ LOGIN_BACKOFF_FIRST = 60
 LOGIN_BACKOFF_MAX = 15 * 60
 LOGIN_FAILURE_MEMORY = timedelta(hours=24)
 MAX_USERNAME_LENGTH = 64
+MAX_KEY_LENGTH = 200  # users.username_key, login_failures.username_key
 MAX_UNIT_LENGTH = 64
 MAX_ADDRESS_LENGTH = 100  # login_failures.address
 TOKEN_PREFIX = "flt_"

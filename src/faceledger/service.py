@@ -229,7 +229,9 @@ class Faceledger:
                 "bad-username", f"user names are at most {auth.MAX_USERNAME_LENGTH} characters"
             )
         address = address[: auth.MAX_ADDRESS_LENGTH]
-        key = auth.username_key(username)
+        # NFKC can lengthen a typed name 18-fold; a key past the longest a user can have
+        # (192) names nobody, and its first 200 characters still give it its own back-off.
+        key = auth.username_key(username)[: auth.MAX_KEY_LENGTH]
         self._ensure_username_keys()
         now = auth.utcnow()
         with self.store.engine.connect() as conn:
