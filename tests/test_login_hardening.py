@@ -281,7 +281,9 @@ def test_user_names_are_unambiguous_and_bounded(fl: Faceledger) -> None:
     # 64 characters whose NFKC form is 1,152: an ordinary refusal, its key kept bounded
     with pytest.raises(AuthError):
         fl.login("\ufdfa" * 64, PW, "203.0.113.1")
-    assert fl.add_user(root, "\ufb2c" * 64, PW, "auditor")  # a 192-character key
+    assert fl.add_user(root, "ß" * 64, PW, "auditor")  # its key: 128 characters
+    with pytest.raises(RefusedError):  # 64 characters, but 192 once composed (NFC)
+        fl.add_user(root, "\ufb2c" * 64, PW, "auditor")
     raw = RawDB(fl.data_dir)
     keys = dict(raw.execute("select username, username_key from users").fetchall())
     longest = raw.execute("select max(length(username_key)) from login_failures").fetchone()

@@ -138,8 +138,10 @@ def username_problem(name: str) -> str | None:
     refused). Names are stored composed (:func:`canonical_username`)."""
     if not name:
         return "a user name is needed"
-    if len(name) > MAX_USERNAME_LENGTH:
+    if len(name) > MAX_USERNAME_LENGTH or len(canonical_username(name)) > MAX_USERNAME_LENGTH:
         return f"user names are at most {MAX_USERNAME_LENGTH} characters"
+    if len(username_key(name)) > MAX_KEY_LENGTH:  # folding takes at most 3 per letter
+        return f"user names are at most {MAX_USERNAME_LENGTH} characters once case-folded"
     if unicodedata.normalize("NFKC", name) != unicodedata.normalize("NFC", name):
         return "user names may not hold compatibility characters (ligatures, full-width...)"
     scripts: set[str] = set()
