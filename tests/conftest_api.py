@@ -59,14 +59,17 @@ def entries(
 
 @contextmanager
 def live_server(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 and a free port, in a thread."""
+    """Serve ``app`` with uvicorn on 127.0.0.1 and a free port, in a thread, configured as
+    ``faceledger serve`` runs it (:func:`faceledger.api.server_config`)."""
     import uvicorn
+
+    from faceledger.api import server_config
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = server_config(app, "127.0.0.1", port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -228,6 +228,7 @@ def _calls(env: Env) -> list[tuple[str, set[str], Any]]:
         ("users", ADMIN, get("/api/v1/users")),
         ("add user", ADMIN, send("POST", "/api/v1/users", json=weak_user)),
         ("patch user", ADMIN, send("PATCH", "/api/v1/users/ian", json={"disabled": False})),
+        ("unlock user", ADMIN, send("POST", "/api/v1/users/ian/unlock")),
         ("tokens of ian", ADMIN, get("/api/v1/tokens?user=ian")),
         ("put policy", ADMIN, send("PUT", "/api/v1/policy", json=policy)),
         ("patch policy", ADMIN, send("PATCH", "/api/v1/policy", json={})),

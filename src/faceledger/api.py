@@ -28,6 +28,7 @@ with a stable ``code``), plus what only an HTTP server needs:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ import secrets
 import threading
 import time
 import typing
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import date, timedelta
@@ -54,7 +55,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from faceledger import __version__, audit, probes, reports
-from faceledger.auth import Actor, AuthError, PermissionDenied
+from faceledger.auth import Actor, AuthError, LoginThrottled, PermissionDenied
 from faceledger.decode import (
     DEFAULT_MAX_PROBE_PIXELS,
     DEFAULT_PROBE_DECODERS,
@@ -135,6 +136,10 @@ class ApiSettings:
     # refused from their header, before decoding; the gallery's own cap is larger.
     max_probe_pixels: int = DEFAULT_MAX_PROBE_PIXELS
     probe_decoders: int = DEFAULT_PROBE_DECODERS  # FACELEDGER_PROBE_DECODERS: at once
+    # FACELEDGER_TRUSTED_PROXIES (comma-separated addresses or networks): reverse proxies
+    # whose X-Forwarded-For / X-Forwarded-Proto are believed. Empty: none, the peer's
+    # address is the client's (a client could otherwise pick its own address per request).
+    trusted_proxies: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: typing.Mapping[str, str] | None = None) -> ApiSettings:
@@ -175,7 +180,25 @@ class ApiSettings:
         s.probe_decoders = int(_env_float(env, "FACELEDGER_PROBE_DECODERS", s.probe_decoders))
         if s.probe_decoders < 1:
             raise ValueError("$FACELEDGER_PROBE_DECODERS must be 1 or more")
+        proxies = env.get("FACELEDGER_TRUSTED_PROXIES", "")
+        s.trusted_proxies = tuple(p.strip() for p in proxies.split(",") if p.strip())
+        proxy_networks(s.trusted_proxies)  # a bad entry fails at start, not per request
         return s
+
+
+def proxy_networks(
+    entries: Sequence[str],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """FACELEDGER_TRUSTED_PROXIES entries as networks (an address is a one-address network)."""
+    nets = []
+    for entry in entries:
+        try:
+            nets.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError as exc:
+            raise ValueError(
+                f"$FACELEDGER_TRUSTED_PROXIES: {entry!r} is not an IP address or network"
+            ) from exc
+    return tuple(nets)
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -221,6 +244,9 @@ REFUSAL_STATUS = {
     "nothing-confirmed": 400,
     "preview-used": 409,
     "preview-expired": 410,
+    "bad-unit": 400,
+    "wrong-password": 403,
+    "same-password": 400,
 }
 
 HTTP_CODES = {
@@ -247,6 +273,9 @@ def error_for(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
     """(status, code, message, headers) for an exception the API knows; 500 otherwise."""
     if isinstance(exc, ApiError):
         return exc.status, exc.code, exc.message, exc.headers
+    if isinstance(exc, LoginThrottled):
+        wait = str(exc.retry_after)
+        return 429, "login-throttled", str(exc), {"Retry-After": wait}
     if isinstance(exc, AuthError):
         return 401, "unauthenticated", str(exc), {"WWW-Authenticate": "Bearer"}
     if isinstance(exc, PermissionDenied):
@@ -539,13 +568,16 @@ class AppContext:
         self.sessions = SessionStore(settings.session_idle_seconds, settings.session_max_seconds)
         self.limiter = RateLimiter()
         self.jobs = JobManager(fl, settings.ingest_workers)
+        self.proxies = proxy_networks(settings.trusted_proxies)
 
     # sessions ---------------------------------------------------------------------------------
-    def start_session(self, actor: Actor) -> WebSession:
+    def start_session(self, username: str, password: str, address: str) -> tuple[Actor, WebSession]:
+        """Log in and open a web session: the core creates the session's token with the
+        login (one ledger entry); its secret stays here."""
         for old in self.sessions.pop_expired():
             self.end_session(old)
-        token_id, secret = self.fl.create_token(actor, actor.username, "web-session", days=1)
-        return self.sessions.create(token_id, secret, actor.username)
+        actor, token_id, secret = self.fl.login_session(username, password, address, days=1)
+        return actor, self.sessions.create(token_id, secret, actor.username)
 
     def end_session(self, sess: WebSession) -> None:
         """Revoke the session's token (best effort: it may be revoked or expired already)."""
@@ -565,7 +597,7 @@ class AppContext:
 
     def session_actor(self, sess: WebSession) -> Actor:
         try:
-            return self.fl.authenticate_token(sess.secret)
+            return self.fl.authenticate_token(sess.secret, web_session=True)
         except AuthError:
             self.sessions.pop(sess.sid)
             raise
@@ -625,7 +657,43 @@ class AppContext:
     def cookie_secure(self, request: Request) -> bool:
         if self.settings.cookie_secure is not None:
             return self.settings.cookie_secure
+        if self._trusted(request.client.host if request.client else ""):
+            proto = request.headers.get("x-forwarded-proto", "").split(",")[-1].strip()
+            if proto:
+                return proto.lower() == "https"
         return request.url.scheme == "https"
+
+    # client addresses -------------------------------------------------------------------------
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.proxies)
+
+    def client_address(self, request: Request) -> str:
+        """Who is at the other end, for the per-address limits and the ledger: the peer's
+        address; when the peer is a trusted proxy (FACELEDGER_TRUSTED_PROXIES), the last
+        X-Forwarded-For hop that is not one. The server runs without uvicorn's own
+        proxy-header rewriting (:func:`server_config`), so this is the only place that
+        believes the header."""
+        peer = request.client.host if request.client else "unknown"
+        if not self._trusted(peer):
+            return peer
+        hops = [
+            hop.strip()
+            for value in request.headers.getlist("x-forwarded-for")
+            for hop in value.split(",")
+            if hop.strip()
+        ]
+        for hop in reversed(hops):
+            try:
+                ip = ipaddress.ip_address(hop)
+            except ValueError:
+                return peer  # not what a proxy writes: the proxy is the best we know
+            if not any(ip in net for net in self.proxies):
+                return str(ip)
+        return hops[0] if hops else peer
 
 
 def ctx_of(request: Request) -> AppContext:
@@ -652,7 +720,7 @@ def current_actor(
     """Who is calling: a bearer token, else the session cookie (with CSRF on writes)."""
     ctx = ctx_of(request)
     if creds is not None:
-        client = request.client.host if request.client else "unknown"
+        client = ctx.client_address(request)
         ctx.check_failed_auth(client)
         try:
             actor = ctx.fl.authenticate_token(creds.credentials)
@@ -662,7 +730,7 @@ def current_actor(
     else:
         sess = ctx.session_for(sid)
         if sess is None:
-            client = request.client.host if request.client else "unknown"
+            client = ctx.client_address(request)
             reason = "no credentials" if not sid else "session ended"
             ctx.record_anonymous(client, request.method, request.url.path, reason)
             raise AuthError(
@@ -2061,6 +2129,13 @@ def patch_user(ctx: Ctx, actor: CurrentActor, username: str, body: UserPatch) ->
     return {"ok": True}
 
 
+@router.post("/users/{username}/unlock", response_model=OkOut, responses=ERRORS, tags=["admin"])
+def unlock_user(ctx: Ctx, actor: CurrentActor, username: str) -> dict[str, bool]:
+    """Clear a user's login back-off from every address (admin)."""
+    ctx.fl.unlock_user(actor, username)
+    return {"ok": True}
+
+
 @router.get("/tokens", response_model=list[TokenOut], responses=ERRORS, tags=["admin"])
 def list_tokens(ctx: Ctx, actor: CurrentActor, user: str | None = None) -> list[dict[str, Any]]:
     """Your tokens, or (admin) another user's."""
@@ -2206,11 +2281,30 @@ def create_app(
     return app
 
 
+def server_config(app: Any, host: str, port: int, log_level: str = "info") -> Any:
+    """The uvicorn configuration the server runs with (``serve`` and the tests alike): one
+    process, and no proxy-header rewriting, since uvicorn would believe X-Forwarded-For
+    from 127.0.0.1 by default; :meth:`AppContext.client_address` decides instead."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        workers=1,
+        proxy_headers=False,
+        server_header=False,
+        log_level=log_level,
+        lifespan="on",
+    )
+
+
 def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the API and web UI with uvicorn (one process: sessions and limits are in memory).
 
-    Behind a TLS-terminating proxy, set FORWARDED_ALLOW_IPS to the proxy's address so that
-    the session cookie gets its Secure flag (or force it with FACELEDGER_COOKIE_SECURE=1).
+    Behind a TLS-terminating proxy, name it in FACELEDGER_TRUSTED_PROXIES so that its
+    X-Forwarded-For gives the client's address and its X-Forwarded-Proto the session
+    cookie's Secure flag (or force that with FACELEDGER_COOKIE_SECURE=1).
     """
     import uvicorn
 
@@ -2218,13 +2312,4 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(Path(data_dir))
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        workers=1,
-        proxy_headers=True,
-        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
-        server_header=False,
-        log_level="info",
-    )
+    uvicorn.Server(server_config(app, host, port)).run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -37,8 +38,18 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "stats": frozenset(ROLES),
 }
 
-MAX_FAILED_LOGINS = 5
-LOCKOUT = timedelta(minutes=15)
+# Failed logins back off per (user-name key, client address), never per account: after
+# LOGIN_FREE_FAILURES failures that pair waits LOGIN_BACKOFF_FIRST seconds, doubling with
+# each further failure up to LOGIN_BACKOFF_MAX; the count is forgotten after
+# LOGIN_FAILURE_MEMORY without a failure, or at a successful login, or by an admin's unlock.
+LOGIN_FREE_FAILURES = 5
+LOGIN_BACKOFF_FIRST = 60
+LOGIN_BACKOFF_MAX = 15 * 60
+LOGIN_FAILURE_MEMORY = timedelta(hours=24)
+MAX_USERNAME_LENGTH = 64
+MAX_KEY_LENGTH = 200  # users.username_key, login_failures.username_key
+MAX_UNIT_LENGTH = 64
+MAX_ADDRESS_LENGTH = 100  # login_failures.address
 TOKEN_PREFIX = "flt_"
 DEFAULT_TOKEN_DAYS = 90
 MIN_PASSWORD_LENGTH = 10
@@ -47,7 +58,19 @@ _hasher = PasswordHasher()
 
 
 class AuthError(Exception):
-    """Authentication failed (bad credentials, disabled, locked, expired or revoked)."""
+    """Authentication failed (bad credentials, disabled, expired or revoked, throttled)."""
+
+
+class LoginThrottled(AuthError):
+    """Too many failed logins for this user name from this address: wait ``retry_after``
+    seconds. Reads the same whether or not the name belongs to a user."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            "too many failed logins for this user name from your address; "
+            f"try again in {retry_after} s"
+        )
+        self.retry_after = retry_after
 
 
 class PermissionDenied(Exception):
@@ -78,6 +101,73 @@ def parse_roles(text: str | list[str]) -> frozenset[str]:
     return roles
 
 
+def username_key(name: str) -> str:
+    """The form two user names must not share: NFKC, case-folded, NFKC again (so "IVY",
+    "Ivy" and the full-width "ｉｖｙ" all give "ivy")."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
+# Scripts that one name may mix: Japanese writes Han with kana, Korean Han with Hangul.
+_SCRIPT_MIXES = (frozenset({"CJK", "HIRAGANA", "KATAKANA"}), frozenset({"CJK", "HANGUL"}))
+_NAME_PUNCTUATION = frozenset("._-")
+_SCRIPT_ALIASES = {"KATAKANA-HIRAGANA": "KATAKANA", "IDEOGRAPHIC": "CJK"}
+
+
+def _script(ch: str) -> str | None:
+    """The script of a letter or mark, from its Unicode name ("LATIN SMALL LETTER A" ->
+    LATIN, "CYRILLIC SMALL LETTER BYELORUSSIAN-UKRAINIAN I" -> CYRILLIC); None for marks
+    that take the script of the letter they follow."""
+    name = unicodedata.name(ch, "")
+    if not name or name.startswith("COMBINING "):
+        return None
+    first = name.split(" ", 1)[0]
+    return _SCRIPT_ALIASES.get(first, first)
+
+
+def canonical_username(name: str) -> str:
+    """How a new user name is stored: composed (NFC), as typed otherwise."""
+    return unicodedata.normalize("NFC", name)
+
+
+def username_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a user name, or None. Names are 1 to 64 characters: letters
+    and marks of one script (Japanese and Korean mixes allowed), ASCII digits, '.', '-',
+    '_'; without compatibility characters (NFKC changes nothing but composition), so
+    that names cannot look alike while differing (a Cyrillic "і" among Latin letters is
+    refused). Names are stored composed (:func:`canonical_username`)."""
+    if not name:
+        return "a user name is needed"
+    if len(name) > MAX_USERNAME_LENGTH or len(canonical_username(name)) > MAX_USERNAME_LENGTH:
+        return f"user names are at most {MAX_USERNAME_LENGTH} characters"
+    if len(username_key(name)) > MAX_KEY_LENGTH:  # folding takes at most 3 per letter
+        return f"user names are at most {MAX_USERNAME_LENGTH} characters once case-folded"
+    if unicodedata.normalize("NFKC", name) != unicodedata.normalize("NFC", name):
+        return "user names may not hold compatibility characters (ligatures, full-width...)"
+    scripts: set[str] = set()
+    for ch in name:
+        if ch in _NAME_PUNCTUATION or ch in "0123456789":
+            continue
+        if unicodedata.category(ch)[0] not in "LM":
+            return "user names are letters, digits 0-9, '.', '-' and '_'"
+        script = _script(ch)
+        if script is not None:
+            scripts.add(script)
+    if len(scripts) > 1 and not any(scripts <= mix for mix in _SCRIPT_MIXES):
+        return (
+            "a user name may not mix scripts (" + ", ".join(sorted(scripts)).lower() + "): "
+            "look-alike letters of another script are refused"
+        )
+    return None
+
+
+def login_backoff_seconds(failures: int) -> int:
+    """How long a (name, address) pair waits after ``failures`` consecutive failures."""
+    if failures < LOGIN_FREE_FAILURES:
+        return 0
+    steps = min(failures - LOGIN_FREE_FAILURES, 16)  # 2**16 minutes is far past the cap
+    return min(LOGIN_BACKOFF_MAX, LOGIN_BACKOFF_FIRST * 2**steps)
+
+
 def check_password_strength(password: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
@@ -92,6 +182,18 @@ def verify_password(stored_hash: str, password: str) -> bool:
         return _hasher.verify(stored_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+_dummy_hash: str | None = None
+
+
+def verify_dummy(password: str) -> None:
+    """Spend the time of one password check against nothing (unknown users, throttled
+    attempts), so that a refusal takes as long whatever its reason."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash(secrets.token_urlsafe(16))
+    verify_password(_dummy_hash, password)
 
 
 def new_token() -> tuple[str, str]:

@@ -72,6 +72,7 @@ tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 policy_app = typer.Typer(help="Search policy (admin).", no_args_is_help=True)
 cases_app = typer.Typer(help="Case requests and supervisor approval.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident ledger and reports.", no_args_is_help=True)
+account_app = typer.Typer(help="Your own account (any role).", no_args_is_help=True)
 for sub, name in (
     (bench_app, "bench"),
     (eval_app, "eval"),
@@ -83,6 +84,7 @@ for sub, name in (
     (policy_app, "policy"),
     (cases_app, "cases"),
     (audit_app, "audit"),
+    (account_app, "account"),
 ):
     app.add_typer(sub, name=name)
 
@@ -161,8 +163,12 @@ def open_data_dir(data_dir: Path | None) -> Any:
 
 
 @contextmanager
-def session(data_dir: Path | None, as_user: str | None) -> Iterator[tuple[Any, Any]]:
-    """Open the data dir, authenticate, and turn the core's refusals into clear errors."""
+def session(
+    data_dir: Path | None, as_user: str | None, password: str | None = None
+) -> Iterator[tuple[Any, Any]]:
+    """Open the data dir, authenticate, and turn the core's refusals into clear errors.
+    ``password``: for --as, when the command already has it (else $FACELEDGER_PASSWORD or
+    a prompt)."""
     import os
 
     from sqlalchemy.exc import OperationalError
@@ -182,10 +188,11 @@ def session(data_dir: Path | None, as_user: str | None) -> Iterator[tuple[Any, A
                 fail(f"{fl.data_dir} has no users yet: run `faceledger init --admin NAME`", 3)
             if as_user is None:
                 fail("say who you are: --as USER (or set $FACELEDGER_USER / $FACELEDGER_TOKEN)", 3)
-            password = os.environ.get("FACELEDGER_PASSWORD")
+            if password is None:
+                password = os.environ.get("FACELEDGER_PASSWORD")
             if password is None:
                 password = typer.prompt(f"password for {as_user}", hide_input=True, err=True)
-            actor = fl.login(as_user, password)
+            actor = fl.login(as_user, password, "cli")
         yield fl, actor
     except AuthError as exc:
         fail(str(exc), 3)
@@ -805,6 +812,34 @@ def users_enable(username: str, data_dir: DataDir = None, as_user: AsUser = None
     with session(data_dir, as_user) as (fl, actor):
         fl.set_disabled(actor, username, False)
     out.print(f"user {username} enabled")
+
+
+@users_app.command("unlock")
+def users_unlock(username: str, data_dir: DataDir = None, as_user: AsUser = None) -> None:
+    """Clear USERNAME's login back-off (failed logins) from every address."""
+    with session(data_dir, as_user) as (fl, actor):
+        cleared = fl.unlock_user(actor, username)
+    out.print(f"user {username} unlocked ({cleared} address(es) cleared)")
+
+
+@account_app.command("password")
+def account_password(data_dir: DataDir = None, as_user: AsUser = None) -> None:
+    """Change your own password: asks for the current one and the new one (or reads
+    $FACELEDGER_PASSWORD and $FACELEDGER_NEW_PASSWORD)."""
+    import os
+
+    current = os.environ.get("FACELEDGER_PASSWORD")
+    if current is None:
+        current = typer.prompt("current password", hide_input=True, err=True)
+    new = os.environ.get("FACELEDGER_NEW_PASSWORD") or typer.prompt(
+        "new password", hide_input=True, confirmation_prompt=True, err=True
+    )
+    with session(data_dir, as_user, password=current) as (fl, actor):
+        ended = fl.change_password(actor, current, new, "cli")
+        who = actor.username
+    out.print(
+        f"password of {who} changed" + (f"; {len(ended)} web session(s) ended" if ended else "")
+    )
 
 
 @users_app.command("set-roles")

@@ -128,8 +128,9 @@ users = Table(
     metadata,
     Column("id", Int, primary_key=True),
     Column("username", String(100), nullable=False, unique=True),
-    # NFKC + case-folded form of the name: two names that look alike share it
-    Column("username_key", String(100), index=True),
+    # NFKC + case-folded form of the name: two names that look alike share it (one letter
+    # can take 3 characters there, so a 64-character name's key up to 192)
+    Column("username_key", String(200), index=True),
     Column("password_hash", Text, nullable=False),  # argon2id
     Column("roles", String(200), nullable=False),  # comma-separated
     Column("unit", String(100)),
@@ -254,7 +255,7 @@ login_failures = Table(
     "login_failures",
     metadata,
     # back-off per (user name key, client address): no account lock anyone can trigger
-    Column("username_key", String(100), primary_key=True),
+    Column("username_key", String(200), primary_key=True),
     Column("address", String(100), primary_key=True),
     Column("failures", Int, nullable=False),
     Column("last_failure_at", String(40), nullable=False),

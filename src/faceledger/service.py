@@ -170,6 +170,10 @@ class Faceledger:
 
     def init_admin(self, username: str, password: str) -> Actor:
         """Create the first admin; refused once any user exists."""
+        problem = auth.username_problem(username)
+        if problem:
+            raise RefusedError("bad-username", problem)
+        username = auth.canonical_username(username)
         auth.check_password_strength(password)
         with self.store.writer.begin() as conn:
             if conn.execute(select(func.count()).select_from(users)).scalar_one():
@@ -188,6 +192,7 @@ class Faceledger:
         pk = conn.execute(
             insert(users).values(
                 username=username,
+                username_key=auth.username_key(username),
                 password_hash=auth.hash_password(password),
                 roles=",".join(sorted(roles)),
                 unit=unit,
@@ -204,63 +209,162 @@ class Faceledger:
             int(row.id), row.username, auth.parse_roles(row.roles), row.unit, via, token_id
         )
 
-    def login(self, username: str, password: str) -> Actor:
-        now = auth.utcnow()
-        with self.store.writer.begin() as conn:
-            row = conn.execute(select(users).where(users.c.username == username)).first()
-            problem = None
-            if row is None:
-                auth.verify_password(auth.hash_password("timing-equaliser"), password)
-                problem = "unknown user"
-            elif row.disabled:
-                problem = "account disabled"
-            elif row.locked_until and auth.parse_ts(row.locked_until) > now:
-                problem = "account locked after repeated failed logins"
-            elif not auth.verify_password(row.password_hash, password):
-                problem = "wrong password"
-                failed = int(row.failed_logins) + 1
-                locked = (
-                    (now + auth.LOCKOUT).isoformat(timespec="seconds")
-                    if (failed >= auth.MAX_FAILED_LOGINS)
-                    else None
-                )
-                conn.execute(
-                    update(users)
-                    .where(users.c.id == row.id)
-                    .values(failed_logins=0 if locked else failed, locked_until=locked)
-                )
-                if locked:
-                    audit.append(
-                        conn,
-                        username,
-                        "user.locked",
-                        username,
-                        {"until": locked, "failed_logins": failed},
+    _username_keys_filled: bool = False
+
+    def _ensure_username_keys(self) -> None:
+        """Fill ``users.username_key`` where an older database left it empty (once)."""
+        if self._username_keys_filled:
+            return
+        missing = users.c.username_key.is_(None)
+        with self.store.engine.connect() as conn:
+            todo = conn.execute(select(func.count()).select_from(users).where(missing)).scalar()
+        if todo:
+            with self.store.writer.begin() as conn:
+                for uid, name in conn.execute(select(users.c.id, users.c.username).where(missing)):
+                    conn.execute(
+                        update(users)
+                        .where(users.c.id == uid)
+                        .values(username_key=auth.username_key(name))
                     )
+        self._username_keys_filled = True
+
+    @staticmethod
+    def _user_by_key(conn: Any, key: str, typed: str) -> Any:
+        """The user whose name's key is ``key`` (an older database may hold two such names:
+        then the exact name, else the first)."""
+        rows = conn.execute(
+            select(users).where(users.c.username_key == key).order_by(users.c.id)
+        ).all()
+        return next((r for r in rows if r.username == typed), rows[0] if rows else None)
+
+    @staticmethod
+    def _login_wait(conn: Any, key: str, address: str, now: datetime) -> int:
+        """Seconds the (name key, address) pair must still wait after failed logins."""
+        from faceledger.schema import login_failures as lf
+
+        until = conn.execute(
+            select(lf.c.blocked_until).where(lf.c.username_key == key, lf.c.address == address)
+        ).scalar()
+        if not until:
+            return 0
+        import math
+
+        return max(0, math.ceil((auth.parse_ts(until) - now).total_seconds()))
+
+    @staticmethod
+    def _note_login_failure(conn: Any, key: str, address: str, now: datetime) -> dict[str, Any]:
+        """Count a failure for (name key, address) and start its back-off when due; the
+        count and any wait, for the ledger entry."""
+        from sqlalchemy import delete
+
+        from faceledger.schema import login_failures as lf
+
+        stamp = now.isoformat(timespec="seconds")
+        horizon = (now - auth.LOGIN_FAILURE_MEMORY).isoformat(timespec="seconds")
+        pair = (lf.c.username_key == key, lf.c.address == address)
+        row = conn.execute(select(lf).where(*pair)).first()
+        failures = 1 if row is None or row.last_failure_at < horizon else int(row.failures) + 1
+        wait = auth.login_backoff_seconds(failures)
+        blocked = (now + timedelta(seconds=wait)).isoformat(timespec="seconds") if wait else None
+        values = {"failures": failures, "last_failure_at": stamp, "blocked_until": blocked}
+        if row is None:
+            conn.execute(delete(lf).where(lf.c.last_failure_at < horizon))  # forgotten pairs
+            conn.execute(insert(lf).values(username_key=key, address=address, **values))
+        else:
+            conn.execute(update(lf).where(*pair).values(**values))
+        return {"failures": failures} | ({"blocked_for": wait} if wait else {})
+
+    def login(self, username: str, password: str, address: str = "local") -> Actor:
+        """Check a user's password. ``address`` says where the attempt comes from (the
+        client's address for the web, "cli" for the command line): failures back off per
+        (name, address), so nobody can lock another user out (see :func:`auth.
+        login_backoff_seconds`). Every refusal costs one password check and reads the same
+        (unknown user, wrong password, disabled account); the ledger keeps the reason."""
+        return self._login(username, password, address, 0)[0]
+
+    def login_session(
+        self, username: str, password: str, address: str, days: int = 1
+    ) -> tuple[Actor, int, str]:
+        """:meth:`login` that also creates a web session's token (named ``web-session``) in
+        the same transaction, named in the one ``login`` ledger entry: (actor, token id,
+        secret)."""
+        actor, session = self._login(username, password, address, days)
+        assert session is not None  # a successful login with days > 0 makes one
+        return actor, session[0], session[1]
+
+    def _login(
+        self, username: str, password: str, address: str, session_days: int
+    ) -> tuple[Actor, tuple[int, str] | None]:
+        if len(username) > auth.MAX_USERNAME_LENGTH:  # never a user: refused, not recorded
+            raise RefusedError(
+                "bad-username", f"user names are at most {auth.MAX_USERNAME_LENGTH} characters"
+            )
+        address = address[: auth.MAX_ADDRESS_LENGTH]
+        # NFKC can lengthen a typed name 18-fold; a key past the longest a user can have
+        # (192) names nobody, and its first 200 characters still give it its own back-off.
+        key = auth.username_key(username)[: auth.MAX_KEY_LENGTH]
+        self._ensure_username_keys()
+        now = auth.utcnow()
+        with self.store.engine.connect() as conn:
+            row = self._user_by_key(conn, key, username)
+            wait = self._login_wait(conn, key, address, now)
+        # The password check runs outside any transaction, and once on every path.
+        if wait:
+            auth.verify_dummy(password)
+            raise auth.LoginThrottled(wait)
+        problem = None
+        if row is None:
+            auth.verify_dummy(password)
+            problem = "unknown user"
+        elif not auth.verify_password(row.password_hash, password):
+            problem = "wrong password"
+        elif row.disabled:
+            problem = "account disabled"
+        session: tuple[int, str] | None = None
+        with self.store.writer.begin() as conn:
             if problem:
-                audit.append(conn, username, "login.failed", username, {"reason": problem})
+                who = username if row is None else row.username
+                details = {"reason": problem, "address": address}
+                details |= self._note_login_failure(conn, key, address, now)
+                audit.append(conn, who, "login.failed", who, details)
             else:
+                from sqlalchemy import delete
+
+                from faceledger.schema import login_failures as lf
+
                 assert row is not None  # an unknown user always sets a problem
-                conn.execute(
-                    update(users)
-                    .where(users.c.id == row.id)
-                    .values(failed_logins=0, locked_until=None)
-                )
-                audit.append(conn, username, "login", username, {})
+                conn.execute(delete(lf).where(lf.c.username_key == key, lf.c.address == address))
+                entry: dict[str, Any] = {"address": address}
+                if session_days > 0:
+                    secret, h = auth.new_token()
+                    expires = (now + timedelta(days=session_days)).isoformat(timespec="seconds")
+                    pk = conn.execute(
+                        insert(tokens).values(
+                            user_id=row.id,
+                            token_hash=h,
+                            name="web-session",
+                            created_at=now_iso(),
+                            expires_at=expires,
+                        )
+                    ).inserted_primary_key
+                    assert pk is not None  # a single-row INSERT always reports its key
+                    session = (int(pk[0]), secret)
+                    entry |= {"token_id": session[0], "token_name": "web-session"}
+                    entry["expires_at"] = expires
+                audit.append(conn, row.username, "login", row.username, entry)
         if problem:
             raise AuthError(
-                f"login refused for {username!r}: "
-                + (
-                    "account disabled"
-                    if problem == "account disabled"
-                    else "account locked, try later"
-                    if "locked" in problem
-                    else "wrong user name or password"
-                )
+                f"login refused for {username!r}: wrong user name or password, "
+                "or the account is disabled"
             )
-        return self._actor_from_row(row, "password")
+        return self._actor_from_row(row, "password"), session
 
-    def authenticate_token(self, secret: str, record_use: bool = True) -> Actor:
+    def authenticate_token(
+        self, secret: str, record_use: bool = True, web_session: bool = False
+    ) -> Actor:
+        """The token's user. Its use is recorded (``token.use``) at most once per 10 minutes;
+        a web session's token (``web_session``) only notes its last use: its login entry
+        says all there is."""
         h = auth.token_hash(secret)
         now = auth.utcnow()
         with self.store.engine.connect() as conn:
@@ -307,8 +411,95 @@ class Faceledger:
                     .where(tokens.c.id == row.id)
                     .values(last_used_at=now.isoformat(timespec="seconds"))
                 )
-                audit.append(conn, row.username, "token.use", row.name, {"token_id": row.id})
+                if not web_session:
+                    audit.append(conn, row.username, "token.use", row.name, {"token_id": row.id})
         return actor
+
+    def change_password(
+        self, actor: Actor, current: str, new: str, address: str = "local"
+    ) -> list[int]:
+        """Change the actor's own password (any role), given the current one. A wrong
+        current password counts as a failed login for (name, address) and backs off the
+        same way. The user's other web sessions end; their ids are returned."""
+        auth.check_password_strength(new)
+        if new == current:
+            raise RefusedError("same-password", "the new password is the current one")
+        address = address[: auth.MAX_ADDRESS_LENGTH]
+        key = auth.username_key(actor.username)
+        now = auth.utcnow()
+        with self.store.engine.connect() as conn:
+            stored = conn.execute(
+                select(users.c.password_hash).where(users.c.id == actor.user_id)
+            ).scalar()
+            wait = self._login_wait(conn, key, address, now)
+        if wait:
+            auth.verify_dummy(current)
+            raise auth.LoginThrottled(wait)
+        if stored is None:
+            raise RefusedError("no-such-user", f"no user {actor.username!r}")
+        ok = auth.verify_password(stored, current)
+        via = {"token_id": actor.token_id} if actor.token_id else {}
+        ended: list[int] = []
+        with self.store.writer.begin() as conn:
+            if not ok:
+                details = {"reason": "wrong current password", "address": address}
+                details |= self._note_login_failure(conn, key, address, now) | via
+                audit.append(
+                    conn, actor.username, "user.password_change_refused", actor.username, details
+                )
+            else:
+                conn.execute(
+                    update(users)
+                    .where(users.c.id == actor.user_id)
+                    .values(password_hash=auth.hash_password(new))
+                )
+                ended = [
+                    int(t)
+                    for t in conn.execute(
+                        select(tokens.c.id).where(
+                            tokens.c.user_id == actor.user_id,
+                            tokens.c.name == "web-session",
+                            tokens.c.revoked_at.is_(None),
+                            tokens.c.id != (actor.token_id or 0),
+                        )
+                    ).scalars()
+                ]
+                if ended:
+                    conn.execute(
+                        update(tokens).where(tokens.c.id.in_(ended)).values(revoked_at=now_iso())
+                    )
+                audit.append(
+                    conn,
+                    actor.username,
+                    "user.password_change",
+                    actor.username,
+                    {"ended_sessions": ended} | via,
+                )
+        if not ok:
+            raise RefusedError("wrong-password", "the current password is wrong")
+        return ended
+
+    def unlock_user(self, actor: Actor, username: str) -> int:
+        """Clear the login back-off of ``username`` from every address (admin); how many
+        (name, address) pairs were cleared."""
+        from sqlalchemy import delete
+
+        from faceledger.schema import login_failures as lf
+
+        if len(username) > auth.MAX_USERNAME_LENGTH:
+            raise RefusedError(
+                "no-such-user", "no such user (user names are at most 64 characters)"
+            )
+        self.require(actor, "manage_users", username)
+        key = auth.username_key(username)
+        self._ensure_username_keys()
+        with self.store.writer.begin() as conn:
+            row = self._user_by_key(conn, key, username)
+            if row is None:
+                raise RefusedError("no-such-user", f"no user {username!r}")
+            cleared = conn.execute(delete(lf).where(lf.c.username_key == key)).rowcount
+            audit.append(conn, actor.username, "user.unlock", row.username, {"cleared": cleared})
+        return int(cleared)
 
     def add_user(
         self,
@@ -318,18 +509,35 @@ class Faceledger:
         roles: str | list[str],
         unit: str | None = None,
     ) -> int:
+        # Lengths first: nothing over-long is recorded, not even in a denial.
+        if len(username) > auth.MAX_USERNAME_LENGTH:
+            raise RefusedError(
+                "bad-username", f"user names are at most {auth.MAX_USERNAME_LENGTH} characters"
+            )
+        if unit is not None and len(unit) > auth.MAX_UNIT_LENGTH:
+            raise RefusedError("bad-unit", f"units are at most {auth.MAX_UNIT_LENGTH} characters")
         self.require(actor, "manage_users", username)
         parsed = auth.parse_roles(roles)
         auth.check_password_strength(password)
-        if (
-            not username
-            or len(username) > 100
-            or not username.replace("-", "").replace("_", "").replace(".", "").isalnum()
-        ):
-            raise RefusedError("bad-username", "user names are letters, digits, '.', '-', '_'")
+        problem = auth.username_problem(username)
+        if problem:
+            raise RefusedError("bad-username", problem)
+        username = auth.canonical_username(username)
+        key = auth.username_key(username)
+        self._ensure_username_keys()
         with self.store.writer.begin() as conn:
-            if conn.execute(select(users.c.id).where(users.c.username == username)).first():
-                raise RefusedError("user-exists", f"user {username!r} already exists")
+            clash = conn.execute(
+                select(users.c.username).where(
+                    (users.c.username_key == key) | (users.c.username == username)
+                )
+            ).scalar()
+            if clash is not None:
+                raise RefusedError(
+                    "user-exists",
+                    f"user {username!r} already exists"
+                    if clash == username
+                    else f"{username!r} is too like the existing user {clash!r}",
+                )
             uid = self._insert_user(conn, username, password, parsed, unit)
             audit.append(
                 conn, actor.username, "user.add", username, {"roles": sorted(parsed), "unit": unit}

@@ -45,13 +45,14 @@ from faceledger.auth import (
     ROLES,
     Actor,
     AuthError,
+    LoginThrottled,
     PermissionDenied,
     parse_ts,
     utcnow,
 )
 from faceledger.policy import Policy
 from faceledger.search import LEADS_NOTICE
-from faceledger.service import PolicyTamperedError
+from faceledger.service import PolicyTamperedError, RefusedError
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
@@ -255,7 +256,9 @@ def landing(actor: Actor) -> str:
     return "/"
 
 
-def _login_page(request: Request, error: str = "", status: int = 200) -> HTMLResponse:
+def _login_page(
+    request: Request, error: str = "", status: int = 200, retry_after: int | None = None
+) -> HTMLResponse:
     token = secrets.token_urlsafe(24)
     resp = render(
         request,
@@ -277,6 +280,8 @@ def _login_page(request: Request, error: str = "", status: int = 200) -> HTMLRes
         path="/login",
         max_age=3600,
     )
+    if retry_after is not None:
+        resp.headers["Retry-After"] = str(retry_after)
     return resp
 
 
@@ -286,6 +291,10 @@ def login_form(request: Request) -> Response:
     if ctx.session_for(request.cookies.get(SESSION_COOKIE)) is not None:
         return redirect(local_url(request.query_params.get("next")))
     return _login_page(request)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
 
 
 @router.post("/login")
@@ -300,15 +309,19 @@ def login(
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not cookie or not secrets.compare_digest(cookie, csrf_token):
         return _login_page(request, "The form expired; please try again.", 400)
+    address = ctx.client_address(request)
     try:
-        ctx.limit_login(request.client.host if request.client else "unknown")
+        ctx.limit_login(address)
     except ApiError as exc:
-        return _login_page(request, exc.message, 429)
+        return _login_page(request, exc.message, 429, int(exc.headers["Retry-After"]))
     try:
-        actor = ctx.fl.login(username.strip(), password)
-    except AuthError as exc:
-        return _login_page(request, str(exc).split(": ", 1)[-1].capitalize() + ".", 401)
-    sess = ctx.start_session(actor)
+        actor, sess = ctx.start_session(username.strip(), password, address)
+    except LoginThrottled as exc:  # reads the same for every name, user or not
+        return _login_page(request, _sentence(str(exc)), 429, exc.retry_after)
+    except AuthError as exc:  # one message for unknown user, wrong password, disabled
+        return _login_page(request, _sentence(str(exc).split(": ", 1)[-1]), 401)
+    except RefusedError as exc:  # a name longer than any user's: nothing recorded
+        return _login_page(request, _sentence(str(exc)), 400)
     resp = redirect(local_url(next, landing(actor)))
     resp.set_cookie(
         SESSION_COOKIE,
@@ -864,3 +877,24 @@ def admin_purge(request: Request, user: PostUser) -> Response:
 def account_page(request: Request, user: User) -> Response:
     tokens = user.ctx.fl.list_tokens(user.actor)
     return render(request, "account.html", user, tokens=tokens)
+
+
+@router.post("/account/password")
+def account_password(
+    request: Request,
+    user: PostUser,
+    current: Annotated[str, Form()] = "",
+    new: Annotated[str, Form()] = "",
+    confirm: Annotated[str, Form()] = "",
+) -> Response:
+    """Change one's own password (any role), given the current one."""
+    if new != confirm:
+        flash(user, "error", "The new password and its confirmation differ.")
+        return redirect("/account#password")
+    address = user.ctx.client_address(request)
+
+    def change() -> str:
+        ended = user.ctx.fl.change_password(user.actor, current, new, address)
+        return f" {len(ended)} other web session(s) ended." if ended else ""
+
+    return attempt(user, "/account#password", change, "Password changed.{result}")
