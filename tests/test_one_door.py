@@ -523,3 +523,24 @@ def test_audit_verify_agrees_with_every_writer_and_catches_a_forged_justificatio
     raw.commit()
     raw.close()
     assert c.get("/api/v1/audit/verify", headers=env.h("ada")).json()["ok"]
+
+
+def test_admins_see_and_clear_a_login_back_off(env: Env) -> None:
+    """#11 item 11: the admin's user list shows a back-off (no account lock) and an unlock
+    clears it."""
+    from faceledger.auth import AuthError
+
+    for _ in range(5):
+        with pytest.raises(AuthError):
+            env.fl.login("ian", "not the password", address="203.0.113.9")
+    users = {
+        u["username"]: u for u in env.client.get("/api/v1/users", headers=env.h("root")).json()
+    }
+    assert users["ian"]["locked_until"] and not users["ivy"]["locked_until"]
+    assert env.fl.login("ian", PW, address="198.51.100.1").username == "ian"  # elsewhere: fine
+    r = env.client.post("/api/v1/users/ian/unlock", headers=env.h("root"))
+    assert r.status_code == 200
+    users = {
+        u["username"]: u for u in env.client.get("/api/v1/users", headers=env.h("root")).json()
+    }
+    assert users["ian"]["locked_until"] is None

@@ -545,9 +545,20 @@ class Faceledger:
         return int(uid)
 
     def list_users(self, actor: Actor) -> list[dict[str, Any]]:
+        """Users; ``locked_until`` is the end of the longest login back-off that one of the
+        user's (name, address) pairs is in now (admins clear it with :meth:`unlock_user`)."""
+        from faceledger.schema import login_failures as lf
+
         self.require(actor, "manage_users")
         with self.store.engine.connect() as conn:
             rows = conn.execute(select(users).order_by(users.c.username)).mappings().all()
+            backoff = dict(
+                conn.execute(
+                    select(lf.c.username_key, func.max(lf.c.blocked_until))
+                    .where(lf.c.blocked_until > now_iso())
+                    .group_by(lf.c.username_key)
+                ).all()
+            )
         return [
             {
                 "id": r["id"],
@@ -555,7 +566,7 @@ class Faceledger:
                 "roles": r["roles"].split(","),
                 "unit": r["unit"],
                 "disabled": bool(r["disabled"]),
-                "locked_until": r["locked_until"],
+                "locked_until": backoff.get(r["username_key"] or auth.username_key(r["username"])),
                 "created_at": r["created_at"],
             }
             for r in rows

@@ -98,6 +98,13 @@ COMMON_ACTIONS = [
     "audit.verify",
     "audit.report",
     "csrf.rejected",
+    "erase.preview",
+    "user.set_roles",
+    "user.set_unit",
+    "user.unlock",
+    "user.password_change",
+    "audit.export",
+    "ledger.guard_restored",
 ]
 
 
@@ -638,6 +645,13 @@ def admin_change_user(
     unit: Annotated[str, Form()] = "",
 ) -> Response:
     fl, actor = user.ctx.fl, user.actor
+    if action == "unlock":
+        return attempt(
+            user,
+            "/admin#users",
+            lambda: fl.unlock_user(actor, username),
+            f"{username}'s login back-off is cleared.",
+        )
     if action == "unit":
         return attempt(
             user,
