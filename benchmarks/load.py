@@ -84,7 +84,8 @@ def main() -> int:
             ["users", "add", name, "--roles", "investigator", "--as", "admin"],
             {**env, "FACELEDGER_NEW_PASSWORD": f"{name}-password-123"},
         )
-        out = run(["tokens", "create", "--user", name, "--as", "admin"], env).stdout
+        own = {**env, "FACELEDGER_PASSWORD": f"{name}-password-123"}
+        out = run(["tokens", "create", "--as", name], own).stdout  # each makes their own
         tokens.append(out.strip().splitlines()[-1])
 
     port = free_port()

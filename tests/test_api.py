@@ -224,6 +224,13 @@ def _calls(env: Env) -> list[tuple[str, set[str], Any]]:
         ("job", ADMIN, get("/api/v1/jobs/nope")),
         ("cancel job", ADMIN, send("POST", "/api/v1/jobs/nope/cancel")),
         ("erase", ADMIN, send("POST", "/api/v1/erasures", data={"reason": "x"})),
+        (
+            "erasure preview",
+            ADMIN,
+            send("POST", "/api/v1/erasures/previews", files={"probe": photo}),
+        ),
+        ("preview", ADMIN, get("/api/v1/erasures/previews/99999")),
+        ("preview crop", ADMIN, get("/api/v1/erasures/previews/99999/faces/1/crop")),
         ("purge", ADMIN, send("POST", "/api/v1/purge")),
         ("users", ADMIN, get("/api/v1/users")),
         ("add user", ADMIN, send("POST", "/api/v1/users", json=weak_user)),
@@ -710,7 +717,7 @@ def test_erasure_by_face_image_and_probe(env: Env, tmp_path: Path) -> None:
         "/api/v1/erasures", headers=h, data={"image_sha": colin["image_sha256"], "reason": "r14"}
     )
     assert r.status_code == 200 and r.json()["images_deleted"] == [colin["image_sha256"]]
-    assert c.get(colin["image_url"], headers=env.h("ivy")).status_code == 404
+    assert c.get(colin["image_url"], headers=env.h("ivy")).status_code == 410  # erased
     assert c.post("/api/v1/purge", headers=h).json() == {"images": 0, "probes": 0}
 
 

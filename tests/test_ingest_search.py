@@ -182,6 +182,9 @@ def test_cli_ingest_search_stats_json(lfw: Path, tmp_path: Path, monkeypatch) ->
     r = runner.invoke(app, ["users", "add", "ivy", "--roles", "investigator", "--as", "root"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["tokens", "create", "--user", "ivy", "--as", "root"])
+    assert r.exit_code == 4  # nobody creates a token for someone else (#11 item 2)
+    monkeypatch.setenv("FACELEDGER_PASSWORD", "investigator pw")
+    r = runner.invoke(app, ["tokens", "create", "--as", "ivy"])
     token = r.stdout.strip().splitlines()[-1]
     assert token.startswith("flt_")
     monkeypatch.setenv("FACELEDGER_TOKEN", token)
