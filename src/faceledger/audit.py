@@ -374,7 +374,8 @@ def _detail(name: str, norm: Callable[[Any], Any] = lambda v: v) -> Callable[[En
     return lambda e: norm(e.details[name])
 
 
-SEARCH_FIELDS: dict[str, _Field] = {
+# What searches and verifications both record: the case fields and the approval quoted.
+COMPARISON_FIELDS: dict[str, _Field] = {
     "case_number": (_case_of, lambda r: r["case_number"].strip()),
     "purpose": (_detail("purpose"), lambda r: r["purpose"]),
     "justification_sha256": (
@@ -382,6 +383,9 @@ SEARCH_FIELDS: dict[str, _Field] = {
         lambda r: text_sha256(r["justification"]),
     ),
     "request_id": (_detail("request_id"), lambda r: r["request_id"]),
+}
+SEARCH_FIELDS: dict[str, _Field] = {
+    **COMPARISON_FIELDS,
     "probe_sha256": (_detail("probe_sha256"), lambda r: r["probe_sha256"]),
     "faces": (_detail("faces"), lambda r: r["faces"]),
     "results": (
@@ -390,13 +394,7 @@ SEARCH_FIELDS: dict[str, _Field] = {
     ),
 }
 VERIFY_FIELDS: dict[str, _Field] = {
-    "case_number": (_case_of, lambda r: r["case_number"].strip()),
-    "purpose": (_detail("purpose"), lambda r: r["purpose"]),
-    "justification_sha256": (
-        _detail("justification_sha256"),
-        lambda r: text_sha256(r["justification"]),
-    ),
-    "request_id": (_detail("request_id"), lambda r: r["request_id"]),
+    **COMPARISON_FIELDS,
     "photo_a_sha256": (_detail("photo_a_sha256"), lambda r: r["photo_a_sha256"]),
     "photo_b_sha256": (_detail("photo_b_sha256"), lambda r: r["photo_b_sha256"]),
     "outcome": (_detail("outcome"), lambda r: r["outcome"]),

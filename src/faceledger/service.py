@@ -1091,6 +1091,44 @@ class Faceledger:
             self.record(actor, action, case, **what, error=exc.reason)
             raise
 
+    def _insert_comparison(
+        self,
+        conn: Any,
+        actor: Actor,
+        req: SearchRequest,
+        table: Any,
+        row: dict[str, Any],
+        details: dict[str, Any],
+    ) -> int:
+        """Store a search or a 1:1 verification with its case fields, and its ledger entry
+        (``search`` / ``verify``: its id, the case fields and the justification's SHA-256,
+        which ``audit verify`` checks the row against), inside the caller's transaction."""
+        case, why = req.case_number.strip(), req.justification.strip()
+        pk = conn.execute(
+            insert(table).values(
+                user_id=actor.user_id,
+                case_number=case,
+                purpose=req.purpose,
+                justification=why,
+                request_id=req.request_id,
+                created_at=now_iso(),
+                **row,
+            )
+        ).inserted_primary_key
+        assert pk is not None  # a single-row INSERT always reports its key
+        rid = int(pk[0])
+        action, id_key = ("search", "search_id") if table is searches else ("verify", "verify_id")
+        entry = {
+            id_key: rid,
+            **case_details(case, req.purpose, why),
+            "request_id": req.request_id,
+            **details,
+        }
+        if actor.token_id:
+            entry["token_id"] = actor.token_id
+        audit.append(conn, actor.username, action, case, entry)
+        return rid
+
     def search(
         self,
         actor: Actor,
@@ -1169,36 +1207,26 @@ class Faceledger:
             }
             for pf in probe_faces
         ]
-        case, why = req.case_number.strip(), req.justification.strip()
         with self.store.writer.begin() as conn:
-            pk = conn.execute(
-                insert(searches).values(
-                    user_id=actor.user_id,
-                    case_number=case,
-                    purpose=req.purpose,
-                    justification=why,
-                    request_id=req.request_id,
-                    probe_sha256=probe_sha,
-                    faces=len(faces),
-                    result_json=json.dumps(summary),
-                    created_at=now_iso(),
-                )
-            ).inserted_primary_key
-            assert pk is not None  # a single-row INSERT always reports its key
-            sid = int(pk[0])
             details: dict[str, Any] = {
-                "search_id": sid,
-                **case_details(case, req.purpose, why),
-                "request_id": req.request_id,
                 "probe_sha256": probe_sha,
                 "faces": len(faces),
                 "results": summary,
             }
             if region is not None:
                 details |= {"photo_sha256": photo_sha, "probe_region": region}
-            if actor.token_id:
-                details["token_id"] = actor.token_id
-            audit.append(conn, actor.username, "search", case, details)
+            sid = self._insert_comparison(
+                conn,
+                actor,
+                req,
+                searches,
+                {
+                    "probe_sha256": probe_sha,
+                    "faces": len(faces),
+                    "result_json": json.dumps(summary),
+                },
+                details,
+            )
             if pol.retain_probes_days > 0:
                 rel = f"probes/{probe_sha}.bin"
                 atomic_write(self.data_dir / rel, probe)
@@ -1287,39 +1315,24 @@ class Faceledger:
             assert fa is not None and fb is not None
             score = float(np.dot(fa.embedding, fb.embedding))
             est = calib.estimate(score) if calib else None
-        case, why = req.case_number.strip(), req.justification.strip()
+        rounded = None if score is None else round(score, 4)
         with self.store.writer.begin() as conn:
-            pk = conn.execute(
-                insert(verifications).values(
-                    user_id=actor.user_id,
-                    case_number=case,
-                    purpose=req.purpose,
-                    justification=why,
-                    request_id=req.request_id,
-                    photo_a_sha256=shas[0],
-                    photo_b_sha256=shas[1],
-                    outcome=outcome,
-                    score=None if score is None else round(score, 4),
-                    created_at=now_iso(),
-                )
-            ).inserted_primary_key
-            assert pk is not None  # a single-row INSERT always reports its key
-            vid = int(pk[0])
-            details: dict[str, Any] = {
-                "verify_id": vid,
-                **case_details(case, req.purpose, why),
-                "request_id": req.request_id,
-                "photo_a_sha256": shas[0],
-                "photo_b_sha256": shas[1],
-                "faces_a": counts[0],
-                "faces_b": counts[1],
-                "outcome": outcome,
-                "score": None if score is None else round(score, 4),
-                "est_fmr": None if est is None else est.fmr,
-            }
-            if actor.token_id:
-                details["token_id"] = actor.token_id
-            audit.append(conn, actor.username, "verify", case, details)
+            hashes = {"photo_a_sha256": shas[0], "photo_b_sha256": shas[1]}
+            vid = self._insert_comparison(
+                conn,
+                actor,
+                req,
+                verifications,
+                {**hashes, "outcome": outcome, "score": rounded},
+                {
+                    **hashes,
+                    "faces_a": counts[0],
+                    "faces_b": counts[1],
+                    "outcome": outcome,
+                    "score": rounded,
+                    "est_fmr": None if est is None else est.fmr,
+                },
+            )
         if missing:
             raise NoFaceError(f"no face found in photo {' and '.join(missing)}")
         if low:

@@ -645,41 +645,25 @@ def admin_change_user(
     unit: Annotated[str, Form()] = "",
 ) -> Response:
     fl, actor = user.ctx.fl, user.actor
-    if action == "unlock":
-        return attempt(
-            user,
-            "/admin#users",
+    changes: dict[str, tuple[Any, str]] = {
+        "unlock": (
             lambda: fl.unlock_user(actor, username),
             f"{username}'s login back-off is cleared.",
-        )
-    if action == "unit":
-        return attempt(
-            user,
-            "/admin#users",
+        ),
+        "unit": (
             lambda: fl.set_unit(actor, username, unit),
             f"{username} is now in unit {unit.strip() or '(none)'}.",
-        )
-    if action == "disable":
-        return attempt(
-            user,
-            "/admin#users",
-            lambda: fl.set_disabled(actor, username, True),
-            f"{username} disabled.",
-        )
-    if action == "enable":
-        return attempt(
-            user,
-            "/admin#users",
-            lambda: fl.set_disabled(actor, username, False),
-            f"{username} enabled.",
-        )
-    if action == "roles":
-        return attempt(
-            user,
-            "/admin#users",
+        ),
+        "disable": (lambda: fl.set_disabled(actor, username, True), f"{username} disabled."),
+        "enable": (lambda: fl.set_disabled(actor, username, False), f"{username} enabled."),
+        "roles": (
             lambda: fl.set_roles(actor, username, roles or []),
             f"{username} now has roles {', '.join(sorted(roles or []))}.",
-        )
+        ),
+    }
+    if action in changes:
+        call, message = changes[action]
+        return attempt(user, "/admin#users", call, message)
     flash(user, "error", "Unknown action.")
     return redirect("/admin#users")
 
