@@ -25,12 +25,16 @@ demo: install
 # apt-get install postgresql).
 test: test-sqlite test-postgres
 
+# Two workers (pytest-xdist), each taking whole test files, so module fixtures are built once
+# and the tests of a file run in their order.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
+
 test-sqlite: install
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-postgres: install
 	url=$$(scripts/pg-test-server.sh start) && \
-	  FACELEDGER_TEST_POSTGRES=$$url $(BIN)/python -m pytest -q -m 'not slow and not nodb'
+	  FACELEDGER_TEST_POSTGRES=$$url $(PYTEST) -m 'not slow and not nodb'
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import RawDB, lfw_image, side_by_side
+from conftest import RawDB, copy_data_dir, lfw_image, side_by_side
 from faceledger import audit
 from faceledger.auth import AuthError, LoginThrottled, PermissionDenied
 from faceledger.cli import app
@@ -31,9 +31,11 @@ PW = "correct horse battery"
 GOOD = SearchRequest("CASE-1", "violent-crime", "CCTV still from the robbery", top_k=3)
 
 
-@pytest.fixture
-def fl(lfw: Path, tmp_path: Path, analyzer) -> Faceledger:
-    f = Faceledger(tmp_path / "data")
+@pytest.fixture(scope="module")
+def template(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir with users and a four-photo gallery, built once; each test gets a copy."""
+    base = tmp_path_factory.mktemp("accountability")
+    f = Faceledger(base / "data")
     root = f.init_admin("root", PW)
     for name, roles, unit in [
         ("ivy", "investigator", "north"),
@@ -42,11 +44,18 @@ def fl(lfw: Path, tmp_path: Path, analyzer) -> Faceledger:
         ("ian", "investigator", "south"),
     ]:
         f.add_user(root, name, PW, roles, unit)
-    photos = tmp_path / "photos"
+    photos = base / "photos"
     photos.mkdir()
     for name in PEOPLE:
         shutil.copy(lfw_image(lfw, name, 1), photos)
     f.ingest(root, iter_paths([photos], "archive", "test"), PipelineSettings())
+    f.store.close()  # the WAL is folded into the database file: copies are self-contained
+    return base / "data"
+
+
+@pytest.fixture
+def fl(template: Path, tmp_path: Path, analyzer) -> Faceledger:
+    f = Faceledger(copy_data_dir(template, tmp_path / "data"))
     f.set_analyzer_factory(lambda: analyzer)
     return f
 
