@@ -16,11 +16,100 @@ REPO = Path(__file__).resolve().parents[1]
 # gets a database of its own through $FACELEDGER_DB, which a new data dir binds to.
 PG_ADMIN = os.environ.get("FACELEDGER_TEST_POSTGRES")
 
+# -- what a test needs, in one place ------------------------------------------------------------
+# Outside CI a test whose data set, package or service is missing skips with the reason. Under
+# CI=true (CI sets it) it fails instead: a CI run that skips half the suite proves nothing.
+# Skips that are no missing requirement (a test for the other database pass, a platform that
+# cannot do what the test needs by design) go through ``not_here`` and stay skips everywhere;
+# under CI any other skip (a bare pytest.skip, importorskip or skipif) is turned into a failure.
+CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+NOT_HERE = "not for this run: "
+MISSING_IN_CI = "CI=true, and a test needs what is missing (install it; CI must not skip): "
 
-def pytest_report_header(config: pytest.Config) -> str:
+
+def need(ok: object, reason: str) -> None:
+    """Skip the test (or module) with ``reason`` when ``ok`` is false; under CI=true, fail."""
+    if ok:
+        return
+    if CI:
+        pytest.fail(MISSING_IN_CI + reason, pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def need_module(name: str, install: str) -> Any:
+    """``import name``, or :func:`need` fails/skips saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        need(False, f"{name} does not import ({e}); {install}")
+
+
+def not_here(reason: str) -> None:
+    """Skip for a reason that is no missing requirement (CI skips it too)."""
+    pytest.skip(NOT_HERE + reason, allow_module_level=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if "FACELEDGER_TEST_POSTGRES" in os.environ and not PG_ADMIN:
+        raise pytest.UsageError(
+            "FACELEDGER_TEST_POSTGRES is set but empty: the PostgreSQL pass has no server "
+            "(did scripts/pg-test-server.sh start fail?)"
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if PG_ADMIN:
-        return f"gallery database: PostgreSQL, a database per test on {PG_ADMIN.rsplit('/', 1)[0]}"
-    return "gallery database: SQLite (set FACELEDGER_TEST_POSTGRES for PostgreSQL)"
+        return
+    other_pass = pytest.mark.skip(
+        reason=NOT_HERE + "PostgreSQL only: runs in the PostgreSQL pass (make test-postgres)"
+    )
+    for item in items:
+        if item.get_closest_marker("postgres"):
+            item.add_marker(other_pass)
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _fail_a_silent_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if not (CI and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    reason = _skip_reason(report)
+    if reason.startswith(NOT_HERE):
+        return
+    report.outcome = "failed"
+    report.longrepr = (
+        f"CI=true: this test skipped ({reason}). A skip under CI hides a missing data set, "
+        "package or service: provide it, or route the skip through conftest's need()/not_here()."
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    _fail_a_silent_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    outcome = yield
+    _fail_a_silent_skip(outcome.get_result())
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    db = (
+        f"gallery database: PostgreSQL, a database per test on {PG_ADMIN.rsplit('/', 1)[0]}"
+        if PG_ADMIN
+        else "gallery database: SQLite (set FACELEDGER_TEST_POSTGRES for PostgreSQL)"
+    )
+    ci = "CI=true: a missing data set, package or service fails" if CI else "missing: skip"
+    return [db, ci]
 
 
 def _pg_admin_exec(sql: str) -> None:
@@ -188,12 +277,20 @@ def lfw_root() -> Path:
     return Path(env) if env else REPO.parent / "shared" / "data" / "lfw"
 
 
+def need_lfw() -> Path:
+    """The LFW root, or :func:`need` fails/skips saying where it was looked for."""
+    root = lfw_root()
+    need(
+        (root / "pairs.txt").is_file(),
+        f"LFW not found at {root} (no pairs.txt; set FACELEDGER_LFW or put it at "
+        "../shared/data/lfw)",
+    )
+    return root
+
+
 @pytest.fixture(scope="session")
 def lfw() -> Path:
-    root = lfw_root()
-    if not (root / "pairs.txt").is_file():
-        pytest.skip(f"LFW not found at {root} (set FACELEDGER_LFW)")
-    return root
+    return need_lfw()
 
 
 def lfw_image(lfw: Path, name: str, n: int = 1) -> Path:

@@ -658,6 +658,13 @@ def test_server_sees_a_cli_ingest_without_restart(env: Env, tmp_path: Path) -> N
 
 def test_erasure_by_face_image_and_probe(env: Env, tmp_path: Path) -> None:
     c, h = env.client, env.h("root")
+    # a photo uploaded over the API, erased below by its hash (a duplicate when the ingest
+    # test above uploaded it already: this test also runs alone)
+    upload = [("files", ("new.jpg", env.photo("Colin_Powell", 1), "image/jpeg"))]
+    r = c.post(
+        "/api/v1/ingest", headers=h, data={"source": "upload", "legal_basis": "test"}, files=upload
+    )
+    assert r.status_code == 202 and _wait(env, r.json()["id"])["status"] == "done", r.text
     folder = tmp_path / "e"
     folder.mkdir()
     for name in ("Alejandro_Toledo", "Aaron_Sorkin"):
@@ -727,6 +734,11 @@ def test_erasure_by_face_image_and_probe(env: Env, tmp_path: Path) -> None:
 def test_audit_endpoints(env: Env) -> None:
     c, h = env.client, env.h("ada")
     today = date.today().isoformat()
+    # activity to report on, made here (the test also runs alone): searches, one refused
+    for user in ("ivy", "ivy", "ivy", "ian", "ian"):
+        assert env.search(user).status_code == 200
+    r = env.search("ada")  # an auditor cannot search
+    assert r.status_code == 403 and r.json()["code"] == "permission-denied", r.text
     v = c.get("/api/v1/audit/verify", headers=h).json()
     assert v["ok"] and v["entries"] > 10 and v["first_bad_seq"] is None
     cp = c.post("/api/v1/audit/checkpoint", headers=h).json()["checkpoint"]

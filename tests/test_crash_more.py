@@ -49,7 +49,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import PG_ADMIN, RawDB, copy_data_dir, lfw_image, side_by_side
+from conftest import PG_ADMIN, RawDB, copy_data_dir, lfw_image, not_here, side_by_side
 from faceledger import audit
 from faceledger.index import IndexManager
 from faceledger.ingest import PipelineSettings
@@ -763,12 +763,12 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root")
+        not_here("mounting a tmpfs needs root")
     r = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True
     )
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        not_here(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
     try:
         yield mnt
     finally:
@@ -836,7 +836,7 @@ def test_ingest_on_a_read_only_data_dir(
     every_file = {str(p): _sha(p.read_bytes()) for p in data.rglob("*") if p.is_file()}
     ro = subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], capture_output=True)
     if ro.returncode != 0:
-        pytest.skip(f"cannot remount read-only: {ro.stderr.decode().strip()}")
+        not_here(f"cannot remount read-only: {ro.stderr.decode().strip()}")
     try:
         r = _cli(_ingest_args(data, photos))
         assert r.returncode == STORAGE_EXIT, (r.returncode, r.stdout, r.stderr)

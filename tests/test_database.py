@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import PG_ADMIN, RawDB
+from conftest import RawDB
 from faceledger import audit
 from faceledger.cli import app
 from faceledger.service import SYSTEM, Faceledger
@@ -27,7 +27,7 @@ from faceledger.store import (
     resolve_database,
 )
 
-needs_pg = pytest.mark.skipif(not PG_ADMIN, reason="PostgreSQL pass only (make test-postgres)")
+needs_pg = pytest.mark.postgres  # the SQLite pass skips these by design (conftest.py)
 PW = "database test password"
 
 

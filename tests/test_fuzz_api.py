@@ -27,7 +27,9 @@ from typing import Any
 
 import pytest
 
-schemathesis = pytest.importorskip("schemathesis")
+from conftest import need_module
+
+schemathesis = need_module("schemathesis", "pip install -e '.[dev]' (schemathesis)")
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

@@ -10,6 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from conftest import need
 from faceledger.bench import (
     DEFAULT_MODELS,
     LFW_STATS,
@@ -384,8 +385,10 @@ LFW_EMBEDDINGS = Path(
 
 @pytest.mark.slow
 def test_lfw_calibration_reproduces_the_stored_defaults() -> None:
-    if not LFW_EMBEDDINGS.is_file():
-        pytest.skip(f"no LFW embedding cache at {LFW_EMBEDDINGS} (FACELEDGER_LFW_EMBEDDINGS)")
+    need(
+        LFW_EMBEDDINGS.is_file(),
+        f"no LFW embedding cache at {LFW_EMBEDDINGS} (FACELEDGER_LFW_EMBEDDINGS)",
+    )
     model, report = calibrate_from(LFW_EMBEDDINGS)
     target = report["target"]
     for key in ("genuine_mean", "genuine_std", "impostor_mean", "impostor_std"):

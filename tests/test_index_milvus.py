@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("pymilvus", reason="pymilvus not installed (pip install pymilvus)")
-pytest.importorskip("milvus_lite", reason="milvus-lite not installed (pip install milvus-lite)")
+from conftest import need_module
 
-from test_index import (
+need_module("pymilvus", "pip install -e '.[scale]' (pymilvus)")
+need_module("milvus_lite", "pip install -e '.[scale]' (milvus-lite)")
+
+from test_index import (  # noqa: E402
     add_faces,
     brute_force,
     delete_faces,
@@ -18,8 +20,8 @@ from test_index import (
     synthetic,
 )
 
-from faceledger.index import IndexManager
-from faceledger.index_milvus import MilvusIndex, is_milvus_uri, parse_uri
+from faceledger.index import IndexManager  # noqa: E402
+from faceledger.index_milvus import MilvusIndex, is_milvus_uri, parse_uri  # noqa: E402
 
 
 @pytest.fixture(scope="module")

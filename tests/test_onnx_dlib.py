@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import need, need_lfw, not_here
 from faceledger.convert import dlib_onnx
 from faceledger.convert.dlib_onnx import cached_resnet_onnx
 from faceledger.embedding.onnx_backend import (
@@ -24,16 +24,6 @@ pytestmark = pytest.mark.nodb
 TOLERANCE = 1e-4
 
 
-def _lfw_dir() -> Path | None:
-    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
-    if default.is_dir():
-        return default
-    env = os.environ.get("FACELEDGER_LFW")
-    if env and Path(env).is_dir():
-        return Path(env)
-    return None
-
-
 def _lfw_chips(n: int) -> np.ndarray:
     """``n`` aligned 150x150 chips from LFW: first image of each person, largest HOG face."""
     import dlib
@@ -43,9 +33,7 @@ def _lfw_chips(n: int) -> np.ndarray:
     from faceledger.models import model_path
     from faceledger.types import BBox, Detection
 
-    lfw = _lfw_dir()
-    if lfw is None:
-        pytest.skip("LFW not found (../shared/data/lfw or $FACELEDGER_LFW)")
+    lfw = need_lfw()
     detector = dlib.get_frontal_face_detector()
     landmarker = dlib.shape_predictor(str(model_path("landmarks5")))
     chips: list[np.ndarray] = []
@@ -64,8 +52,7 @@ def _lfw_chips(n: int) -> np.ndarray:
         chips.append(dlib_chip(image, Detection(box, 1.0, "hog", landmarks)))
         if len(chips) == n:
             break
-    if len(chips) < n:
-        pytest.skip(f"only {len(chips)} LFW faces found, need {n}")
+    need(len(chips) >= n, f"only {len(chips)} LFW faces found in {lfw}, need {n}")
     return np.stack(chips)
 
 
@@ -256,7 +243,7 @@ def test_embedder_cuda_without_provider_fails_clearly(tmp_path: Path) -> None:
     import onnxruntime as ort
 
     if CUDA_PROVIDER in ort.get_available_providers():
-        pytest.skip("this onnxruntime has CUDA")
+        not_here("this onnxruntime has CUDA: the no-CUDA refusal cannot happen")
     with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
         OnnxDlibResnetEmbedder(cache_dir=tmp_path, device="cuda")
 

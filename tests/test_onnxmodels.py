@@ -47,7 +47,6 @@ from faceledger.types import BBox, Detection
 # no gallery database here: not run a second time against PostgreSQL
 pytestmark = pytest.mark.nodb
 
-LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
 
 STRIDES = (8, 16, 32)
 # Planted box distances (left, top, right, bottom) and keypoint offsets, in stride units, for
@@ -539,10 +538,8 @@ def test_model_id_names_the_weights(models, tmp_path):
 # ------------------------------------------------------------------------------ end to end
 
 
-def test_face_analyzer_end_to_end_on_lfw(tmp_path):
-    path = LFW / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
-    if not path.is_file():
-        pytest.skip(f"LFW not found at {LFW}")
+def test_face_analyzer_end_to_end_on_lfw(tmp_path, lfw: Path):
+    path = lfw / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
     import dlib
 
     from faceledger.analysis import FaceAnalyzer

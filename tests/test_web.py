@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import lfw_image, side_by_side
+from conftest import lfw_image, need, need_module, side_by_side
 from conftest_api import PW, entries, live_server, seed
 from faceledger.api import ApiSettings, create_app
 from faceledger.service import Faceledger
@@ -28,10 +28,14 @@ ARGS = [
     "--disable-sync",
 ]
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="browser tests need Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _chromium() -> None:
+    need(
+        CHROMIUM.exists(),
+        "browser tests need Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
+    )
+    need_module("playwright.sync_api", "pip install -e '.[dev]' (playwright)")
 
 
 @dataclass
