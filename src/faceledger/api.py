@@ -77,7 +77,6 @@ LOGIN_CSRF_COOKIE = "faceledger_login_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MB = 1024 * 1024
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_ID = 2**63 - 1  # database ids are signed 64-bit integers
 IMAGE_TYPES = ("image/",)
 GENERIC_TYPES = ("application/octet-stream", "")

@@ -103,6 +103,15 @@ def bounded(value: Any, limit: int = LEDGER_TEXT_MAX) -> Any:
     return value
 
 
+def _count_comparisons(conn: Any, where: Callable[[Any], tuple[Any, ...]]) -> int:
+    """Searches plus 1:1 verifications matching ``where(table)`` (quotas and approval
+    limits count both alike)."""
+    return sum(
+        int(conn.execute(select(func.count()).select_from(t).where(*where(t))).scalar_one())
+        for t in (searches, verifications)
+    )
+
+
 def text_sha256(text: str) -> str:
     """What the ledger keeps of a free-text field: its SHA-256 (UTF-8)."""
     return hashlib.sha256(text.encode()).hexdigest()
@@ -980,15 +989,8 @@ class Faceledger:
         start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         since = start.isoformat(timespec="seconds")
         with self.store.engine.connect() as conn:
-            return sum(
-                int(
-                    conn.execute(
-                        select(func.count())
-                        .select_from(t)
-                        .where(t.c.user_id == user_id, t.c.created_at >= since)
-                    ).scalar_one()
-                )
-                for t in (searches, verifications)
+            return _count_comparisons(
+                conn, lambda t: (t.c.user_id == user_id, t.c.created_at >= since)
             )
 
     def _approval_problem(self, actor: Actor, req: SearchRequest, pol: Policy) -> str | None:
@@ -1011,16 +1013,7 @@ class Faceledger:
                 .limit(1)
             ).scalar()
             used = (
-                0
-                if row is None
-                else sum(
-                    int(
-                        conn.execute(
-                            select(func.count()).select_from(t).where(t.c.request_id == rid)
-                        ).scalar_one()
-                    )
-                    for t in (searches, verifications)
-                )
+                0 if row is None else _count_comparisons(conn, lambda t: (t.c.request_id == rid,))
             )
         if rid is None:
             if req.purpose in pol.approval_required:
