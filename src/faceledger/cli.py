@@ -110,6 +110,14 @@ ModelDir = Annotated[
     ),
 ]
 Device = Annotated[str, typer.Option(help="Inference device for ONNX models: cpu or cuda.")]
+NoFlip = Annotated[
+    bool,
+    typer.Option(
+        "--no-flip",
+        help="Embed each face alone, without averaging in its mirror image (the plain "
+        "model; its vectors are a different space from the default ones).",
+    ),
+]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 AsUser = Annotated[
     str | None,
@@ -260,6 +268,7 @@ def _analyzer(
     threads: int | None = None,
     model_dir: str | None = None,
     device: str = "cpu",
+    flip: bool = True,
 ) -> Any:
     from faceledger.ingest import PipelineSettings
 
@@ -271,6 +280,7 @@ def _analyzer(
             threads=threads or 1,
             model_dir=model_dir,
             device=device,
+            flip=flip,
         ).analyzer()
     except ValueError as exc:  # unknown names, unusable model files
         fail(str(exc))
@@ -1130,26 +1140,37 @@ EVAL_MIN_FACE = DEFAULT_MIN_FACE  # evaluate the pipeline a gallery is built wit
 
 
 def _lfw_setup(
-    detector: str, embedder: str, data_dir: Path | None, model_dir: str | None, device: str
+    detector: str,
+    embedder: str,
+    data_dir: Path | None,
+    model_dir: str | None,
+    device: str,
+    flip: bool = True,
 ) -> tuple[Any, str, Path]:
+    """The analyzer factory, model id and embedding cache file of an LFW run (the cache is
+    named for everything that changes the vectors, so runs never share a wrong one)."""
     from functools import partial
 
     from faceledger.embedding import DEFAULT_EMBEDDER, create_embedder
 
     embedder = DEFAULT_EMBEDDER if embedder == "default" else embedder
     try:
-        model_id = create_embedder(embedder, threads=1, model_dir=model_dir, device=device).model_id
+        model_id = create_embedder(
+            embedder, threads=1, model_dir=model_dir, device=device, flip=flip
+        ).model_id
     except ValueError as exc:
         fail(str(exc))
-    factory = partial(_analyzer_nocrop, detector, embedder, model_dir, device)
+    factory = partial(_analyzer_nocrop, detector, embedder, model_dir, device, flip)
     tag = f"{model_id}_{embedder}_{detector}_mf{EVAL_MIN_FACE}"
     for c in "+:/\\":
         tag = tag.replace(c, "-")
     return factory, model_id, config.data_dir(data_dir) / "eval" / f"lfw_{tag}.npz"
 
 
-def _analyzer_nocrop(detector: str, embedder: str, model_dir: str | None, device: str) -> Any:
-    a = _analyzer(detector, embedder, EVAL_MIN_FACE, model_dir=model_dir, device=device)
+def _analyzer_nocrop(
+    detector: str, embedder: str, model_dir: str | None, device: str, flip: bool = True
+) -> Any:
+    a = _analyzer(detector, embedder, EVAL_MIN_FACE, model_dir=model_dir, device=device, flip=flip)
     a.with_crops = False
     return a
 
@@ -1164,6 +1185,14 @@ def eval_lfw(
     device: Device = "cpu",
     data_dir: DataDir = None,
     no_cache: Annotated[bool, typer.Option(help="Recompute embeddings.")] = False,
+    no_flip: NoFlip = False,
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="Verification score: cosine (the product's) or centred (cosine after "
+            "subtracting the mean embedding of the nine training folds' images).",
+        ),
+    ] = "cosine",
     indexes: Annotated[
         str | None,
         typer.Option(
@@ -1179,14 +1208,18 @@ def eval_lfw(
     as_json: JsonOut = False,
 ) -> None:
     """LFW View-2 verification and a 1:N identification protocol (see evaluation.py)."""
-    from faceledger.evaluation import parse_index_list, run_lfw
+    from faceledger.evaluation import METRICS, parse_index_list, run_lfw
     from faceledger.ingest import default_workers
 
     try:
         specs = parse_index_list(indexes) if indexes is not None else None
     except ValueError as exc:
         fail(f"--indexes: {exc}")
-    factory, model_id, cache = _lfw_setup(detector, embedder, data_dir, model_dir, device)
+    if metric not in METRICS:
+        fail(f"--metric: unknown {metric!r}; choose {' or '.join(METRICS)}")
+    factory, model_id, cache = _lfw_setup(
+        detector, embedder, data_dir, model_dir, device, flip=not no_flip
+    )
     try:
         with progress_bar("embed LFW", None, enabled=not as_json) as bar:
             tid = bar.task_ids[0]
@@ -1199,6 +1232,7 @@ def eval_lfw(
                 advance=lambda n: bar.advance(tid, n),
                 set_total=lambda n: bar.update(tid, total=n),
                 indexes=specs,
+                metric=metric,
             )
     except FileNotFoundError as exc:
         fail(str(exc))
@@ -1251,13 +1285,16 @@ def calibrate_lfw(
     model_dir: ModelDir = None,
     device: Device = "cpu",
     data_dir: DataDir = None,
+    no_flip: NoFlip = False,
 ) -> None:
     """Fit the score->FMR calibration on LFW's calibration split (a quarter of the people)."""
     from faceledger import calibration
     from faceledger.evaluation import LfwDataset, calibration_names, embed_lfw, impostor_scores
     from faceledger.ingest import default_workers
 
-    factory, model_id, cache = _lfw_setup(detector, embedder, data_dir, model_dir, device)
+    factory, model_id, cache = _lfw_setup(
+        detector, embedder, data_dir, model_dir, device, flip=not no_flip
+    )
     ds = LfwDataset.load(lfw_dir)
     with progress_bar("embed LFW", len(ds.all_images())) as bar:
         table = embed_lfw(

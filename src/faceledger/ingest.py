@@ -55,6 +55,7 @@ class PipelineSettings:
     threads: int = 1  # inference threads per worker
     model_dir: str | None = None  # operator's ONNX models (SCRFD and/or ArcFace-family)
     device: str = "cpu"
+    flip: bool = True  # embed each face with its mirror image (FlipAveraged)
 
     def make_embedder(self, threads: int | None = None) -> Embedder:
         return create_embedder(
@@ -62,6 +63,7 @@ class PipelineSettings:
             threads=threads or self.threads,
             model_dir=self.model_dir,
             device=self.device,
+            flip=self.flip,
         )
 
     def analyzer(self) -> FaceAnalyzer:
