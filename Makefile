@@ -7,7 +7,7 @@ LFW    ?= $(abspath ../shared/data/lfw)
 DATA   ?= faceledger-data
 DEMO_PEOPLE ?= 300
 
-.PHONY: install demo test test-sqlite test-postgres lint format bench eval clean
+.PHONY: install demo test test-sqlite test-postgres test-slow test-all lint format bench eval clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,17 @@ test-sqlite: install
 test-postgres: install
 	url=$$(scripts/pg-test-server.sh start) && \
 	  FACELEDGER_TEST_POSTGRES=$$url $(PYTEST) -m 'not slow and not nodb'
+
+# The slow checks (pytest -m slow): the 500-face ONNX/dlib equivalence, 20 SIGKILLs during an
+# ingest, the LFW refit of the synthetic-face model, the shipped calibrations against impostors
+# they never saw, all of LFW's 1:N searches through every index, 1M-face recall. They need all
+# of LFW embedded twice (with and without the mirror image): built on the first run and kept in
+# .cache/lfw-eval ($$FACELEDGER_EVAL_DATA), about 12 minutes on 2 cores.
+test-slow: install
+	$(PYTEST) -m slow
+
+# What CI runs: the fast suite on both databases, then the slow checks.
+test-all: test test-slow
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks scripts

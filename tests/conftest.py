@@ -293,6 +293,32 @@ def lfw() -> Path:
     return need_lfw()
 
 
+# Every LFW image embedded by the default pipeline (hog+cnn, 48 px faces; with or without the
+# mirror image), as `faceledger eval lfw` does. The slow tests that need the whole of LFW (the
+# refit, the calibration against real impostors, the index equivalence) share these files: built
+# on first use (5-7 minutes each on 2 cores) and kept in $FACELEDGER_EVAL_DATA (default
+# .cache/lfw-eval in the repo) for the next run.
+EVAL_DATA = Path(os.environ.get("FACELEDGER_EVAL_DATA") or REPO / ".cache" / "lfw-eval")
+
+
+def lfw_embeddings(flip: bool = True) -> tuple[Any, Any, str, Path]:
+    """(dataset, embedding table, model id, cache file) of all LFW, built if missing. A file
+    lock makes a second test worker wait for the first instead of embedding LFW twice."""
+    import fcntl
+
+    from faceledger.cli import _lfw_setup
+    from faceledger.evaluation import LfwDataset, embed_lfw
+    from faceledger.ingest import default_workers
+
+    ds = LfwDataset.load(need_lfw())
+    factory, model_id, cache = _lfw_setup("hog+cnn", "default", EVAL_DATA, None, "cpu", flip)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        table = embed_lfw(ds, factory, cache, default_workers())
+    return ds, table, model_id, cache
+
+
 def lfw_image(lfw: Path, name: str, n: int = 1) -> Path:
     return lfw / name / f"{name}_{n:04d}.jpg"
 

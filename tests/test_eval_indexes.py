@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import lfw_embeddings
 from faceledger import evaluation
 from faceledger.bench import default_face_model
 from faceledger.evaluation import EmbeddingTable, LfwDataset
@@ -195,18 +195,14 @@ def test_cli_eval_lfw_indexes(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_full_lfw_indexes_identical(lfw: Path, tmp_path: Path) -> None:
-    """Real embeddings: all of LFW's 1:N searches through every index.
-
-    Embeds LFW (10+ minutes on 2 cores) unless $FACELEDGER_EVAL_DATA names a data dir that
-    holds the embedding cache of the default pipeline (``faceledger eval lfw`` writes it).
-    """
+def test_full_lfw_indexes_identical(lfw: Path) -> None:
+    """Real embeddings: all of LFW's 1:N searches through every index (the default
+    pipeline's embeddings of LFW, built if missing: conftest.lfw_embeddings)."""
     from faceledger.cli import _lfw_setup
-
-    data = Path(os.environ.get("FACELEDGER_EVAL_DATA") or tmp_path)
-    factory, model_id, cache = _lfw_setup("hog+cnn", "default", data, None, "cpu")
     from faceledger.ingest import default_workers
 
+    _, _, model_id, cache = lfw_embeddings(flip=True)
+    factory, _, _ = _lfw_setup("hog+cnn", "default", cache.parents[1], None, "cpu")
     res = evaluation.run_lfw(lfw, factory, model_id, cache, default_workers(), indexes=ALL_SPECS)
     _assert_same_as_exact(res, ALL_SPECS)
     assert res["indexes"]["exact"]["rank1"] == res["rank1"]

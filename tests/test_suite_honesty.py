@@ -178,3 +178,30 @@ def test_ci_run_stops_at_once_without_lfw(tmp_path: Path) -> None:
     lfw = need_lfw()  # the real one, as the rest of the suite finds it
     rc, out, _ = _run_quickly(["scripts/check-test-data.sh"], _env(FACELEDGER_LFW=str(lfw)), 30)
     assert rc == 0 and f"LFW at {lfw}" in out, out
+
+
+def test_ci_runs_every_slow_test() -> None:
+    """#17 item 2: `.ci/run` ends in `make test-all`, which runs the fast suite on both
+    databases and then every test marked slow; and each slow test is collected by that
+    selection (a slow test CI never reaches would prove nothing)."""
+    ci = (REPO / ".ci" / "run").read_text()
+    commands = [ln.strip() for ln in ci.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert commands[-1] == "make test-all"
+    plan = subprocess.run(
+        ["make", "-n", "test-all"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    lines = [ln for ln in plan.splitlines() if "pytest" in ln]
+    assert len(lines) == 3, plan  # SQLite, PostgreSQL, slow
+    assert "-m slow" in lines[2] and "-m 'not slow" in lines[1]
+    r = _pytest(["--collect-only", "-m", "slow"], _env())
+    slow = [ln for ln in r.stdout.splitlines() if "::" in ln]
+    assert len(slow) >= 7, r.stdout
+    for name in (
+        "test_equivalence_500_lfw_faces",
+        "test_sigkill_during_ingest_full",
+        "test_lfw_calibration_reproduces_the_stored_defaults",
+        "test_calibration_predicts_the_false_match_rate_of_unseen_impostors",
+        "test_full_lfw_indexes_identical",
+        "test_one_million_faces_recall_against_brute_force",
+    ):
+        assert any(name in ln for ln in slow), name
