@@ -135,12 +135,6 @@ def test_default_analyzer_api_search_finds_the_person(env: Env) -> None:
     assert env.fl.searcher().analyzer.model_id == env.fl.store.model_id()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#17 item 6: Faceledger.searcher() builds its default analyzer with HOG only "
-    "(FaceAnalyzer(detector=None) -> create_detector('hog')), not hog+cnn as the issue and the "
-    "eval/calibrate defaults assume; the CNN never runs on a probe. Product decision for the lead.",
-)
 def test_default_api_search_uses_the_cnn_where_hog_finds_no_face(env: Env) -> None:
     """#17 item 6: a photo HOG misses and the MMOD CNN finds (Al Gore turned 45 degrees),
     checked on both detectors directly, is searched through the default analyzer."""
