@@ -39,9 +39,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from ingest import default_lfw_dir, pick_images  # noqa: E402
 
-from faceledger.ingest import PipelineSettings  # noqa: E402
-from faceledger.service import SYSTEM, Faceledger  # noqa: E402
-from faceledger.sources import iter_paths  # noqa: E402
+from faceledger.core import SYSTEM, Faceledger  # noqa: E402
+from faceledger.gallery.ingest import PipelineSettings  # noqa: E402
+from faceledger.gallery.sources import iter_paths  # noqa: E402
 
 
 def _pg_exec(admin: str, sql: str) -> Any:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from faceledger.detection import create_detector
+from faceledger.vision.detection import create_detector
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,11 +29,11 @@ import onnx
 import onnxruntime as ort
 from PIL import Image
 
-from faceledger.convert.dlib_onnx import network_flops
-from faceledger.embedding import l2_normalise
-from faceledger.embedding.onnx_backend import DEFAULT_BATCH_SIZE, OnnxDlibResnetEmbedder
-from faceledger.models import model_path
 from faceledger.types import BBox, Detection
+from faceledger.vision.convert.dlib_onnx import network_flops
+from faceledger.vision.embedding import l2_normalise
+from faceledger.vision.embedding.onnx_backend import DEFAULT_BATCH_SIZE, OnnxDlibResnetEmbedder
+from faceledger.vision.models import model_path
 
 REPO = Path(__file__).resolve().parents[1]
 

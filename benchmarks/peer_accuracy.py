@@ -10,7 +10,7 @@ mean and standard deviation over the folds.
     known_face_locations=...)`` (its defaults: 5-point landmarks, 1 jitter). One face per
     image, chosen as faceledger's evaluation does (``evaluation.embed_subject``): the found
     face whose box centre is nearest the image centre; where none is found, the centred box
-    of ``faceledger.detection.centred_box`` (a 112 px square at (69, 69) on a 250x250 LFW
+    of ``faceledger.vision.detection.centred_box`` (a 112 px square at (69, 69) on a 250x250 LFW
     image) is encoded and the image counted as undetected. Pair score = -``face_distance``
     (the Euclidean distance of the 128-d encodings). Also reported, for information: the
     accuracy at the library's documented fixed tolerance 0.6 (same person when the distance
@@ -84,7 +84,7 @@ def pair_images(folds: Folds) -> list[str]:
 
 def ten_fold(scores: list[np.ndarray], labels: list[np.ndarray]) -> dict[str, Any]:
     """faceledger's View-2 protocol (``evaluation.verification``) on given pair scores."""
-    from faceledger.evaluation import best_threshold
+    from faceledger.evaluation.lfw import best_threshold
 
     accs, thresholds = [], []
     for k in range(len(scores)):
@@ -108,7 +108,7 @@ def _fr_subject(path: str) -> tuple[np.ndarray, int]:
     """The LFW subject's encoding and the number of faces face_recognition found."""
     import face_recognition
 
-    from faceledger.detection import centred_box
+    from faceledger.vision.detection import centred_box
 
     image = face_recognition.load_image_file(path)
     locations = face_recognition.face_locations(image)  # (top, right, bottom, left)
@@ -236,7 +236,7 @@ def score_face_recognition(run: dict[str, Any], images: list[str], folds: Folds)
 
 def faceledger_cache(data_dir: Path) -> Path:
     """Where ``faceledger eval lfw`` (defaults) keeps its embeddings in ``data_dir``."""
-    from faceledger.cli import _lfw_setup  # the one place that names the cache file
+    from faceledger.cli.main import _lfw_setup  # the one place that names the cache file
 
     return _lfw_setup("hog+cnn", "default", data_dir, None, "cpu")[2]
 
@@ -250,7 +250,7 @@ def run_faceledger(
     subset: bool,
     cached_only: bool = False,
 ) -> dict[str, Any]:
-    from faceledger.evaluation import EmbeddingTable, verification
+    from faceledger.evaluation.lfw import EmbeddingTable, verification
 
     cmd = [faceledger_exe(), "eval", "lfw", "--lfw-dir", str(lfw), "--json"]
     cmd += ["--data-dir", str(data_dir), "--workers", str(workers)]
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("pip install face_recognition==1.3.0 --no-deps", file=sys.stderr)
         return 2
-    from faceledger.evaluation import parse_pairs
+    from faceledger.evaluation.lfw import parse_pairs
 
     all_folds = parse_pairs(lfw / "pairs.txt")
     folds = limit_pairs(all_folds, args.pairs_limit)

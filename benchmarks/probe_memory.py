@@ -85,9 +85,9 @@ def memory_mb(pid: int) -> dict[str, int]:
 
 def seed(data: Path, lfw: Path) -> str:
     """A data dir with two gallery photos and an investigator; that investigator's token."""
-    from faceledger.ingest import PipelineSettings
-    from faceledger.service import Faceledger
-    from faceledger.sources import iter_paths
+    from faceledger.core import Faceledger
+    from faceledger.gallery.ingest import PipelineSettings
+    from faceledger.gallery.sources import iter_paths
 
     photos = data.parent / "gallery"
     photos.mkdir()
@@ -126,7 +126,7 @@ def main() -> int:
         port = int(s.getsockname()[1])
     command = ["serve", "--data-dir", str(data), "--port", str(port)]
     server = subprocess.Popen(
-        [sys.executable, "-m", "faceledger.cli", *command],
+        [sys.executable, "-m", "faceledger.cli.main", *command],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -1,15 +1,15 @@
 """Benchmark: the approximate index on REAL face embeddings, at scale.
 
-The LFW 1:N protocol of :func:`faceledger.evaluation.identification` (gallery: one image of
+The LFW 1:N protocol of :func:`faceledger.evaluation.lfw.identification` (gallery: one image of
 each enrolled person; mated probes: their other images; non-mated probes: every image of the
 people not enrolled) run on a gallery grown with N synthetic distractor faces from the
-LFW-fitted generator of :mod:`faceledger.bench` (``generate``: identities of 1 + Geometric
-faces, mean 4, exactly as ``faceledger bench search`` draws them). Every probe (mated and
-non-mated, k = 10) is searched by
+LFW-fitted generator of :mod:`faceledger.evaluation.bench` (``generate``: identities of
+1 + Geometric faces, mean 4, exactly as ``faceledger bench search`` draws them). Every probe
+(mated and non-mated, k = 10) is searched by
 
 * exact brute force: a ``FaceIndex`` of kind "flat" over the same rows (FAISS' float32
   inner-product kernel, batched, all threads) — the reference;
-* the approximate index :func:`faceledger.index.choose_kind` picks at that size, with its
+* the approximate index :func:`faceledger.gallery.index.choose_kind` picks at that size, with its
   default parameters (``AnnParams()``), and optionally others (``--kinds``);
 
 and the script reports rank-1/rank-10 of the mated probes, FNIR at FPIR = 0.003 (threshold
@@ -104,8 +104,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from faceledger.bench import default_face_model, generate
-from faceledger.evaluation import (
+from faceledger.evaluation.bench import default_face_model, generate
+from faceledger.evaluation.lfw import (
     FPIR_TARGET,
     RANK_K,
     TIE_TOLERANCE,
@@ -117,7 +117,7 @@ from faceledger.evaluation import (
     one_to_n_split,
     rank_metrics,
 )
-from faceledger.index import (
+from faceledger.gallery.index import (
     DEFAULT_ANN_KIND,
     EXACT_MAX_FACES,
     HNSW_EF_CONSTRUCTION,

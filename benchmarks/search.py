@@ -1,8 +1,9 @@
 """Benchmark: face search at several gallery sizes, against exact brute force.
 
-Runs ``faceledger bench search`` (synthetic LFW-calibrated faces, see faceledger.bench) once
-per gallery size and index variant, each in its own process so memory figures do not mix,
-and prints recall, single-query latency, the ratio to brute force and memory per face.
+Runs ``faceledger bench search`` (synthetic LFW-calibrated faces, see
+faceledger.evaluation.bench) once per gallery size and index variant, each in its own
+process so memory figures do not mix, and prints recall, single-query latency, the ratio to
+brute force and memory per face.
 
     python benchmarks/search.py                                # 10k, 100k, 1M, kind auto
     python benchmarks/search.py --sizes 1000000 --variant ivf_sq8 --variant "hnsw_sq8"
@@ -12,7 +13,7 @@ and prints recall, single-query latency, the ratio to brute force and memory per
 
 ``--threshold`` runs the approximate kind at 10k..200k faces (each run also times exact
 search) and reports the smallest size at which it is at least 2x faster than exact at p50
-with recall@10 >= 0.995 — the rule behind ``faceledger.index.EXACT_MAX_FACES``.
+with recall@10 >= 0.995 — the rule behind ``faceledger.gallery.index.EXACT_MAX_FACES``.
 
 Measured on the 2-core AMD EPYC (AVX-512) development VM, shared with other work at the
 time (so p99 has outliers), one search thread, k=10, 128-d, LFW-calibrated faces, seed 0;
@@ -33,7 +34,7 @@ B/face of float32 vectors in the memory-mapped file:
      1,000,000  ivf_sq8   nlist 1024, nprobe 80  1.000  0.9992  2.011 4.59 17.8   8.8x   17s 146
      1,000,000  hnsw_sq8  M 32, efSearch 500     0.944  0.9778  2.134 3.06 18.4   8.6x  305s 409
 
-    faceledger.cli_bench search --faces 10000000 --queries 500 --sweep-nprobe 160,240
+    faceledger.cli.bench search --faces 10000000 --queries 500 --sweep-nprobe 160,240
     10,000,000  ivf_pqfs  nlist 4096, nprobe 320 1.000  0.9932  3.656 7.73 183.9 50.3x  442s  49
                           (nprobe 160: R@10 0.9828, p50 2.26 ms; nprobe 240: 0.9920, 3.08 ms)
                 process RSS 5.75 GiB: 0.95 GiB heap + 4.80 GiB of mapped vector file (all of
@@ -54,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run(faces: int, variant: str, args: argparse.Namespace) -> dict:
     kind, _, extra = variant.partition(":")
-    cmd = [sys.executable, "-m", "faceledger.cli_bench", "search", "--faces", str(faces)]
+    cmd = [sys.executable, "-m", "faceledger.cli.bench", "search", "--faces", str(faces)]
     cmd += ["--dim", str(args.dim), "--queries", str(args.queries), "--kind", kind, "--json"]
     cmd += ["--threads", str(args.threads), "--exact-seconds", str(args.exact_seconds)]
     if args.calibrate_from:
@@ -105,7 +106,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.threshold:
-        from faceledger.index import DEFAULT_ANN_KIND
+        from faceledger.gallery.index import DEFAULT_ANN_KIND
 
         sizes = args.sizes or "10000,25000,50000,100000,200000"
         variants = args.variant or [DEFAULT_ANN_KIND]

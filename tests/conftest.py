@@ -166,7 +166,7 @@ def fresh_db(_module_db, request: pytest.FixtureRequest, monkeypatch: pytest.Mon
     dbs = _Databases(monkeypatch)
     if request.node.get_closest_marker("nodb"):
         # keep the marker honest: a test that skips the PostgreSQL pass must not need it
-        from faceledger.store import Store
+        from faceledger.gallery.store import Store
 
         def refuse(*_a: Any, **_k: Any) -> None:
             raise AssertionError("a test marked nodb opened a gallery database")
@@ -306,9 +306,9 @@ def lfw_embeddings(flip: bool = True) -> tuple[Any, Any, str, Path]:
     lock makes a second test worker wait for the first instead of embedding LFW twice."""
     import fcntl
 
-    from faceledger.cli import _lfw_setup
-    from faceledger.evaluation import LfwDataset, embed_lfw
-    from faceledger.ingest import default_workers
+    from faceledger.cli.main import _lfw_setup
+    from faceledger.evaluation.lfw import LfwDataset, embed_lfw
+    from faceledger.gallery.ingest import default_workers
 
     ds = LfwDataset.load(need_lfw())
     factory, model_id, cache = _lfw_setup("hog+cnn", "default", EVAL_DATA, None, "cpu", flip)
@@ -325,7 +325,7 @@ def lfw_image(lfw: Path, name: str, n: int = 1) -> Path:
 
 @pytest.fixture(scope="session")
 def analyzer():
-    from faceledger.ingest import PipelineSettings
+    from faceledger.gallery.ingest import PipelineSettings
 
     return PipelineSettings(detector="hog").analyzer()
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from conftest import lfw_image
-from faceledger import audit
-from faceledger.ingest import PipelineSettings
-from faceledger.service import Faceledger
-from faceledger.sources import iter_paths
+from faceledger.core import Faceledger
+from faceledger.gallery.ingest import PipelineSettings
+from faceledger.gallery.sources import iter_paths
+from faceledger.ledger import audit
 
 PW = "correct horse battery"
 USERS = [
@@ -60,10 +60,10 @@ def entries(
 @contextmanager
 def live_server(app: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1 and a free port, in a thread, configured as
-    ``faceledger serve`` runs it (:func:`faceledger.api.server_config`)."""
+    ``faceledger serve`` runs it (:func:`faceledger.http.api.server_config`)."""
     import uvicorn
 
-    from faceledger.api import server_config
+    from faceledger.http.api import server_config
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

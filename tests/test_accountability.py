@@ -18,13 +18,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import RawDB, copy_data_dir, lfw_image, side_by_side
-from faceledger import audit
-from faceledger.auth import AuthError, LoginThrottled, PermissionDenied
-from faceledger.cli import app
-from faceledger.ingest import PipelineSettings
-from faceledger.policy import Policy
-from faceledger.service import Faceledger, PolicyTamperedError, RefusedError, SearchRequest
-from faceledger.sources import iter_paths
+from faceledger.accounts.auth import AuthError, LoginThrottled, PermissionDenied
+from faceledger.cases.policy import Policy
+from faceledger.cli.main import app
+from faceledger.core import Faceledger, PolicyTamperedError, RefusedError, SearchRequest
+from faceledger.gallery.ingest import PipelineSettings
+from faceledger.gallery.sources import iter_paths
+from faceledger.ledger import audit
 
 PEOPLE = ["Aaron_Peirsol", "Abdullah_Gul", "Adrien_Brody", "Al_Gore"]
 PW = "correct horse battery"
@@ -257,7 +257,7 @@ def test_probe_retention_when_policy_says(fl: Faceledger, lfw: Path) -> None:
     fl.search(who(fl, "ivy"), probe(lfw), GOOD)
     kept = list((fl.data_dir / "probes").iterdir())
     assert len(kept) == 1
-    from faceledger.privacy import purge_expired
+    from faceledger.gallery.privacy import purge_expired
 
     later = (date.today() + timedelta(days=31)).isoformat()
     assert purge_expired(fl, who(fl, "root"), now=later)["probes"] == 1
@@ -351,7 +351,7 @@ def test_report_from_seeded_history(fl: Faceledger, lfw: Path, tmp_path: Path) -
     assert rep["refusals"]["missing-case-fields"] == 1
     unit = fl.audit_report(sam, today, today)  # supervisor of unit north: ivy only
     assert unit["searches_per_user"] == {"ivy": 2}
-    from faceledger import reports
+    from faceledger.ledger import reports
 
     page = reports.to_html(rep)
     assert "<img" in page and "data:image/png;base64," in page

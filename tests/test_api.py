@@ -27,8 +27,8 @@ from PIL import Image
 
 from conftest import blank_jpeg, lfw_image, side_by_side
 from conftest_api import PW, entries, live_server, own_token, seed
-from faceledger.api import MB, ApiSettings, create_app
-from faceledger.service import Faceledger
+from faceledger.core import Faceledger
+from faceledger.http.api import MB, ApiSettings, create_app
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette suggests another httpx package; irrelevant here
@@ -640,7 +640,7 @@ def test_server_sees_a_cli_ingest_without_restart(env: Env, tmp_path: Path) -> N
     folder = tmp_path / "cli"
     folder.mkdir()
     (folder / "George_W_Bush_0001.jpg").write_bytes(env.photo("George_W_Bush", 1))
-    cmd = [sys.executable, "-m", "faceledger.cli", "ingest", str(folder), "--source", "cli"]
+    cmd = [sys.executable, "-m", "faceledger.cli.main", "ingest", str(folder), "--source", "cli"]
     cmd += ["--legal-basis", "test", "--workers", "1", "--data-dir", str(env.fl.data_dir)]
     cmd += ["--as", "root"]
     done = subprocess.run(
@@ -669,8 +669,8 @@ def test_erasure_by_face_image_and_probe(env: Env, tmp_path: Path) -> None:
     folder.mkdir()
     for name in ("Alejandro_Toledo", "Aaron_Sorkin"):
         (folder / f"{name}.jpg").write_bytes(env.photo(name, 1))
-    from faceledger.ingest import PipelineSettings
-    from faceledger.sources import iter_paths
+    from faceledger.gallery.ingest import PipelineSettings
+    from faceledger.gallery.sources import iter_paths
 
     items = iter_paths([folder], "to-erase", "test")
     env.fl.ingest(env.fl.login("root", PW), items, PipelineSettings(embedder="dlib"))

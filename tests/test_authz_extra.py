@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from conftest import RawDB, lfw_image
 from conftest_api import PW, entries, own_token, seed
-from faceledger.api import ApiSettings, create_app
-from faceledger.service import Faceledger
+from faceledger.core import Faceledger
+from faceledger.http.api import ApiSettings, create_app
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette suggests another httpx package; irrelevant here
@@ -287,7 +287,7 @@ def test_backoff_after_repeated_wrong_passwords(env: Env) -> None:
 def test_cli_refusals_are_recorded(
     env: Env, env_vars: dict[str, str], reason: str, action: str
 ) -> None:
-    from faceledger.cli import app
+    from faceledger.cli.main import app
 
     args = ["stats", "--data-dir", str(env.fl.data_dir)]
     if "FACELEDGER_TOKEN" in env_vars:

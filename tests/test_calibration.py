@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import lfw_embeddings, need_lfw
-from faceledger import calibration
+from faceledger.search import calibration
 
 # no gallery database here: not run a second time against PostgreSQL
 pytestmark = pytest.mark.nodb
@@ -63,7 +63,7 @@ def test_too_few_scores_refused() -> None:
 
 @pytest.mark.parametrize("model_id", ["dlib_resnet_v1", "dlib_resnet_v1+flip"])
 def test_shipped_calibration_for_the_default_model(model_id: str) -> None:
-    from faceledger.embedding import create_embedder
+    from faceledger.vision.embedding import create_embedder
 
     assert create_embedder(threads=1).model_id in ("dlib_resnet_v1", "dlib_resnet_v1+flip")
     c = calibration.load(model_id)
@@ -85,7 +85,7 @@ def test_shipped_calibration_for_the_default_model(model_id: str) -> None:
 
 
 def _split_names(ds: Any) -> tuple[set[str], set[str]]:
-    from faceledger.evaluation import EmbeddingTable, calibration_names, one_to_n_split
+    from faceledger.evaluation.lfw import EmbeddingTable, calibration_names, one_to_n_split
 
     paths = ds.all_images()
     table = EmbeddingTable(paths, np.zeros((len(paths), 1), np.float32), np.ones(len(paths), bool))
@@ -101,7 +101,7 @@ def test_calibration_people_are_absent_from_the_one_to_n_split(model_id: str) ->
     """#17 item 3: no person of the calibration split is in the 1:N protocol (gallery, mated
     or non-mated probe), every other person is, and the shipped calibration counts the
     calibration split's people."""
-    from faceledger.evaluation import LfwDataset
+    from faceledger.evaluation.lfw import LfwDataset
 
     ds = LfwDataset.load(need_lfw())
     calib_people, one_to_n_people = _split_names(ds)
@@ -115,7 +115,7 @@ def test_calibration_people_are_absent_from_the_one_to_n_split(model_id: str) ->
 def _subset(lfw: Path, dest: Path, calib_people: int, other_people: int) -> list[str]:
     """An LFW-shaped folder: the first people (alphabetically) with two or more photos of the
     calibration split and of the rest; their folders are links to the real ones."""
-    from faceledger.evaluation import in_calibration_split
+    from faceledger.evaluation.lfw import in_calibration_split
 
     dest.mkdir()
     chosen: list[str] = []
@@ -138,9 +138,9 @@ def test_calibrate_lfw_on_a_subset_reproduces_the_fit(tmp_path: Path) -> None:
     calibration split do not count."""
     from typer.testing import CliRunner
 
-    from faceledger.cli import _lfw_setup, app
-    from faceledger.decode import decode_image
-    from faceledger.evaluation import embed_subject, in_calibration_split
+    from faceledger.cli.main import _lfw_setup, app
+    from faceledger.evaluation.lfw import embed_subject, in_calibration_split
+    from faceledger.vision.decode import decode_image
 
     root = tmp_path / "lfw"
     chosen = _subset(need_lfw(), root, calib_people=14, other_people=4)
@@ -234,7 +234,7 @@ def test_calibration_predicts_the_false_match_rate_of_unseen_impostors(flip: boo
     people in one photo, the embedded face being the other's, e.g. Barbara_Boxer_0001 and
     Gray_Davis_0013), 5 to 7 pairs above score 0.98, i.e. a floor of about 1e-7 that no
     calibration of true impostors should follow."""
-    from faceledger.evaluation import calibration_names, impostor_scores
+    from faceledger.evaluation.lfw import calibration_names, impostor_scores
 
     ds, table, model_id, _ = lfw_embeddings(flip=flip)
     shipped = calibration.load(model_id)

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from conftest import RawDB
-from faceledger import audit
-from faceledger.index import IndexManager
-from faceledger.service import Faceledger
+from faceledger.core import Faceledger
+from faceledger.gallery.index import IndexManager
+from faceledger.ledger import audit
 
 PW = "crash test password"
 
@@ -41,7 +41,7 @@ def _ingest_cmd(data: Path, photos: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "faceledger.cli",
+        "faceledger.cli.main",
         "ingest",
         str(photos),
         "--legal-basis",

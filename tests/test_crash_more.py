@@ -50,11 +50,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import PG_ADMIN, RawDB, copy_data_dir, lfw_image, not_here, side_by_side
-from faceledger import audit
-from faceledger.index import IndexManager
-from faceledger.ingest import PipelineSettings
-from faceledger.service import Faceledger
-from faceledger.sources import iter_paths
+from faceledger.core import Faceledger
+from faceledger.gallery.index import IndexManager
+from faceledger.gallery.ingest import PipelineSettings
+from faceledger.gallery.sources import iter_paths
+from faceledger.ledger import audit
 
 PW = "crash test password"
 CRASH = 77  # exit code of an injected crash
@@ -138,8 +138,8 @@ import json, os, pathlib, sys
 from pathlib import Path
 
 data, point, ids = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
-from faceledger import privacy
-from faceledger.service import Faceledger
+from faceledger.gallery import privacy
+from faceledger.core import Faceledger
 
 fl = Faceledger(data)
 root = fl.login("root", sys.argv[4])
@@ -360,8 +360,8 @@ from pathlib import Path
 
 data, kind, action, point = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 import faiss
-from faceledger import index as ix
-from faceledger.store import Store
+from faceledger.gallery import index as ix
+from faceledger.gallery.store import Store
 
 store = Store(data)
 mgr = ix.IndexManager(store, kind=kind)
@@ -422,9 +422,9 @@ LOOP_SCRIPT = r"""
 import os, secrets, sys
 from pathlib import Path
 import numpy as np
-from faceledger.index import IndexManager
-from faceledger.sources import Provenance
-from faceledger.store import Store
+from faceledger.gallery.index import IndexManager
+from faceledger.gallery.sources import Provenance
+from faceledger.gallery.store import Store
 from faceledger.types import BBox, Detection, Face
 
 store = Store(Path(sys.argv[1]))
@@ -456,7 +456,7 @@ while True:
 
 def _synthetic_store(data: Path, n: int, seed: int = 0) -> Any:
     """A store with ``n`` random unit vectors as faces (no images needed for the index)."""
-    from faceledger.store import Store
+    from faceledger.gallery.store import Store
 
     store = Store(data)
     store.bind_model("synthetic", 128)
@@ -467,7 +467,7 @@ def _synthetic_store(data: Path, n: int, seed: int = 0) -> Any:
 def _add_synthetic(store: Any, n: int, seed: int) -> None:
     import secrets
 
-    from faceledger.sources import Provenance
+    from faceledger.gallery.sources import Provenance
     from faceledger.types import BBox, Detection, Face
 
     rng = np.random.default_rng(seed)
@@ -528,7 +528,7 @@ def test_index_save_crash_at_each_step(tmp_path: Path, kind: str, action: str, p
     )
     assert proc.returncode == CRASH, (proc.stdout, proc.stderr)
     store.close()
-    from faceledger.store import Store
+    from faceledger.gallery.store import Store
 
     store = Store(tmp_path / "data")
     _check_index(store, kind=kind)  # the same settings as the crashed writer
@@ -637,11 +637,11 @@ def _flat(text: str) -> str:
 def _failing_writes(monkeypatch: pytest.MonkeyPatch, code: int, after: int, where: str) -> None:
     """From the ``after``-th gallery file write on, writes fail with ``code`` (``where``:
     the image or the crop write; ``fsync``: the data is written, then fsync fails)."""
-    import faceledger.ingest
-    import faceledger.store
+    import faceledger.gallery.ingest
+    import faceledger.gallery.store
 
     calls = {"n": 0}
-    real_write = faceledger.store.atomic_write
+    real_write = faceledger.gallery.store.atomic_write
     real_fsync = os.fsync
 
     def should_fail(path: Path) -> bool:
@@ -662,7 +662,7 @@ def _failing_writes(monkeypatch: pytest.MonkeyPatch, code: int, after: int, wher
             raise OSError(code, os.strerror(code))
         real_fsync(fd)
 
-    monkeypatch.setattr(faceledger.ingest, "atomic_write", atomic_write)
+    monkeypatch.setattr(faceledger.gallery.ingest, "atomic_write", atomic_write)
     if where == "fsync":
         monkeypatch.setattr(os, "fsync", fsync)
 
@@ -686,7 +686,7 @@ def test_ingest_when_writes_fail_through_a_hook(
     where: str,
     words: str,
 ) -> None:
-    from faceledger.cli import app
+    from faceledger.cli.main import app
 
     data = _copy(template, tmp_path / "data")
     photos = _new_photos(lfw, tmp_path / "new", NEW)
@@ -722,7 +722,7 @@ def test_api_ingest_job_names_the_storage_problem(
 ) -> None:
     import warnings
 
-    from faceledger.api import ApiSettings, create_app
+    from faceledger.http.api import ApiSettings, create_app
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # starlette suggests another httpx package
@@ -777,7 +777,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "faceledger.cli", *args],
+        [sys.executable, "-m", "faceledger.cli.main", *args],
         env={**os.environ, "FACELEDGER_PASSWORD": PW},
         capture_output=True,
         text=True,

@@ -15,10 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import RawDB
-from faceledger import audit
-from faceledger.cli import app
-from faceledger.service import SYSTEM, Faceledger
-from faceledger.store import (
+from faceledger.cli.main import app
+from faceledger.core import SYSTEM, Faceledger
+from faceledger.gallery.store import (
     BINDING_FILE,
     BadTextError,
     DatabaseBindingError,
@@ -26,6 +25,7 @@ from faceledger.store import (
     redact_url,
     resolve_database,
 )
+from faceledger.ledger import audit
 
 needs_pg = pytest.mark.postgres  # the SQLite pass skips these by design (conftest.py)
 PW = "database test password"
@@ -134,7 +134,7 @@ def test_concurrent_ledger_appends_keep_one_chain(tmp_path: Path) -> None:
     fl.store.close()
     script = (
         "import sys; from pathlib import Path\n"
-        "from faceledger.service import SYSTEM, Faceledger\n"
+        "from faceledger.core import SYSTEM, Faceledger\n"
         "fl = Faceledger(Path(sys.argv[1]))\n"
         "for i in range(40): fl.record(SYSTEM, 'stress', sys.argv[2], i=i)\n"
     )

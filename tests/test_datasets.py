@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from faceledger import datasets
+from faceledger.evaluation import datasets
 
 # no gallery database here: not run a second time against PostgreSQL
 pytestmark = pytest.mark.nodb

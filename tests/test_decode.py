@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceledger.decode import DecodeError, decode_image
+from faceledger.vision.decode import DecodeError, decode_image
 
 # no gallery database here: not run a second time against PostgreSQL
 pytestmark = pytest.mark.nodb

@@ -25,12 +25,12 @@ from typer.testing import CliRunner
 
 from conftest import RawDB, lfw_image
 from conftest_api import PW, entries, own_token
-from faceledger.api import ApiSettings, create_app
-from faceledger.cli import app as cli_app
-from faceledger.detection import create_detector
-from faceledger.ingest import PipelineSettings
-from faceledger.service import Faceledger, SearchRequest
-from faceledger.sources import iter_paths
+from faceledger.cli.main import app as cli_app
+from faceledger.core import Faceledger, SearchRequest
+from faceledger.gallery.ingest import PipelineSettings
+from faceledger.gallery.sources import iter_paths
+from faceledger.http.api import ApiSettings, create_app
+from faceledger.vision.detection import create_detector
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import lfw_image
-from faceledger.detection import create_detector, effective_min_face, work_scale
+from faceledger.vision.detection import create_detector, effective_min_face, work_scale
 
 # no gallery database here: not run a second time against PostgreSQL
 pytestmark = pytest.mark.nodb

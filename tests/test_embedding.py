@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from faceledger.embedding import (
+from faceledger.vision.embedding import (
     DEFAULT_EMBEDDER,
     FlipAveraged,
     create_embedder,

@@ -24,16 +24,17 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import RawDB, copy_data_dir, lfw_image
-from faceledger import audit, calibration
-from faceledger.analysis import CROP_MARGIN, face_crop_jpeg
-from faceledger.api import ApiSettings, create_app
-from faceledger.auth import PermissionDenied
-from faceledger.cli import app as cli_app
-from faceledger.decode import decode_image
-from faceledger.ingest import PipelineSettings
-from faceledger.service import Faceledger, RefusedError
-from faceledger.sources import iter_paths
+from faceledger.accounts.auth import PermissionDenied
+from faceledger.cli.main import app as cli_app
+from faceledger.core import Faceledger, RefusedError
+from faceledger.gallery.ingest import PipelineSettings
+from faceledger.gallery.sources import iter_paths
+from faceledger.http.api import ApiSettings, create_app
+from faceledger.ledger import audit
+from faceledger.search import calibration
 from faceledger.types import BBox, Detection
+from faceledger.vision.analysis import CROP_MARGIN, face_crop_jpeg
+from faceledger.vision.decode import decode_image
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette suggests another httpx package; irrelevant here
@@ -179,7 +180,7 @@ def test_a_crash_before_the_files_are_replaced_still_leaves_no_erased_pixels(
 ) -> None:
     """#11 item 10a: the remade crops are journalled with the blurred photo, so the next
     start completes them after a crash between the commit and the file replacements."""
-    import faceledger.privacy as privacy
+    import faceledger.gallery.privacy as privacy
 
     left, right = group_faces(fl)
     old_crop = right["crop"].read_bytes()
@@ -244,7 +245,7 @@ def test_the_erased_vector_is_in_no_file_of_the_data_dir_when_erase_returns(
 ) -> None:
     """#11 item 10b: index files, database and WAL hold no byte of the erased vector."""
     ivy = login(fl, "ivy")
-    from faceledger.service import SearchRequest
+    from faceledger.core import SearchRequest
 
     # a search first: the server's index is loaded, and the WAL has fresh pages
     req = SearchRequest("CASE-9", "violent-crime", "CCTV still from the robbery", top_k=3)
@@ -394,7 +395,7 @@ def test_the_story_preview_lists_scores_and_only_the_confirmed_faces_go(
 
 def test_default_threshold_is_the_calibrated_score_of_fmr_1e6(fl: Faceledger, lfw: Path) -> None:
     """#11 item 10d: without a threshold, the score whose estimated FMR is 1e-6, stated."""
-    from faceledger.privacy import PREVIEW_FMR
+    from faceledger.gallery.privacy import PREVIEW_FMR
 
     preview = fl.erase_preview(login(fl), subject_photo(lfw))
     cal = calibration.load(fl.store.model_id() or "")

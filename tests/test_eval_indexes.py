@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import lfw_embeddings
-from faceledger import evaluation
-from faceledger.bench import default_face_model
-from faceledger.evaluation import EmbeddingTable, LfwDataset
+from faceledger.evaluation import lfw as evaluation
+from faceledger.evaluation.bench import default_face_model
+from faceledger.evaluation.lfw import EmbeddingTable, LfwDataset
 
 # no gallery database here: not run a second time against PostgreSQL
 pytestmark = pytest.mark.nodb
@@ -33,7 +33,7 @@ def synthetic_lfw(
     root: Path, people: int = 1300, seed: int = 3
 ) -> tuple[LfwDataset, EmbeddingTable]:
     """LFW-shaped people (most with one image, a long tail with many) and LFW-calibrated
-    synthetic 128-d embeddings (faceledger.bench's face model)."""
+    synthetic 128-d embeddings (faceledger.evaluation.bench's face model)."""
     rng = np.random.default_rng(seed)
     counts = np.minimum(rng.geometric(0.55, size=people), 30)
     model = default_face_model(128)
@@ -149,7 +149,7 @@ def test_index_specs() -> None:
 def _fake_lfw_with_cache(tmp_path: Path) -> tuple[Path, Path]:
     """An LFW folder (empty image files, a two-fold pairs.txt) and the embedding cache the CLI
     reads for the default pipeline, so that nothing is embedded."""
-    from faceledger.cli import _lfw_setup
+    from faceledger.cli.main import _lfw_setup
 
     lfw = tmp_path / "lfw"
     ds, table = synthetic_lfw(lfw, people=400, seed=5)
@@ -172,7 +172,7 @@ def _fake_lfw_with_cache(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_cli_eval_lfw_indexes(tmp_path: Path) -> None:
-    from faceledger.cli import app
+    from faceledger.cli.main import app
 
     lfw, data = _fake_lfw_with_cache(tmp_path)
     runner = CliRunner()
@@ -198,8 +198,8 @@ def test_cli_eval_lfw_indexes(tmp_path: Path) -> None:
 def test_full_lfw_indexes_identical(lfw: Path) -> None:
     """Real embeddings: all of LFW's 1:N searches through every index (the default
     pipeline's embeddings of LFW, built if missing: conftest.lfw_embeddings)."""
-    from faceledger.cli import _lfw_setup
-    from faceledger.ingest import default_workers
+    from faceledger.cli.main import _lfw_setup
+    from faceledger.gallery.ingest import default_workers
 
     _, _, model_id, cache = lfw_embeddings(flip=True)
     factory, _, _ = _lfw_setup("hog+cnn", "default", cache.parents[1], None, "cpu")

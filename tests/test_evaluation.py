@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceledger import evaluation
-from faceledger.evaluation import EmbeddingTable, LfwDataset
+from faceledger.evaluation import lfw as evaluation
+from faceledger.evaluation.lfw import EmbeddingTable, LfwDataset
 
 # no gallery database here: not run a second time against PostgreSQL
 pytestmark = pytest.mark.nodb
@@ -63,7 +63,7 @@ def test_identification_protocol_on_separable_vectors(tmp_path: Path) -> None:
 
 def test_verification_on_a_real_fold(lfw: Path, analyzer) -> None:
     """A slice of View 2 (60 pairs of fold 1) through the real pipeline."""
-    from faceledger.decode import decode_image
+    from faceledger.vision.decode import decode_image
 
     folds = evaluation.parse_pairs(lfw / "pairs.txt")
     fold = folds[0][:30] + folds[0][300:330]

@@ -43,8 +43,8 @@ from schemathesis.checks import (  # noqa: E402
 from schemathesis.config import SchemathesisConfig  # noqa: E402
 
 from conftest_api import PW, own_token, seed  # noqa: E402
-from faceledger.api import MB, ApiSettings, create_app, router  # noqa: E402
-from faceledger.service import Faceledger  # noqa: E402
+from faceledger.core import Faceledger  # noqa: E402
+from faceledger.http.api import MB, ApiSettings, create_app, router  # noqa: E402
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette suggests another httpx package; irrelevant here

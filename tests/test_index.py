@@ -10,7 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from conftest import lfw_embeddings
-from faceledger.bench import (
+from faceledger.cli.bench import bench_app
+from faceledger.evaluation.bench import (
     DEFAULT_MODELS,
     LFW_STATS,
     FaceModel,
@@ -21,8 +22,7 @@ from faceledger.bench import (
     run_search_bench,
     simulate_stats,
 )
-from faceledger.cli_bench import bench_app
-from faceledger.index import (
+from faceledger.gallery.index import (
     DEFAULT_ANN_KIND,
     EXACT_MAX_FACES,
     AnnParams,
@@ -33,8 +33,8 @@ from faceledger.index import (
     auto_nlist,
     choose_kind,
 )
-from faceledger.sources import Provenance
-from faceledger.store import Store
+from faceledger.gallery.sources import Provenance
+from faceledger.gallery.store import Store
 from faceledger.types import BBox, Detection, Face
 
 MODEL = "dlib_resnet_v1"

@@ -15,13 +15,13 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from conftest import blank_jpeg, lfw_image
-from faceledger.cli import app
-from faceledger.index import IndexManager
-from faceledger.ingest import Ingestor, IngestSummary, PipelineSettings
-from faceledger.ingest_ray import RayIngestor
-from faceledger.schema import faces, images
-from faceledger.sources import iter_paths
-from faceledger.store import Store
+from faceledger.cli.main import app
+from faceledger.gallery.index import IndexManager
+from faceledger.gallery.ingest import Ingestor, IngestSummary, PipelineSettings
+from faceledger.gallery.ingest_ray import RayIngestor
+from faceledger.gallery.schema import faces, images
+from faceledger.gallery.sources import iter_paths
+from faceledger.gallery.store import Store
 
 # Ray Data copies its DataContext, tripping its own deprecated-setting warnings.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")

@@ -11,12 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import blank_jpeg, lfw_image, side_by_side
-from faceledger.cli import app
-from faceledger.index import IndexManager
-from faceledger.ingest import Ingestor, PipelineSettings
-from faceledger.search import NoFaceError, Searcher
-from faceledger.sources import iter_manifest, iter_paths
-from faceledger.store import ModelMismatchError, Store
+from faceledger.cli.main import app
+from faceledger.gallery.index import IndexManager
+from faceledger.gallery.ingest import Ingestor, PipelineSettings
+from faceledger.gallery.sources import iter_manifest, iter_paths
+from faceledger.gallery.store import ModelMismatchError, Store
+from faceledger.search.searcher import NoFaceError, Searcher
 
 PEOPLE = ["Aaron_Peirsol", "Abdullah_Gul", "Adrien_Brody", "Al_Gore", "Alejandro_Toledo"]
 

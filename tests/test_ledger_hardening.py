@@ -25,13 +25,13 @@ from sqlalchemy import insert, select, update
 from typer.testing import CliRunner
 
 from conftest import RawDB, lfw_image
-from faceledger import audit, reports
-from faceledger.api import ApiSettings, create_app
-from faceledger.auth import PermissionDenied
-from faceledger.cli import app
-from faceledger.schema import case_requests, searches, users, verifications
-from faceledger.service import Faceledger, RefusedError, SearchRequest
-from faceledger.store import now_iso
+from faceledger.accounts.auth import PermissionDenied
+from faceledger.cli.main import app
+from faceledger.core import Faceledger, RefusedError, SearchRequest
+from faceledger.gallery.schema import case_requests, searches, users, verifications
+from faceledger.gallery.store import now_iso
+from faceledger.http.api import ApiSettings, create_app
+from faceledger.ledger import audit, reports
 
 PW = "correct horse battery"
 TODAY = date.today()
@@ -363,8 +363,8 @@ def test_real_searches_agree_and_an_edited_one_is_caught(
     """#11 item 7: searches written by the core agree with their entries; editing the
     case number of one in the database is then reported (entries of today's writer carry
     the case number as their target)."""
-    from faceledger.ingest import PipelineSettings
-    from faceledger.sources import iter_paths
+    from faceledger.gallery.ingest import PipelineSettings
+    from faceledger.gallery.sources import iter_paths
 
     f = Faceledger(tmp_path / "data")
     root = f.init_admin("root", PW)

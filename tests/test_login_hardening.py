@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 from conftest import RawDB
 from conftest_api import entries, live_server
-from faceledger import audit
-from faceledger.api import ApiSettings, create_app
-from faceledger.auth import AuthError, LoginThrottled, PermissionDenied
-from faceledger.service import Faceledger, RefusedError
+from faceledger.accounts.auth import AuthError, LoginThrottled, PermissionDenied
+from faceledger.core import Faceledger, RefusedError
+from faceledger.http.api import ApiSettings, create_app
+from faceledger.ledger import audit
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette suggests another httpx package; irrelevant here
@@ -69,7 +69,7 @@ def web_login(client: Any, user: str, password: str = PW, **headers: str) -> Any
 
 
 def cli(data_dir: Path, *args: str, **env: str | None) -> Any:
-    from faceledger.cli import app
+    from faceledger.cli.main import app
 
     base = {"FACELEDGER_USER": None, "FACELEDGER_TOKEN": None, "FACELEDGER_PASSWORD": None}
     return CliRunner().invoke(app, [*args, "--data-dir", str(data_dir)], env=base | env)

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 
 from conftest import RawDB, lfw_image
 from conftest_api import PW, entries, own_token, seed
-from faceledger.api import ApiSettings, create_app
-from faceledger.cli import app as cli_app
-from faceledger.service import MAX_JUSTIFICATION, Faceledger, RefusedError, SearchRequest
+from faceledger.cli.main import app as cli_app
+from faceledger.core import MAX_JUSTIFICATION, Faceledger, RefusedError, SearchRequest
+from faceledger.http.api import ApiSettings, create_app
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -528,7 +528,7 @@ def test_audit_verify_agrees_with_every_writer_and_catches_a_forged_justificatio
 def test_admins_see_and_clear_a_login_back_off(env: Env) -> None:
     """#11 item 11: the admin's user list shows a back-off (no account lock) and an unlock
     clears it."""
-    from faceledger.auth import AuthError
+    from faceledger.accounts.auth import AuthError
 
     for _ in range(5):
         with pytest.raises(AuthError):

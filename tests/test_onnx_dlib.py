@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import need, need_lfw, not_here
-from faceledger.convert import dlib_onnx
-from faceledger.convert.dlib_onnx import cached_resnet_onnx
-from faceledger.embedding.onnx_backend import (
+from faceledger.vision.convert import dlib_onnx
+from faceledger.vision.convert.dlib_onnx import cached_resnet_onnx
+from faceledger.vision.embedding.onnx_backend import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
     OnnxDlibResnetEmbedder,
@@ -29,9 +29,9 @@ def _lfw_chips(n: int) -> np.ndarray:
     import dlib
     from PIL import Image
 
-    from faceledger.embedding.dlib_backend import dlib_chip
-    from faceledger.models import model_path
     from faceledger.types import BBox, Detection
+    from faceledger.vision.embedding.dlib_backend import dlib_chip
+    from faceledger.vision.models import model_path
 
     lfw = need_lfw()
     detector = dlib.get_frontal_face_detector()
@@ -62,7 +62,7 @@ def onnx_embedder(tmp_path_factory: pytest.TempPathFactory) -> OnnxDlibResnetEmb
 
 
 def _check_equivalence(embedder: OnnxDlibResnetEmbedder, n: int) -> None:
-    from faceledger.embedding.dlib_backend import DlibResnetEmbedder
+    from faceledger.vision.embedding.dlib_backend import DlibResnetEmbedder
 
     chips = _lfw_chips(n)
     reference = DlibResnetEmbedder().embed_chips(chips)
@@ -86,7 +86,7 @@ def test_equivalence_500_lfw_faces(onnx_embedder: OnnxDlibResnetEmbedder) -> Non
 
 def test_random_chips_match_dlib(onnx_embedder: OnnxDlibResnetEmbedder) -> None:
     """Off-distribution inputs (noise, flat colours) exercise every channel of the input."""
-    from faceledger.embedding.dlib_backend import DlibResnetEmbedder
+    from faceledger.vision.embedding.dlib_backend import DlibResnetEmbedder
 
     rng = np.random.default_rng(7)
     chips = rng.integers(0, 256, size=(6, 150, 150, 3), dtype=np.uint8)
@@ -97,7 +97,7 @@ def test_random_chips_match_dlib(onnx_embedder: OnnxDlibResnetEmbedder) -> None:
 
 
 def test_embedder_interface(onnx_embedder: OnnxDlibResnetEmbedder) -> None:
-    from faceledger.embedding.dlib_backend import DlibResnetEmbedder
+    from faceledger.vision.embedding.dlib_backend import DlibResnetEmbedder
 
     assert onnx_embedder.model_id == DlibResnetEmbedder.model_id == "dlib_resnet_v1"
     assert onnx_embedder.dim == 128
@@ -183,7 +183,7 @@ def test_cache_converts_once_and_detects_corruption(
 def test_cache_reconverts_when_source_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from faceledger.models import model_path
+    from faceledger.vision.models import model_path
 
     counter = _CountingConvert()
     monkeypatch.setattr(dlib_onnx, "convert_resnet", counter)
@@ -205,7 +205,7 @@ def test_cache_reconverts_when_source_changes(
 
 
 def test_parser_rejects_other_files(tmp_path: Path) -> None:
-    from faceledger.models import model_path
+    from faceledger.vision.models import model_path
 
     with pytest.raises(dlib_onnx.DlibFormatError):
         dlib_onnx.parse_dlib_network(model_path("landmarks5").read_bytes())
@@ -252,7 +252,7 @@ def test_unfolded_graph_matches_folded(onnx_embedder: OnnxDlibResnetEmbedder) ->
     """Folding the affine layers into the convolutions does not change the network."""
     import onnxruntime as ort
 
-    from faceledger.models import model_path
+    from faceledger.vision.models import model_path
 
     net = dlib_onnx.parse_dlib_network(model_path("resnet").read_bytes())
     model = dlib_onnx.build_onnx(net, fold_affine=False)

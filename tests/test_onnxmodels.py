@@ -24,7 +24,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from faceledger.onnxmodels import (
+from faceledger.types import BBox, Detection
+from faceledger.vision.onnxmodels import (
     ARCFACE_TEMPLATE,
     DLIB5_TARGETS,
     ArcFaceEmbedder,
@@ -40,9 +41,8 @@ from faceledger.onnxmodels import (
     load_model_dir,
     warp_affine,
 )
-from faceledger.onnxmodels.align import apply_transform
-from faceledger.onnxmodels.scrfd import letterbox, nms
-from faceledger.types import BBox, Detection
+from faceledger.vision.onnxmodels.align import apply_transform
+from faceledger.vision.onnxmodels.scrfd import letterbox, nms
 
 # no gallery database here: not run a second time against PostgreSQL
 pytestmark = pytest.mark.nodb
@@ -542,8 +542,8 @@ def test_face_analyzer_end_to_end_on_lfw(tmp_path, lfw: Path):
     path = lfw / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
     import dlib
 
-    from faceledger.analysis import FaceAnalyzer
-    from faceledger.models import model_path
+    from faceledger.vision.analysis import FaceAnalyzer
+    from faceledger.vision.models import model_path
 
     image = np.asarray(Image.open(path).convert("RGB"))
     # Where the face is, from dlib; turned into ArcFace-order keypoints through the alignment

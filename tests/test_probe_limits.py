@@ -35,8 +35,9 @@ from PIL import Image
 import faceledger
 from conftest import lfw_image
 from conftest_api import PW, entries, seed
-from faceledger.api import ApiSettings, create_app
-from faceledger.decode import (
+from faceledger.core import Faceledger
+from faceledger.http.api import ApiSettings, create_app
+from faceledger.vision.decode import (
     DEFAULT_MAX_PROBE_PIXELS,
     DecodeError,
     configure_probes,
@@ -44,7 +45,6 @@ from faceledger.decode import (
     decode_probe,
     probe_limits,
 )
-from faceledger.service import Faceledger
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette suggests another httpx package; irrelevant here
@@ -179,7 +179,7 @@ def server(seeded: Seeded) -> Iterator[Server]:
     log = (seeded.base / "server.log").open("wb")
     command = ["serve", "--data-dir", str(seeded.fl.data_dir), "--port", str(port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "faceledger.cli", *command], env=env, stdout=log, stderr=log
+        [sys.executable, "-m", "faceledger.cli.main", *command], env=env, stdout=log, stderr=log
     )
     base = f"http://127.0.0.1:{port}/api/v1"
     try:
@@ -236,7 +236,7 @@ def test_sixteen_bit_decode_needs_no_full_size_float_copy(tmp_path: Path) -> Non
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from faceledger.decode import decode_image\n"
+        "from faceledger.vision.decode import decode_image\n"
         "data = Path(sys.argv[1]).read_bytes()\n"
         "def status(key):\n"
         "    for line in Path('/proc/self/status').read_text().splitlines():\n"

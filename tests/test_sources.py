@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from faceledger.sources import ItemError, SourceError, iter_manifest, iter_paths
+from faceledger.gallery.sources import ItemError, SourceError, iter_manifest, iter_paths
 
 # no gallery database here: not run a second time against PostgreSQL
 pytestmark = pytest.mark.nodb

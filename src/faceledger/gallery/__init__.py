@@ -1,0 +1,1 @@
+"""gallery: see ARCHITECTURE.md."""
