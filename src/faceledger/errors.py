@@ -13,3 +13,11 @@ class RefusedError(Exception):
 
 class PolicyTamperedError(Exception):
     """policy.json differs from the last version recorded in the ledger."""
+
+
+class ModelMismatchError(Exception):
+    """Raised when vectors of one model would be mixed into a gallery of another."""
+
+
+class BadTextError(ValueError):
+    """Text that no supported database stores faithfully (PostgreSQL refuses NUL)."""

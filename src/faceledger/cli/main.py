@@ -183,7 +183,7 @@ def session(
 
     from faceledger.accounts.auth import AuthError, PermissionDenied
     from faceledger.core import PolicyTamperedError, RefusedError
-    from faceledger.gallery.store import ModelMismatchError
+    from faceledger.errors import ModelMismatchError
     from faceledger.vision.decode import DecodeError
 
     fl = open_data_dir(data_dir)

@@ -24,6 +24,7 @@ import numpy as np
 from sqlalchemy import Engine, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from faceledger.errors import BadTextError, ModelMismatchError
 from faceledger.gallery.schema import (
     SCHEMA_VERSION,
     face_tombstones,
@@ -43,14 +44,6 @@ log = logging.getLogger(__name__)
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-class ModelMismatchError(Exception):
-    """Raised when vectors of one model would be mixed into a gallery of another."""
-
-
-class BadTextError(ValueError):
-    """Text that no supported database stores faithfully (PostgreSQL refuses NUL)."""
 
 
 def _refuse_nul(

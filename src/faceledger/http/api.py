@@ -58,9 +58,9 @@ from faceledger import __version__
 from faceledger.accounts.auth import Actor, AuthError, LoginThrottled, PermissionDenied
 from faceledger.cases.policy import Policy, policy_path
 from faceledger.core import Faceledger, PolicyTamperedError, RefusedError, SearchRequest
+from faceledger.errors import BadTextError, ModelMismatchError
 from faceledger.gallery.jobs import JobManager
 from faceledger.gallery.sources import ItemError, SourceError, parse_when
-from faceledger.gallery.store import BadTextError, ModelMismatchError
 from faceledger.ledger import audit, reports
 from faceledger.search.searcher import LEADS_NOTICE, NoFaceError
 from faceledger.vision import probes
