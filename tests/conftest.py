@@ -166,7 +166,7 @@ def fresh_db(_module_db, request: pytest.FixtureRequest, monkeypatch: pytest.Mon
     dbs = _Databases(monkeypatch)
     if request.node.get_closest_marker("nodb"):
         # keep the marker honest: a test that skips the PostgreSQL pass must not need it
-        from faceledger.gallery.store import Store
+        from faceledger.db.store import Store
 
         def refuse(*_a: Any, **_k: Any) -> None:
             raise AssertionError("a test marked nodb opened a gallery database")

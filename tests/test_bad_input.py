@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from conftest import RawDB, lfw_image, side_by_side
+from faceledger.db.store import Store
 from faceledger.gallery.ingest import Ingestor, PipelineSettings
 from faceledger.gallery.sources import iter_manifest, iter_paths
-from faceledger.gallery.store import Store
 
 
 def _img(mode: str = "RGB", size: tuple[int, int] = (64, 48), fmt: str = "PNG", **kw) -> bytes:

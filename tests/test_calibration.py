@@ -63,7 +63,7 @@ def test_too_few_scores_refused() -> None:
 
 @pytest.mark.parametrize("model_id", ["dlib_resnet_v1", "dlib_resnet_v1+flip"])
 def test_shipped_calibration_for_the_default_model(model_id: str) -> None:
-    from faceledger.vision.embedding import create_embedder
+    from faceledger.vision.routing import create_embedder
 
     assert create_embedder(threads=1).model_id in ("dlib_resnet_v1", "dlib_resnet_v1+flip")
     c = calibration.load(model_id)

@@ -360,8 +360,8 @@ from pathlib import Path
 
 data, kind, action, point = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 import faiss
-from faceledger.gallery import index as ix
-from faceledger.gallery.store import Store
+from faceledger.gallery.index import manager as ix
+from faceledger.db.store import Store
 
 store = Store(data)
 mgr = ix.IndexManager(store, kind=kind)
@@ -424,7 +424,7 @@ from pathlib import Path
 import numpy as np
 from faceledger.gallery.index import IndexManager
 from faceledger.gallery.sources import Provenance
-from faceledger.gallery.store import Store
+from faceledger.db.store import Store
 from faceledger.types import BBox, Detection, Face
 
 store = Store(Path(sys.argv[1]))
@@ -456,7 +456,7 @@ while True:
 
 def _synthetic_store(data: Path, n: int, seed: int = 0) -> Any:
     """A store with ``n`` random unit vectors as faces (no images needed for the index)."""
-    from faceledger.gallery.store import Store
+    from faceledger.db.store import Store
 
     store = Store(data)
     store.bind_model("synthetic", 128)
@@ -528,7 +528,7 @@ def test_index_save_crash_at_each_step(tmp_path: Path, kind: str, action: str, p
     )
     assert proc.returncode == CRASH, (proc.stdout, proc.stderr)
     store.close()
-    from faceledger.gallery.store import Store
+    from faceledger.db.store import Store
 
     store = Store(tmp_path / "data")
     _check_index(store, kind=kind)  # the same settings as the crashed writer
@@ -637,11 +637,11 @@ def _flat(text: str) -> str:
 def _failing_writes(monkeypatch: pytest.MonkeyPatch, code: int, after: int, where: str) -> None:
     """From the ``after``-th gallery file write on, writes fail with ``code`` (``where``:
     the image or the crop write; ``fsync``: the data is written, then fsync fails)."""
+    import faceledger.db.store
     import faceledger.gallery.ingest
-    import faceledger.gallery.store
 
     calls = {"n": 0}
-    real_write = faceledger.gallery.store.atomic_write
+    real_write = faceledger.db.store.atomic_write
     real_fsync = os.fsync
 
     def should_fail(path: Path) -> bool:

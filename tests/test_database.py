@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from conftest import RawDB
 from faceledger.cli.main import app
 from faceledger.core import SYSTEM, Faceledger
-from faceledger.gallery.store import (
+from faceledger.db.store import (
     BINDING_FILE,
     BadTextError,
     DatabaseBindingError,

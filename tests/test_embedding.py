@@ -3,12 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from faceledger.vision.embedding import (
-    DEFAULT_EMBEDDER,
-    FlipAveraged,
-    create_embedder,
-    create_embedder_for_model,
-)
+from faceledger.vision.embedding import DEFAULT_EMBEDDER, FlipAveraged
+from faceledger.vision.routing import create_embedder, create_embedder_for_model
 
 # no gallery database here: not run a second time against PostgreSQL
 pytestmark = pytest.mark.nodb

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import lfw_embeddings
 from faceledger.cli.bench import bench_app
+from faceledger.db.store import Store
 from faceledger.evaluation.bench import (
     DEFAULT_MODELS,
     LFW_STATS,
@@ -34,7 +35,6 @@ from faceledger.gallery.index import (
     choose_kind,
 )
 from faceledger.gallery.sources import Provenance
-from faceledger.gallery.store import Store
 from faceledger.types import BBox, Detection, Face
 
 MODEL = "dlib_resnet_v1"

@@ -21,7 +21,7 @@ from test_index import (  # noqa: E402
 )
 
 from faceledger.gallery.index import IndexManager  # noqa: E402
-from faceledger.gallery.index_milvus import MilvusIndex, is_milvus_uri, parse_uri  # noqa: E402
+from faceledger.gallery.index.milvus import MilvusIndex, is_milvus_uri, parse_uri  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 
 from conftest import blank_jpeg, lfw_image
 from faceledger.cli.main import app
+from faceledger.db.schema import faces, images
+from faceledger.db.store import Store
 from faceledger.gallery.index import IndexManager
 from faceledger.gallery.ingest import Ingestor, IngestSummary, PipelineSettings
 from faceledger.gallery.ingest_ray import RayIngestor
-from faceledger.gallery.schema import faces, images
 from faceledger.gallery.sources import iter_paths
-from faceledger.gallery.store import Store
 
 # Ray Data copies its DataContext, tripping its own deprecated-setting warnings.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")

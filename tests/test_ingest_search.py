@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from conftest import blank_jpeg, lfw_image, side_by_side
 from faceledger.cli.main import app
+from faceledger.db.store import ModelMismatchError, Store
 from faceledger.gallery.index import IndexManager
 from faceledger.gallery.ingest import Ingestor, PipelineSettings
 from faceledger.gallery.sources import iter_manifest, iter_paths
-from faceledger.gallery.store import ModelMismatchError, Store
 from faceledger.search.searcher import NoFaceError, Searcher
 
 PEOPLE = ["Aaron_Peirsol", "Abdullah_Gul", "Adrien_Brody", "Al_Gore", "Alejandro_Toledo"]

@@ -28,8 +28,8 @@ from conftest import RawDB, lfw_image
 from faceledger.accounts.auth import PermissionDenied
 from faceledger.cli.main import app
 from faceledger.core import Faceledger, RefusedError, SearchRequest
-from faceledger.gallery.schema import case_requests, searches, users, verifications
-from faceledger.gallery.store import now_iso
+from faceledger.db.schema import case_requests, searches, users, verifications
+from faceledger.db.store import now_iso
 from faceledger.http.api import ApiSettings, create_app
 from faceledger.ledger import audit, reports
 

@@ -25,8 +25,7 @@ from sqlalchemy import func, insert, select, update
 from faceledger.accounts import auth
 from faceledger.accounts.auth import Actor, AuthError, PermissionDenied
 from faceledger.cases.policy import Policy, optout_threshold, policy_path
-from faceledger.errors import PolicyTamperedError, RefusedError
-from faceledger.gallery.schema import (
+from faceledger.db.schema import (
     blocklist,
     case_requests,
     searches,
@@ -34,9 +33,11 @@ from faceledger.gallery.schema import (
     users,
     verifications,
 )
-from faceledger.gallery.schema import probes as probe_table
-from faceledger.gallery.store import Store, atomic_write, insert_or_ignore, now_iso
+from faceledger.db.schema import probes as probe_table
+from faceledger.db.store import Store, atomic_write, insert_or_ignore, now_iso
+from faceledger.errors import PolicyTamperedError, RefusedError
 from faceledger.ledger import audit
+from faceledger.ledger.guards import install_ledger_guards
 from faceledger.search.searcher import LEADS_NOTICE, NoFaceError, Searcher
 from faceledger.types import Face
 from faceledger.vision import probes
@@ -132,6 +133,7 @@ class Faceledger:
         self.model_dir = model_dir or os.environ.get("FACELEDGER_MODEL_DIR") or None
         self.device = device
         self.store = Store(data_dir, url=db_url)
+        install_ledger_guards(self.store)
         self.data_dir = self.store.data_dir
         self._searcher: Searcher | None = None
         self._analyzer_factory: Callable[[], FaceAnalyzer] | None = None
@@ -242,7 +244,7 @@ class Faceledger:
     @staticmethod
     def _login_wait(conn: Any, key: str, address: str, now: datetime) -> int:
         """Seconds the (name key, address) pair must still wait after failed logins."""
-        from faceledger.gallery.schema import login_failures as lf
+        from faceledger.db.schema import login_failures as lf
 
         until = conn.execute(
             select(lf.c.blocked_until).where(lf.c.username_key == key, lf.c.address == address)
@@ -259,7 +261,7 @@ class Faceledger:
         count and any wait, for the ledger entry."""
         from sqlalchemy import delete
 
-        from faceledger.gallery.schema import login_failures as lf
+        from faceledger.db.schema import login_failures as lf
 
         stamp = now.isoformat(timespec="seconds")
         horizon = (now - auth.LOGIN_FAILURE_MEMORY).isoformat(timespec="seconds")
@@ -332,7 +334,7 @@ class Faceledger:
             else:
                 from sqlalchemy import delete
 
-                from faceledger.gallery.schema import login_failures as lf
+                from faceledger.db.schema import login_failures as lf
 
                 assert row is not None  # an unknown user always sets a problem
                 conn.execute(delete(lf).where(lf.c.username_key == key, lf.c.address == address))
@@ -486,7 +488,7 @@ class Faceledger:
         (name, address) pairs were cleared."""
         from sqlalchemy import delete
 
-        from faceledger.gallery.schema import login_failures as lf
+        from faceledger.db.schema import login_failures as lf
 
         if len(username) > auth.MAX_USERNAME_LENGTH:
             raise RefusedError(
@@ -549,7 +551,7 @@ class Faceledger:
     def list_users(self, actor: Actor) -> list[dict[str, Any]]:
         """Users; ``locked_until`` is the end of the longest login back-off that one of the
         user's (name, address) pairs is in now (admins clear it with :meth:`unlock_user`)."""
-        from faceledger.gallery.schema import login_failures as lf
+        from faceledger.db.schema import login_failures as lf
 
         self.require(actor, "manage_users")
         with self.store.engine.connect() as conn:
@@ -956,7 +958,7 @@ class Faceledger:
     def searcher(self) -> Searcher:
         if self._searcher is None:
             if self._analyzer_factory is None:
-                from faceledger.vision.embedding import create_embedder_for_model
+                from faceledger.vision.routing import create_embedder_for_model
 
                 model = self.store.model_id()
                 if model is None:
@@ -1361,7 +1363,7 @@ class Faceledger:
         }
 
     def _detects_today(self, actor: Actor) -> int:
-        from faceledger.gallery.schema import ledger
+        from faceledger.db.schema import ledger
 
         start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         with self.store.engine.connect() as conn:

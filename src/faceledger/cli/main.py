@@ -157,7 +157,7 @@ def open_data_dir(data_dir: Path | None) -> Any:
     from sqlalchemy.exc import OperationalError
 
     from faceledger.core import Faceledger
-    from faceledger.gallery.store import DatabaseBindingError
+    from faceledger.db.store import DatabaseBindingError
 
     path = config.data_dir(data_dir)
     try:
@@ -1151,7 +1151,8 @@ def _lfw_setup(
     named for everything that changes the vectors, so runs never share a wrong one)."""
     from functools import partial
 
-    from faceledger.vision.embedding import DEFAULT_EMBEDDER, create_embedder
+    from faceledger.vision.embedding import DEFAULT_EMBEDDER
+    from faceledger.vision.routing import create_embedder
 
     embedder = DEFAULT_EMBEDDER if embedder == "default" else embedder
     try:

@@ -479,7 +479,7 @@ class FaceIndexSearch:
 
 
 class MilvusSearch:
-    """A Milvus collection (:class:`faceledger.gallery.index_milvus.MilvusIndex`) on Milvus Lite.
+    """A Milvus collection (:class:`faceledger.gallery.index.milvus.MilvusIndex`) on Milvus Lite.
 
     With ``flush`` (the default) the inserted rows are flushed into a sealed segment, which
     Milvus Lite indexes with HNSW as a server does; unflushed rows are searched by brute
@@ -491,7 +491,7 @@ class MilvusSearch:
     def __init__(
         self, label: str, gallery: np.ndarray, workdir: Path, options: dict[str, int]
     ) -> None:
-        from faceledger.gallery.index_milvus import MilvusIndex
+        from faceledger.gallery.index.milvus import MilvusIndex
 
         self.label = label
         opts = dict(options)

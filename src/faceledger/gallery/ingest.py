@@ -23,16 +23,17 @@ from typing import Any
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 
+from faceledger.db.store import Store, atomic_write
 from faceledger.gallery.index import IndexManager
 from faceledger.gallery.parallel import ordered_map
 from faceledger.gallery.privacy import erased_reason
 from faceledger.gallery.sources import ItemError, SourceItem
-from faceledger.gallery.store import Store, atomic_write
 from faceledger.types import Face
 from faceledger.vision.analysis import FaceAnalyzer
 from faceledger.vision.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from faceledger.vision.detection import DEFAULT_MIN_FACE, Detector, create_detector
-from faceledger.vision.embedding import DEFAULT_EMBEDDER, Embedder, create_embedder
+from faceledger.vision.embedding import DEFAULT_EMBEDDER, Embedder
+from faceledger.vision.routing import create_embedder
 
 EXTENSIONS = {
     "JPEG": "jpg",

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
+from faceledger.db.store import Store
 from faceledger.gallery.ingest import (
     Analysed,
     Ingestor,
@@ -40,7 +41,6 @@ from faceledger.gallery.ingest import (
     _init_worker,
 )
 from faceledger.gallery.sources import SourceItem
-from faceledger.gallery.store import Store
 
 INSTALL_HINT = "pip install 'faceledger[scale]'"
 DEFAULT_CHUNK = 256  # images per Ray Dataset

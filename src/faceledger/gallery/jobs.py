@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import OperationalError
 
 from faceledger.accounts.auth import Actor, AuthError, PermissionDenied
+from faceledger.db.store import ModelMismatchError, now_iso
 from faceledger.gallery.sources import SourceError, SourceItem, iter_paths
-from faceledger.gallery.store import ModelMismatchError, now_iso
 
 if TYPE_CHECKING:
     from faceledger.core import Faceledger

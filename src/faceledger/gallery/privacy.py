@@ -40,9 +40,7 @@ from PIL import Image, ImageFilter, ImageOps
 from sqlalchemy import delete, insert, select, update
 
 from faceledger.accounts.auth import Actor, PermissionDenied
-from faceledger.errors import RefusedError
-from faceledger.gallery.index import IndexManager
-from faceledger.gallery.schema import (
+from faceledger.db.schema import (
     blocklist,
     erased_images,
     erasure_previews,
@@ -53,7 +51,9 @@ from faceledger.gallery.schema import (
     provenance,
     sources,
 )
-from faceledger.gallery.store import Store, atomic_write, insert_or_ignore, now_iso, process_alive
+from faceledger.db.store import Store, atomic_write, insert_or_ignore, now_iso, process_alive
+from faceledger.errors import RefusedError
+from faceledger.gallery.index import IndexManager
 from faceledger.ledger import audit
 
 if TYPE_CHECKING:

@@ -26,8 +26,8 @@ from typing import Any
 from sqlalchemy import Table, func, insert, or_, select
 from sqlalchemy.engine import Connection, RowMapping
 
-from faceledger.gallery.schema import case_requests, ledger, searches, verifications
-from faceledger.gallery.store import Store, now_iso
+from faceledger.db.schema import case_requests, ledger, searches, verifications
+from faceledger.db.store import Store, now_iso
 
 GENESIS = "0" * 64
 BATCH = 5000  # rows per query when streaming the ledger and the records

@@ -26,8 +26,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from faceledger.gallery.schema import tokens
-from faceledger.gallery.store import Store, now_iso
+from faceledger.db.schema import tokens
+from faceledger.db.store import Store, now_iso
 from faceledger.ledger import audit
 
 # Who changed what for whom: listed in the report's "Account changes" section.

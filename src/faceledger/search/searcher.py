@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from faceledger.db.store import ModelMismatchError, Store
 from faceledger.gallery.index import IndexManager
-from faceledger.gallery.store import ModelMismatchError, Store
 from faceledger.search import calibration
 from faceledger.types import Face
 from faceledger.vision.analysis import FaceAnalyzer

@@ -14,8 +14,9 @@ from PIL import Image
 
 from faceledger.types import Detection, Face
 from faceledger.vision.detection import Detector, Landmarker, create_detector
-from faceledger.vision.embedding import Embedder, create_embedder
+from faceledger.vision.embedding import Embedder
 from faceledger.vision.quality import assess
+from faceledger.vision.routing import create_embedder
 
 CROP_SIDE = 160
 CROP_MARGIN = 0.3

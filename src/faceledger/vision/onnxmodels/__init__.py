@@ -16,14 +16,16 @@ from faceledger.vision.onnxmodels.align import (
     warp_affine,
 )
 from faceledger.vision.onnxmodels.arcface import ArcFaceEmbedder, model_id_for
-from faceledger.vision.onnxmodels.router import (
+from faceledger.vision.onnxmodels.graph import (
     DETECTION,
     RECOGNITION,
     ModelInfo,
     ModelRouterError,
-    describe,
     inspect_model,
     inspect_models,
+)
+from faceledger.vision.onnxmodels.router import (
+    describe,
     load_detector,
     load_embedder,
     load_model_dir,

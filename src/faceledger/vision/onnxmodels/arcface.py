@@ -11,7 +11,7 @@ import numpy as np
 from faceledger.types import Detection
 from faceledger.vision.embedding import l2_normalise
 from faceledger.vision.onnxmodels.align import align_arcface
-from faceledger.vision.onnxmodels.router import (
+from faceledger.vision.onnxmodels.graph import (
     RECOGNITION,
     ModelInfo,
     ModelRouterError,

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from faceledger.types import BBox, Detection
-from faceledger.vision.onnxmodels.router import (
+from faceledger.vision.onnxmodels.graph import (
     DETECTION,
     ModelInfo,
     ModelRouterError,

@@ -28,8 +28,8 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from faceledger.gallery.index import catch_up
-from faceledger.gallery.store import Store, atomic_write
+from faceledger.db.store import Store, atomic_write
+from faceledger.gallery.index.tracking import catch_up
 
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200

@@ -1,0 +1,1 @@
+"""db: the database every domain keeps its rows in (tables, engine, binding of a data dir)."""
