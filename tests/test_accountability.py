@@ -257,7 +257,7 @@ def test_probe_retention_when_policy_says(fl: Faceledger, lfw: Path) -> None:
     fl.search(who(fl, "ivy"), probe(lfw), GOOD)
     kept = list((fl.data_dir / "probes").iterdir())
     assert len(kept) == 1
-    from faceledger.gallery.privacy import purge_expired
+    from faceledger.core.erasure import purge_expired
 
     later = (date.today() + timedelta(days=31)).isoformat()
     assert purge_expired(fl, who(fl, "root"), now=later)["probes"] == 1

@@ -138,7 +138,7 @@ import json, os, pathlib, sys
 from pathlib import Path
 
 data, point, ids = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
-from faceledger.gallery import privacy
+from faceledger.core import erasure as privacy
 from faceledger.core import Faceledger
 
 fl = Faceledger(data)

@@ -180,7 +180,7 @@ def test_a_crash_before_the_files_are_replaced_still_leaves_no_erased_pixels(
 ) -> None:
     """#11 item 10a: the remade crops are journalled with the blurred photo, so the next
     start completes them after a crash between the commit and the file replacements."""
-    import faceledger.gallery.privacy as privacy
+    import faceledger.core.erasure as privacy
 
     left, right = group_faces(fl)
     old_crop = right["crop"].read_bytes()
@@ -395,7 +395,7 @@ def test_the_story_preview_lists_scores_and_only_the_confirmed_faces_go(
 
 def test_default_threshold_is_the_calibrated_score_of_fmr_1e6(fl: Faceledger, lfw: Path) -> None:
     """#11 item 10d: without a threshold, the score whose estimated FMR is 1e-6, stated."""
-    from faceledger.gallery.privacy import PREVIEW_FMR
+    from faceledger.core.erasure import PREVIEW_FMR
 
     preview = fl.erase_preview(login(fl), subject_photo(lfw))
     cal = calibration.load(fl.store.model_id() or "")

@@ -24,9 +24,9 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 
 from faceledger.db.store import Store, atomic_write
+from faceledger.gallery.erasure import erased_reason
 from faceledger.gallery.index import IndexManager
 from faceledger.gallery.parallel import ordered_map
-from faceledger.gallery.privacy import erased_reason
 from faceledger.gallery.sources import ItemError, SourceItem
 from faceledger.types import Face
 from faceledger.vision.analysis import FaceAnalyzer
@@ -184,7 +184,7 @@ class Ingestor:
             return res.faces, data, 0
         kept = [f for f, k in zip(res.faces, keep, strict=True) if k]
         if kept:
-            from faceledger.gallery.privacy import blur_regions, crops_from
+            from faceledger.gallery.erasure import blur_regions, crops_from
 
             data = blur_regions(data, [f.detection.bbox.as_list() for f in dropped])
             # the kept faces' crops from the blurred pixels: none may show an opted-out face

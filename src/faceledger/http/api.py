@@ -58,8 +58,8 @@ from faceledger import __version__
 from faceledger.accounts.auth import Actor, AuthError, LoginThrottled, PermissionDenied
 from faceledger.cases.policy import Policy, policy_path
 from faceledger.core import Faceledger, PolicyTamperedError, RefusedError, SearchRequest
+from faceledger.core.jobs import JobManager
 from faceledger.errors import BadTextError, ModelMismatchError
-from faceledger.gallery.jobs import JobManager
 from faceledger.gallery.sources import ItemError, SourceError, parse_when
 from faceledger.ledger import audit, reports
 from faceledger.search.searcher import LEADS_NOTICE, NoFaceError
@@ -2246,7 +2246,7 @@ def create_app(
         from starlette.concurrency import run_in_threadpool
 
         from faceledger.core import SYSTEM
-        from faceledger.gallery.privacy import purge_expired
+        from faceledger.core.erasure import purge_expired
 
         if fl.has_users():
             try:  # retention applies at server start, as at every ingest

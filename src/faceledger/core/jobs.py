@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from faceledger.core import Faceledger
     from faceledger.gallery.ingest import PipelineSettings
 
-log = logging.getLogger("faceledger.gallery.jobs")
+log = logging.getLogger("faceledger.core.jobs")
 
 UPLOADS_DIR = "uploads"
 MAX_ERRORS_SHOWN = 50

@@ -140,7 +140,7 @@ class Faceledger:
         # dlib's detector, landmarker and network are not documented as thread-safe: one
         # thread at a time uses the shared analyzer (searches, detection, 1:1, erasure).
         self.analysis_lock = threading.RLock()
-        from faceledger.gallery.privacy import finish_pending_files
+        from faceledger.gallery.erasure import finish_pending_files
 
         finish_pending_files(self.store)
 
@@ -1547,8 +1547,9 @@ class Faceledger:
         """Ingest ``items``. ``engine``: ``local`` (a pool of ``workers`` processes) or
         ``ray`` (Ray Data actors on the cluster at ``address``, else a local Ray; ``workers``
         actors, 0 or less: one per cluster CPU)."""
+        from faceledger.core.erasure import purge_expired
+        from faceledger.gallery.erasure import load_blocklist
         from faceledger.gallery.ingest import Ingestor, check_engine
-        from faceledger.gallery.privacy import load_blocklist, purge_expired
 
         check_engine(engine, address)
         self.require(actor, "ingest")
@@ -1753,16 +1754,16 @@ class Faceledger:
         return report
 
     def purge(self, actor: Actor) -> dict[str, int]:
-        from faceledger.gallery.privacy import purge_expired
+        from faceledger.core.erasure import purge_expired
 
         self.require(actor, "purge")
         return purge_expired(self, actor)
 
     def erase(self, actor: Actor, **kwargs: Any) -> Any:
-        """Erase faces for good (see :func:`faceledger.gallery.privacy.erase`); a reason is
+        """Erase faces for good (see :func:`faceledger.core.erasure.erase`); a reason is
         required, and erasure by photo confirms faces from :meth:`erase_preview`
         (``preview_id``)."""
-        from faceledger.gallery.privacy import erase
+        from faceledger.core.erasure import erase
 
         return erase(self, actor, **kwargs)
 
@@ -1770,17 +1771,17 @@ class Faceledger:
         self, actor: Actor, probe: bytes, threshold: float | None = None
     ) -> dict[str, Any]:
         """The faces an erasure by the subject's photo would take, recorded, for one hour."""
-        from faceledger.gallery.privacy import erase_preview
+        from faceledger.core.erasure import erase_preview
 
         return erase_preview(self, actor, probe, threshold)
 
     def get_erase_preview(self, actor: Actor, preview_id: int) -> dict[str, Any]:
-        from faceledger.gallery.privacy import get_preview
+        from faceledger.core.erasure import get_preview
 
         return get_preview(self, actor, preview_id)
 
     def erase_preview_crop(self, actor: Actor, preview_id: int, face_id: int) -> Path:
         """A crop of a face in a preview, for the admin who made it, while it is open."""
-        from faceledger.gallery.privacy import preview_crop_path
+        from faceledger.core.erasure import preview_crop_path
 
         return preview_crop_path(self, actor, preview_id, face_id)
