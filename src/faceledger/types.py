@@ -60,3 +60,16 @@ class Face:
     yaw: float
     crop_jpeg: bytes = b""
     extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a gallery photo came from and on what legal basis it is held."""
+
+    source: str
+    legal_basis: str
+    original_path: str
+    source_url: str | None = None
+    captured_at: str | None = None  # ISO 8601 date or datetime
+    subject_label: str | None = None
+    expires_at: str | None = None

@@ -36,8 +36,7 @@ from faceledger.db.schema import (
     sources,
 )
 from faceledger.errors import BadTextError, ModelMismatchError
-from faceledger.gallery.sources import Provenance
-from faceledger.types import Face
+from faceledger.types import Face, Provenance
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,8 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from faceledger.types import Provenance
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 # Photo formats faceledger does not decode; listed so they are reported, not passed over.
 UNSUPPORTED_EXTENSIONS = {".heic", ".heif", ".avif", ".jp2", ".jxl", ".cr2", ".nef", ".dng"}
@@ -38,17 +40,6 @@ class ItemError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class Provenance:
-    source: str
-    legal_basis: str
-    original_path: str
-    source_url: str | None = None
-    captured_at: str | None = None  # ISO 8601 date or datetime
-    subject_label: str | None = None
-    expires_at: str | None = None
 
 
 @dataclass
