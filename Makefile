@@ -51,6 +51,7 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy src/faceledger
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format src tests benchmarks scripts
