@@ -58,7 +58,7 @@ from faceledger.gallery.index import IndexManager
 from faceledger.ledger import audit
 
 if TYPE_CHECKING:
-    from faceledger.core import Faceledger
+    from faceledger.core.searching import SearchDoor
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ CHECKPOINT_WAIT_MS = 5000
 
 
 def erase(
-    fl: Faceledger,
+    fl: SearchDoor,
     actor: Actor,
     face_ids: list[int] | None = None,
     image_sha: str | None = None,
@@ -224,7 +224,7 @@ def erase(
     return report
 
 
-def scrub_erased_vectors(fl: Faceledger) -> None:
+def scrub_erased_vectors(fl: SearchDoor) -> None:
     """Take erased vectors out of every file at once, not at the next search or compaction.
 
     The index catches up and saves (erased rows are zeroed in the vector file, their codes
@@ -238,7 +238,7 @@ def scrub_erased_vectors(fl: Faceledger) -> None:
     checkpoint_wal(fl.store)
 
 
-def _usable_preview(fl: Faceledger, actor: Actor, preview_id: int) -> Any:
+def _usable_preview(fl: SearchDoor, actor: Actor, preview_id: int) -> Any:
     """The preview row, if it is ``actor``'s own, unused and unexpired; else a refusal."""
 
     fl.require(actor, "erase", f"erasure preview {preview_id}")
@@ -266,7 +266,7 @@ def _usable_preview(fl: Faceledger, actor: Actor, preview_id: int) -> Any:
     return row
 
 
-def _preview_doc(fl: Faceledger, row: Any) -> dict[str, Any]:
+def _preview_doc(fl: SearchDoor, row: Any) -> dict[str, Any]:
     """What an admin sees of a preview: the threshold, its FMR, and per face the score,
     its estimated FMR, the expected false matches N x FMR, and the face's metadata."""
     from faceledger.search import calibration
@@ -316,7 +316,7 @@ def _preview_doc(fl: Faceledger, row: Any) -> dict[str, Any]:
 
 
 def erase_preview(
-    fl: Faceledger, actor: Actor, probe: bytes, threshold: float | None = None
+    fl: SearchDoor, actor: Actor, probe: bytes, threshold: float | None = None
 ) -> dict[str, Any]:
     """The gallery faces an erasure by this photo would take, for the admin to confirm.
 
@@ -401,12 +401,12 @@ def erase_preview(
     return doc
 
 
-def get_preview(fl: Faceledger, actor: Actor, preview_id: int) -> dict[str, Any]:
+def get_preview(fl: SearchDoor, actor: Actor, preview_id: int) -> dict[str, Any]:
     """An unused, unexpired preview, to its own admin (to show it again before confirming)."""
     return _preview_doc(fl, _usable_preview(fl, actor, preview_id))
 
 
-def preview_crop_path(fl: Faceledger, actor: Actor, preview_id: int, face_id: int) -> Path:
+def preview_crop_path(fl: SearchDoor, actor: Actor, preview_id: int, face_id: int) -> Path:
     """The crop of a face listed in a preview: only to the admin who made the preview, only
     before it expires or is used. (The preview's ledger entry names every face it shows.)"""
 
@@ -421,7 +421,7 @@ def preview_crop_path(fl: Faceledger, actor: Actor, preview_id: int, face_id: in
     return fl.data_dir / rec.crop_path
 
 
-def purge_expired(fl: Faceledger, actor: Actor, now: str | None = None) -> dict[str, int]:
+def purge_expired(fl: SearchDoor, actor: Actor, now: str | None = None) -> dict[str, int]:
     """Delete gallery images past ``expires_at`` and retained probes past their expiry."""
     now = now or now_iso()
     store = fl.store

@@ -27,7 +27,7 @@ from faceledger.db.store import ModelMismatchError, now_iso
 from faceledger.gallery.sources import SourceError, SourceItem, iter_paths
 
 if TYPE_CHECKING:
-    from faceledger.core import Faceledger
+    from faceledger.core.gallery import GalleryDoor
     from faceledger.gallery.ingest import PipelineSettings
 
 log = logging.getLogger("faceledger.core.jobs")
@@ -94,7 +94,7 @@ class JobManager:
 
     def __init__(
         self,
-        fl: Faceledger,
+        fl: GalleryDoor,
         workers: int = 1,
         settings_factory: Callable[[], PipelineSettings] | None = None,
     ) -> None:

@@ -1,0 +1,643 @@
+"""Comparing faces: 1:N search, 1:1 verification, detection, and reading results back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, insert, select
+
+from faceledger.accounts import auth
+from faceledger.accounts.auth import Actor, PermissionDenied
+from faceledger.cases.policy import Policy
+from faceledger.core.base import (
+    MAX_CASE_NUMBER,
+    PROBE_DETECTOR,
+    SearchRequest,
+    _count_comparisons,
+    case_details,
+    check_length,
+)
+from faceledger.core.cases import CasesDoor
+from faceledger.db.schema import (
+    blocklist,
+    case_requests,
+    searches,
+    users,
+    verifications,
+)
+from faceledger.db.schema import probes as probe_table
+from faceledger.db.store import atomic_write, insert_or_ignore, now_iso
+from faceledger.errors import RefusedError
+from faceledger.ledger import audit
+from faceledger.search.searcher import LEADS_NOTICE, NoFaceError, Searcher
+from faceledger.types import Face
+from faceledger.vision import probes
+from faceledger.vision.analysis import FaceAnalyzer
+from faceledger.vision.decode import DecodeError, decode_probe
+from faceledger.vision.detection import create_detector
+
+
+class SearchDoor(CasesDoor):
+    # -- search ----------------------------------------------------------------------------
+    def set_analyzer_factory(self, factory: Callable[[], FaceAnalyzer]) -> None:
+        self._analyzer_factory = factory
+        self._searcher = None
+
+    def searcher(self) -> Searcher:
+        if self._searcher is None:
+            if self._analyzer_factory is None:
+                from faceledger.vision.routing import create_embedder_for_model
+
+                model = self.store.model_id()
+                if model is None:
+                    raise RefusedError("empty-gallery", "the gallery is empty: ingest first")
+                from faceledger.gallery.ingest import PipelineSettings
+
+                embedder = create_embedder_for_model(
+                    model, model_dir=self.model_dir, device=self.device
+                )
+                # Probes: HOG, then dlib's CNN where HOG finds nothing. One missed face in
+                # a probe is a failed search; the CNN costs a second or two, and only then.
+                settings = PipelineSettings(
+                    detector=PROBE_DETECTOR,
+                    min_face=20,
+                    model_dir=self.model_dir,
+                    device=self.device,
+                )
+                detector = (
+                    settings.analyzer().detector
+                    if self.model_dir
+                    else create_detector(PROBE_DETECTOR)
+                )
+                self._searcher = Searcher(
+                    self.store, FaceAnalyzer(detector=detector, embedder=embedder)
+                )
+            else:
+                self._searcher = Searcher(self.store, self._analyzer_factory())
+        return self._searcher
+
+    def comparisons_today(self, user_id: int) -> int:
+        """Searches and 1:1 verifications by ``user_id`` since 00:00 UTC (the daily quota)."""
+        start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        since = start.isoformat(timespec="seconds")
+        with self.store.engine.connect() as conn:
+            return _count_comparisons(
+                conn, lambda t: (t.c.user_id == user_id, t.c.created_at >= since)
+            )
+
+    def _approval_problem(self, actor: Actor, req: SearchRequest, pol: Policy) -> str | None:
+        """Why the approval this search relies on (or lacks) does not cover it, or None.
+
+        A quoted request must be the searcher's own, approved, for this very case and
+        purpose, not expired, withdrawn or used up. Without one, the purpose must not need
+        approval and no request for this case may have been denied."""
+        case = req.case_number.strip()
+        rid = req.request_id
+        with self.store.engine.connect() as conn:
+            row = (
+                None
+                if rid is None
+                else conn.execute(select(case_requests).where(case_requests.c.id == rid)).first()
+            )
+            denied = conn.execute(
+                select(case_requests.c.id)
+                .where(case_requests.c.case_number == case, case_requests.c.status == "denied")
+                .limit(1)
+            ).scalar()
+            used = (
+                0 if row is None else _count_comparisons(conn, lambda t: (t.c.request_id == rid,))
+            )
+        if rid is None:
+            if req.purpose in pol.approval_required:
+                return (
+                    f"purpose {req.purpose!r} needs a supervisor-approved case request; "
+                    "quote its request id"
+                )
+            if denied is not None:
+                return (
+                    f"a request for case {case!r} was denied (request {denied}); the case "
+                    "can be searched again only under a newly approved request"
+                )
+            return None
+        if row is None:
+            return f"there is no case request {rid}"
+        if row.requested_by != actor.user_id:
+            return f"request {rid} was made by another user"
+        if row.case_number != case or row.purpose != req.purpose:
+            return (
+                f"request {rid} approves case {row.case_number!r} for {row.purpose!r}, "
+                f"not case {case!r} for {req.purpose!r}"
+            )
+        if row.status != "approved":
+            return f"request {rid} is {row.status}, not approved"
+        if row.expires_at and auth.parse_ts(row.expires_at) <= auth.utcnow():
+            return f"the approval of request {rid} expired at {row.expires_at}"
+        if row.search_limit is not None and used >= int(row.search_limit):
+            return f"the approval of request {rid} covered {row.search_limit} searches, all used"
+        return None
+
+    def authorise_search(self, actor: Actor, req: SearchRequest) -> Policy:
+        """All the rules, before any face is compared. Raises RefusedError/PermissionDenied."""
+        self._check_case_lengths(req.case_number, req.purpose, req.justification)
+        self.require(actor, "search", req.case_number)
+        pol = self._check_case_fields(actor, req.case_number, req.purpose, req.justification)
+        reason = self._approval_problem(actor, req, pol)
+        if reason:
+            self.record(
+                actor,
+                "search.refused",
+                req.case_number,
+                reason="not-approved",
+                purpose=req.purpose,
+                request_id=req.request_id,
+                detail=reason,
+            )
+            raise RefusedError("not-approved", reason)
+        if pol.daily_quota and self.comparisons_today(actor.user_id) >= pol.daily_quota:
+            self.record(
+                actor,
+                "search.quota_refused",
+                req.case_number,
+                purpose=req.purpose,
+                quota=pol.daily_quota,
+            )
+            raise RefusedError(
+                "quota-exceeded",
+                f"daily quota of {pol.daily_quota} searches and verifications reached",
+            )
+        return pol
+
+    def _decode_probe(self, actor: Actor, data: bytes, action: str, case: str, **what: Any) -> Any:
+        """Decode a probe photo (bounded in pixels and in how many decode at once); a photo
+        that cannot be decoded is recorded as ``action`` before the error goes up."""
+        try:
+            return decode_probe(data)
+        except DecodeError as exc:
+            self.record(actor, action, case, **what, error=exc.reason)
+            raise
+
+    def _insert_comparison(
+        self,
+        conn: Any,
+        actor: Actor,
+        req: SearchRequest,
+        table: Any,
+        row: dict[str, Any],
+        details: dict[str, Any],
+    ) -> int:
+        """Store a search or a 1:1 verification with its case fields, and its ledger entry
+        (``search`` / ``verify``: its id, the case fields and the justification's SHA-256,
+        which ``audit verify`` checks the row against), inside the caller's transaction."""
+        case, why = req.case_number.strip(), req.justification.strip()
+        pk = conn.execute(
+            insert(table).values(
+                user_id=actor.user_id,
+                case_number=case,
+                purpose=req.purpose,
+                justification=why,
+                request_id=req.request_id,
+                created_at=now_iso(),
+                **row,
+            )
+        ).inserted_primary_key
+        assert pk is not None  # a single-row INSERT always reports its key
+        rid = int(pk[0])
+        action, id_key = ("search", "search_id") if table is searches else ("verify", "verify_id")
+        entry = {
+            id_key: rid,
+            **case_details(case, req.purpose, why),
+            "request_id": req.request_id,
+            **details,
+        }
+        if actor.token_id:
+            entry["token_id"] = actor.token_id
+        audit.append(conn, actor.username, action, case, entry)
+        return rid
+
+    def search(
+        self,
+        actor: Actor,
+        photo: bytes,
+        req: SearchRequest,
+        face_box: list[int] | None = None,
+    ) -> dict[str, Any]:
+        """Search the gallery with every face in ``photo``, or with the one in ``face_box``.
+
+        With ``face_box`` the probe is the region around that face with any other face found
+        there painted out, so the other people in the photo are not compared; the ledger
+        entry names the whole photo's hash and the region used."""
+        pol = self.authorise_search(actor, req)
+        top_k = max(1, min(req.top_k, pol.max_candidates))
+        photo_sha = hashlib.sha256(photo).hexdigest()
+        img = self._decode_probe(
+            actor, photo, "search.bad_probe", req.case_number, probe_sha256=photo_sha
+        )
+        region: list[int] | None = None
+        probe = photo
+        with self.analysis_lock:
+            searcher = self.searcher()
+            pixels = img.pixels
+            if face_box is not None:
+                if face_box[2] > img.width or face_box[3] > img.height:
+                    raise RefusedError("bad-face-box", "face_box lies outside the photo")
+                found = searcher.analyzer.detector.detect(pixels)
+                others = [
+                    b for b in (d.bbox.as_list() for d in found) if probes.iou(b, face_box) < 0.3
+                ]
+                region = probes.region_around(face_box, img.width, img.height)
+                pixels = probes.masked_region(pixels, region, others)
+                probe = probes.png_bytes(pixels)
+            faces = searcher.analyzer.analyze(pixels)
+            searchable = [f for f in faces if f.quality >= pol.min_probe_quality]
+            results = searcher.search_faces(searchable, top_k) if searchable else []
+            gallery_faces = len(searcher.indexes.sync())
+            model_id = searcher.analyzer.model_id
+        probe_sha = hashlib.sha256(probe).hexdigest()
+        by_index = {id(f): r for f, r in zip(searchable, results, strict=True)}
+        probe_faces: list[dict[str, Any]] = []
+        for i, f in enumerate(faces):
+            r = by_index.get(id(f))
+            if r is None:
+                d = f.detection
+                doc: dict[str, Any] = {
+                    "face_index": i,
+                    "bbox": d.bbox.as_list(),
+                    "quality": f.quality,
+                    "size": f.size,
+                    "sharpness": round(f.sharpness, 2),
+                    "yaw": round(f.yaw, 3),
+                    "below_min_quality": True,
+                    "candidates": [],
+                }
+            else:
+                doc = r.__dict__ | {"face_index": i, "below_min_quality": False}
+                doc["candidates"] = [c.__dict__ for c in r.candidates]
+            doc["warnings"] = probes.quality_warnings(f.size, f.sharpness, f.yaw)
+            probe_faces.append(doc)
+        if region is not None:
+            x0, y0 = region[0], region[1]
+            for pf in probe_faces:
+                b = pf["bbox"]
+                pf["bbox"] = [b[0] + x0, b[1] + y0, b[2] + x0, b[3] + y0]
+                if pf.get("landmarks"):
+                    pf["landmarks"] = [[p[0] + x0, p[1] + y0] for p in pf["landmarks"]]
+            assert face_box is not None
+            best = max(probe_faces, key=lambda pf: probes.iou(pf["bbox"], face_box), default=None)
+            for pf in probe_faces:
+                pf["selected"] = pf is best
+        summary = [
+            {
+                "face": pf["face_index"],
+                "candidates": [[c["face_id"], round(c["score"], 4)] for c in pf["candidates"]],
+            }
+            for pf in probe_faces
+        ]
+        with self.store.writer.begin() as conn:
+            details: dict[str, Any] = {
+                "probe_sha256": probe_sha,
+                "faces": len(faces),
+                "results": summary,
+            }
+            if region is not None:
+                details |= {"photo_sha256": photo_sha, "probe_region": region}
+            sid = self._insert_comparison(
+                conn,
+                actor,
+                req,
+                searches,
+                {
+                    "probe_sha256": probe_sha,
+                    "faces": len(faces),
+                    "result_json": json.dumps(summary),
+                },
+                details,
+            )
+            if pol.retain_probes_days > 0:
+                rel = f"probes/{probe_sha}.bin"
+                atomic_write(self.data_dir / rel, probe)
+                expires = (auth.utcnow() + timedelta(days=pol.retain_probes_days)).isoformat(
+                    timespec="seconds"
+                )
+                conn.execute(
+                    insert_or_ignore(probe_table, conn),
+                    {
+                        "sha256": probe_sha,
+                        "stored_path": rel,
+                        "search_id": sid,
+                        "expires_at": expires,
+                    },
+                )
+        if not faces:
+            raise NoFaceError(f"no face found in the probe photo (search {sid} recorded)")
+        return {
+            "search_id": sid,
+            "probe_sha256": probe_sha,
+            "photo_sha256": photo_sha,
+            "probe_region": region,
+            "case_number": req.case_number,
+            "purpose": req.purpose,
+            "gallery_faces": gallery_faces,
+            "model_id": model_id,
+            "faces": probe_faces,
+            "notice": LEADS_NOTICE,
+        }
+
+    def verify(
+        self,
+        actor: Actor,
+        photo_a: bytes,
+        photo_b: bytes,
+        req: SearchRequest,
+        box_a: list[int] | None = None,
+        box_b: list[int] | None = None,
+    ) -> dict[str, Any]:
+        """1:1 comparison of one face in each photo, under the same rules as a search.
+
+        Investigators only, with case, purpose, justification, approval and the daily quota
+        (shared with searches) checked by :meth:`authorise_search`; the probe-quality minimum
+        applies to both faces. Every comparison, also one that finds no face, is stored in
+        ``verifications`` and the ledger (hashes and score, no image). The face is the one
+        matching ``box_*`` or else the largest in each photo."""
+        self._check_case_lengths(req.case_number, req.purpose, req.justification)
+        self.require(actor, "verify", req.case_number)
+        pol = self.authorise_search(actor, req)
+        shas = [hashlib.sha256(p).hexdigest() for p in (photo_a, photo_b)]
+        chosen: list[Face | None] = []
+        counts: list[int] = []
+        for label, data, sha, box in (
+            ("A", photo_a, shas[0], box_a),
+            ("B", photo_b, shas[1], box_b),
+        ):
+            img = self._decode_probe(
+                actor, data, "verify.bad_photo", req.case_number, photo=label, photo_sha256=sha
+            )
+            with self.analysis_lock:
+                found = self.searcher().analyzer.analyze(img.pixels)
+            del img
+            counts.append(len(found))
+            if not found:
+                chosen.append(None)
+            elif box is not None:
+                chosen.append(max(found, key=lambda f: probes.iou(f.detection.bbox.as_list(), box)))
+            else:
+                chosen.append(max(found, key=lambda f: f.size))
+        searcher = self.searcher()
+        calib, model_id = searcher.calibration, searcher.analyzer.model_id
+        missing = [label for label, f in zip("AB", chosen, strict=True) if f is None]
+        low = [
+            label
+            for label, f in zip("AB", chosen, strict=True)
+            if f is not None and f.quality < pol.min_probe_quality
+        ]
+        score = est = None
+        if missing:
+            outcome = "no-face"
+        elif low:
+            outcome = "low-quality"
+        else:
+            outcome = "compared"
+            fa, fb = chosen
+            assert fa is not None and fb is not None
+            score = float(np.dot(fa.embedding, fb.embedding))
+            est = calib.estimate(score) if calib else None
+        rounded = None if score is None else round(score, 4)
+        with self.store.writer.begin() as conn:
+            hashes = {"photo_a_sha256": shas[0], "photo_b_sha256": shas[1]}
+            vid = self._insert_comparison(
+                conn,
+                actor,
+                req,
+                verifications,
+                {**hashes, "outcome": outcome, "score": rounded},
+                {
+                    **hashes,
+                    "faces_a": counts[0],
+                    "faces_b": counts[1],
+                    "outcome": outcome,
+                    "score": rounded,
+                    "est_fmr": None if est is None else est.fmr,
+                },
+            )
+        if missing:
+            raise NoFaceError(f"no face found in photo {' and '.join(missing)}")
+        if low:
+            raise RefusedError(
+                "low-quality",
+                f"the face in photo {' and '.join(low)} is below the policy's minimum quality "
+                f"({pol.min_probe_quality})",
+            )
+        assert score is not None
+        return {
+            "verify_id": vid,
+            "case_number": req.case_number,
+            "purpose": req.purpose,
+            "model_id": model_id,
+            "score": round(score, 5),
+            "est_fmr": None if est is None else est.fmr,
+            "est_fmr_extrapolated": None if est is None else est.extrapolated,
+            "faces": [
+                {
+                    "photo": label,
+                    "photo_sha256": sha,
+                    "faces_in_photo": n,
+                    "bbox": f.detection.bbox.as_list(),
+                    "quality": f.quality,
+                    "warnings": probes.quality_warnings(f.size, f.sharpness, f.yaw),
+                }
+                for label, sha, n, f in zip("AB", shas, counts, chosen, strict=True)
+                if f is not None
+            ],
+            "notice": LEADS_NOTICE,
+        }
+
+    def _detects_today(self, actor: Actor) -> int:
+        from faceledger.db.schema import ledger
+
+        start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        with self.store.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(ledger)
+                    .where(
+                        ledger.c.action == "probe.detect",
+                        ledger.c.actor == actor.username,
+                        ledger.c.ts >= start.isoformat(timespec="seconds"),
+                    )
+                ).scalar_one()
+            )
+
+    def detect(self, actor: Actor, photo: bytes, case_number: str = "") -> dict[str, Any]:
+        """The faces in a photo (boxes, quality), for picking one before a search.
+
+        Investigators only; compares nothing and stores nothing; recorded in the ledger with
+        the photo's hash, the number of faces and the case it serves (when given), and
+        counted against the policy's ``daily_detect_quota``."""
+        check_length("case number", case_number, MAX_CASE_NUMBER)
+        case = case_number.strip()
+        self.require(actor, "search", case or "detect")
+        pol = self.policy()
+        if pol.daily_detect_quota and self._detects_today(actor) >= pol.daily_detect_quota:
+            self.record(actor, "search.quota_refused", case, quota=pol.daily_detect_quota)
+            raise RefusedError(
+                "quota-exceeded", f"daily quota of {pol.daily_detect_quota} face detections reached"
+            )
+        sha = hashlib.sha256(photo).hexdigest()
+        img = self._decode_probe(actor, photo, "search.bad_probe", case, probe_sha256=sha)
+        with self.analysis_lock:
+            found = self.searcher().analyzer.analyze(img.pixels)
+        self.record(
+            actor,
+            "probe.detect",
+            case or sha[:16],
+            photo_sha256=sha,
+            faces=len(found),
+            case_number=case or None,
+        )
+        out = []
+        for i, f in enumerate(found):
+            warnings = probes.quality_warnings(f.size, f.sharpness, f.yaw)
+            out.append(
+                {
+                    "face_index": i,
+                    "bbox": f.detection.bbox.as_list(),
+                    "quality": f.quality,
+                    "size": f.size,
+                    "sharpness": round(f.sharpness, 2),
+                    "yaw": round(f.yaw, 3),
+                    "warnings": warnings,
+                    "warning_text": [probes.QUALITY_HINTS[w] for w in warnings],
+                    "below_min_quality": f.quality < pol.min_probe_quality,
+                }
+            )
+        return {
+            "photo_sha256": sha,
+            "width": img.width,
+            "height": img.height,
+            "faces": out,
+            "min_probe_quality": pol.min_probe_quality,
+        }
+
+    def _readable_search(self, actor: Actor, search_id: int) -> Any:
+        """The search row, if ``actor`` may read it: their own; a supervisor those of their
+        unit and those run under approvals they gave; auditors all."""
+        self.require(actor, "view_search", f"search {search_id}")
+        with self.store.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(
+                        searches,
+                        users.c.username,
+                        users.c.unit,
+                        case_requests.c.decided_by.label("approved_by"),
+                    )
+                    .join(users, users.c.id == searches.c.user_id)
+                    .outerjoin(case_requests, case_requests.c.id == searches.c.request_id)
+                    .where(searches.c.id == search_id)
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise RefusedError("no-such-search", f"no search {search_id}")
+        supervisor = "supervisor" in actor.roles
+        if not (
+            row["user_id"] == actor.user_id
+            or "auditor" in actor.roles
+            or (supervisor and actor.unit and actor.unit == row["unit"])
+            or (supervisor and row["approved_by"] == actor.user_id)
+        ):
+            self.record(actor, "authz.denied", f"search {search_id}", permission="view_search")
+            raise PermissionDenied("you may only view your own searches")
+        return row
+
+    def get_search(self, actor: Actor, search_id: int) -> dict[str, Any]:
+        row = self._readable_search(actor, search_id)
+        results = json.loads(row["result_json"])
+        self.record(
+            actor,
+            "search.view",
+            f"search {search_id}",
+            search_id=search_id,
+            case_number=row["case_number"],
+            candidates=[int(fid) for f in results for fid, _score in f["candidates"]],
+        )
+        return {
+            k: row[k]
+            for k in (
+                "id",
+                "username",
+                "case_number",
+                "purpose",
+                "justification",
+                "request_id",
+                "probe_sha256",
+                "faces",
+                "created_at",
+            )
+        } | {"results": results}
+
+    def candidate_file(self, actor: Actor, search_id: int, face_id: int, what: str) -> Path:
+        """A candidate's crop (``what="crop"``) or source image (``"image"``), served only
+        as part of a search that returned that face, to those who may read the search, while
+        the search is within the policy's ``result_view_days``.
+
+        Thumbnails are not recorded one by one (the search, or the ``search.view`` of a
+        record, lists the candidates shown); opening a source image is."""
+        row = self._readable_search(actor, search_id)
+        pol = self.policy()
+        ends = auth.parse_ts(row["created_at"]) + timedelta(days=pol.result_view_days)
+        results = json.loads(row["result_json"])
+        reason = None
+        if auth.utcnow() >= ends:
+            reason = "results-expired"
+            message = f"search {search_id}'s results could be viewed until {ends:%Y-%m-%d}"
+        elif face_id not in {int(fid) for f in results for fid, _ in f["candidates"]}:
+            reason = "not-a-candidate"
+            message = f"face {face_id} is not among the candidates of search {search_id}"
+        if reason:
+            self.record(
+                actor,
+                "authz.denied",
+                f"search {search_id}",
+                permission="view_candidate",
+                reason=reason,
+                face_id=face_id,
+            )
+            raise RefusedError(reason, message)
+        rec = self.store.candidates([face_id]).get(face_id)
+        if rec is None:
+            raise RefusedError("erased", f"face {face_id} has since been erased from the gallery")
+        if what == "image":
+            self.record(
+                actor,
+                "image.view",
+                rec.image_sha,
+                search_id=search_id,
+                face_id=face_id,
+                case_number=row["case_number"],
+            )
+            return self.data_dir / rec.stored_path
+        return self.data_dir / rec.crop_path
+
+    def add_blocklist_embeddings(
+        self, conn: Any, model_id: str, vectors: np.ndarray, reference: str
+    ) -> int:
+        rows = [
+            {
+                "model_id": model_id,
+                "embedding": np.asarray(v, "<f4").tobytes(),
+                "reference": reference,
+                "created_at": now_iso(),
+            }
+            for v in vectors
+        ]
+        if rows:
+            conn.execute(insert(blocklist), rows)
+        return len(rows)
