@@ -26,7 +26,6 @@ from faceledger import audit, auth, probes
 from faceledger.analysis import FaceAnalyzer
 from faceledger.auth import Actor, AuthError, PermissionDenied
 from faceledger.decode import DecodeError, decode_probe
-from faceledger.detection import create_detector
 from faceledger.policy import Policy, optout_threshold, policy_path
 from faceledger.schema import (
     blocklist,
@@ -68,7 +67,6 @@ SYSTEM = Actor(0, "system", frozenset(), via="system")
 # Caps on what users type (characters). Longer input is refused before anything is stored,
 # so nobody can bloat the permanent ledger; :func:`bounded` clips anything that still
 # reaches it (request paths, names from elsewhere) as a second line of defence.
-PROBE_DETECTOR = "hog+cnn"  # probe photos; ingest's default stays HOG (issue 15 measures it)
 MAX_CASE_NUMBER = 64
 MAX_PURPOSE = 64
 MAX_JUSTIFICATION = 2000
@@ -975,19 +973,10 @@ class Faceledger:
                 embedder = create_embedder_for_model(
                     model, model_dir=self.model_dir, device=self.device
                 )
-                # Probes: HOG, then dlib's CNN where HOG finds nothing. One missed face in
-                # a probe is a failed search; the CNN costs a second or two, and only then.
                 settings = PipelineSettings(
-                    detector=PROBE_DETECTOR,
-                    min_face=20,
-                    model_dir=self.model_dir,
-                    device=self.device,
+                    min_face=20, model_dir=self.model_dir, device=self.device
                 )
-                detector = (
-                    settings.analyzer().detector
-                    if self.model_dir
-                    else create_detector(PROBE_DETECTOR)
-                )
+                detector = settings.analyzer().detector if self.model_dir else None
                 self._searcher = Searcher(
                     self.store, FaceAnalyzer(detector=detector, embedder=embedder)
                 )
