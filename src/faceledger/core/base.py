@@ -42,7 +42,6 @@ SYSTEM = Actor(0, "system", frozenset(), via="system")
 # Caps on what users type (characters). Longer input is refused before anything is stored,
 # so nobody can bloat the permanent ledger; :func:`bounded` clips anything that still
 # reaches it (request paths, names from elsewhere) as a second line of defence.
-PROBE_DETECTOR = "hog+cnn"  # probe photos; ingest's default stays HOG (issue 15 measures it)
 MAX_CASE_NUMBER = 64
 MAX_PURPOSE = 64
 MAX_JUSTIFICATION = 2000

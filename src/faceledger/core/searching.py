@@ -17,7 +17,6 @@ from faceledger.accounts.auth import Actor, PermissionDenied
 from faceledger.cases.policy import Policy
 from faceledger.core.base import (
     MAX_CASE_NUMBER,
-    PROBE_DETECTOR,
     SearchRequest,
     _count_comparisons,
     case_details,
@@ -40,7 +39,6 @@ from faceledger.types import Face
 from faceledger.vision import probes
 from faceledger.vision.analysis import FaceAnalyzer
 from faceledger.vision.decode import DecodeError, decode_probe
-from faceledger.vision.detection import create_detector
 
 
 class SearchDoor(CasesDoor):
@@ -62,19 +60,10 @@ class SearchDoor(CasesDoor):
                 embedder = create_embedder_for_model(
                     model, model_dir=self.model_dir, device=self.device
                 )
-                # Probes: HOG, then dlib's CNN where HOG finds nothing. One missed face in
-                # a probe is a failed search; the CNN costs a second or two, and only then.
                 settings = PipelineSettings(
-                    detector=PROBE_DETECTOR,
-                    min_face=20,
-                    model_dir=self.model_dir,
-                    device=self.device,
+                    min_face=20, model_dir=self.model_dir, device=self.device
                 )
-                detector = (
-                    settings.analyzer().detector
-                    if self.model_dir
-                    else create_detector(PROBE_DETECTOR)
-                )
+                detector = settings.analyzer().detector if self.model_dir else None
                 self._searcher = Searcher(
                     self.store, FaceAnalyzer(detector=detector, embedder=embedder)
                 )
