@@ -21,7 +21,7 @@ from conftest import REPO, need_lfw
 # no gallery database here: not run a second time against PostgreSQL
 pytestmark = pytest.mark.nodb
 
-LFW_TEST = "tests/test_detection.py::test_small_faces_are_found_in_small_images"
+LFW_TEST = "tests/vision/test_detection.py::test_small_faces_are_found_in_small_images"
 
 
 def _env(**overrides: str | None) -> dict[str, str]:
@@ -121,7 +121,7 @@ def test_postgres_only_tests_are_for_the_other_pass(tmp_path: Path) -> None:
     """#17 item 1: the PostgreSQL-only tests skip on the SQLite pass by design, also under
     CI=true, saying which pass runs them; the PostgreSQL pass of `make test` selects them;
     and an empty server URL (a PostgreSQL pass without a server) stops the run."""
-    sqlite = _pytest(["-vv", "-m", "postgres", "tests/test_database.py"], _env(CI="true"))
+    sqlite = _pytest(["-vv", "-m", "postgres", "tests/db/test_database.py"], _env(CI="true"))
     assert sqlite.returncode == 0, sqlite.stdout + sqlite.stderr
     pg_only = set(re.findall(r"::(\w+) SKIPPED", sqlite.stdout))
     why = "not for this run: PostgreSQL only: runs in the PostgreSQL pass (make test-postgres)"
@@ -133,11 +133,11 @@ def test_postgres_only_tests_are_for_the_other_pass(tmp_path: Path) -> None:
     marks = re.search(r"-m '([^']+)'", recipe)
     assert marks, recipe
     pg_env = _env(CI="true", FACELEDGER_TEST_POSTGRES="postgresql://nobody@127.0.0.1:9/postgres")
-    listed = _pytest(["--collect-only", "-m", marks.group(1), "tests/test_database.py"], pg_env)
+    listed = _pytest(["--collect-only", "-m", marks.group(1), "tests/db/test_database.py"], pg_env)
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert pg_only <= set(re.findall(r"::(\w+)", listed.stdout)), listed.stdout
 
-    empty = _pytest(["tests/test_database.py"], _env(CI="true", FACELEDGER_TEST_POSTGRES=""))
+    empty = _pytest(["tests/db/test_database.py"], _env(CI="true", FACELEDGER_TEST_POSTGRES=""))
     assert empty.returncode == 4, empty.stdout + empty.stderr
     assert "FACELEDGER_TEST_POSTGRES is set but empty" in empty.stderr, empty.stderr
 

@@ -10,7 +10,7 @@ extrapolations.
 Why the scores above the anchor and not more: the log of the impostor survival function
 bends downwards over LFW's upper tail, so a rate fitted on a wider band (the top 5,000 pairs,
 as until #17) decays too slowly where the extrapolation starts. Checked against the impostor
-pairs of the people the calibration never saw (``tests/test_calibration.py``): with the top
+pairs of the people the calibration never saw (``tests/search/test_calibration.py``): with the top
 5,000 the plain model's predicted FMR at 1e-6 was 2.7x the measured one; fitted above the
 anchor, every prediction from 1e-2 down to 1e-7 is within 2x of the measured rate or inside
 its 99% interval, for both shipped models. (The rule was chosen looking at the plain model's

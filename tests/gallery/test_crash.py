@@ -2,7 +2,7 @@
 
 CI runs a reduced form (FACELEDGER_CRASH_KILLS, default 4 kills over 40 photos); the full
 run (20 kills over a few hundred photos) is `FACELEDGER_CRASH_KILLS=20
-FACELEDGER_CRASH_IMAGES=300 pytest tests/test_crash.py -m slow`.
+FACELEDGER_CRASH_IMAGES=300 pytest tests/gallery/test_crash.py -m slow`.
 """
 
 from __future__ import annotations

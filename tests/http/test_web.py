@@ -18,7 +18,7 @@ from faceledger.core import Faceledger
 from faceledger.http.api import ApiSettings, create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
+SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 ARGS = [
     "--headless",
     "--no-sandbox",

@@ -14,7 +14,7 @@ generated). Erasures, purges, ingests and policy changes run against the shared 
 generated: they may empty the gallery, which the other operations must survive too.
 
 Runs derandomised (the same examples every run, about 20 s). For a longer local hunt:
-``FACELEDGER_FUZZ_EXAMPLES=200 FACELEDGER_FUZZ_RANDOM=1 pytest tests/test_fuzz_api.py``.
+``FACELEDGER_FUZZ_EXAMPLES=200 FACELEDGER_FUZZ_RANDOM=1 pytest tests/http/test_fuzz_api.py``.
 """
 
 from __future__ import annotations
