@@ -84,6 +84,17 @@ class GalleryDoor(SearchDoor):
         self._searcher = None
         return summary
 
+    def rebuild_index(self, actor: Actor) -> tuple[int, str]:
+        """Rebuild the vector index from the database (admin); (faces, index kind)."""
+        from faceledger.gallery.index import IndexManager
+
+        self.require(actor, "manage_index")
+        mgr = IndexManager(self.store)
+        index = mgr.rebuild()
+        mgr.save()
+        self.record(actor, "index.rebuild", "index", faces=len(index))
+        return len(index), index.kind
+
     def stats(self, actor: Actor) -> dict[str, Any]:
         self.require(actor, "stats")
         s = self.store.stats()
