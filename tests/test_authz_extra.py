@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from conftest import RawDB, lfw_image
 from conftest_api import PW, entries, own_token, seed
 from faceledger.core import Faceledger
-from faceledger.http.api import ApiSettings, create_app
+from faceledger.http.app import ApiSettings, create_app
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette suggests another httpx package; irrelevant here

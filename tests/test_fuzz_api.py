@@ -44,7 +44,7 @@ from schemathesis.config import SchemathesisConfig  # noqa: E402
 
 from conftest_api import PW, own_token, seed  # noqa: E402
 from faceledger.core import Faceledger  # noqa: E402
-from faceledger.http.api import MB, ApiSettings, create_app, router  # noqa: E402
+from faceledger.http.app import MB, ApiSettings, create_app, router  # noqa: E402
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette suggests another httpx package; irrelevant here

@@ -36,7 +36,7 @@ import faceledger
 from conftest import lfw_image
 from conftest_api import PW, entries, seed
 from faceledger.core import Faceledger
-from faceledger.http.api import ApiSettings, create_app
+from faceledger.http.app import ApiSettings, create_app
 from faceledger.vision.decode import (
     DEFAULT_MAX_PROBE_PIXELS,
     DecodeError,

@@ -1,7 +1,7 @@
 """The web UI: server-rendered pages (Jinja2) with a little vanilla JavaScript.
 
 Pages call the same core (:class:`faceledger.core.Faceledger`) and the same helpers as
-the API (:mod:`faceledger.http.api`); the search page's JavaScript calls the API itself with the
+the API (:mod:`faceledger.http.app`); the search page's JavaScript calls the API itself with the
 session cookie and the CSRF header. Every form that changes something carries the
 session's CSRF token. Pages a role may not use answer 403, and the core records the denial.
 """
@@ -33,7 +33,7 @@ from faceledger.accounts.auth import (
 )
 from faceledger.cases.policy import Policy
 from faceledger.core import PolicyTamperedError, RefusedError
-from faceledger.http.api import (
+from faceledger.http.app import (
     KNOWN_ERRORS,
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
