@@ -1,9 +1,10 @@
 """The web UI: server-rendered pages (Jinja2) with a little vanilla JavaScript.
 
-Pages call the same core (:class:`faceledger.core.Faceledger`) and the same helpers as
-the API (:mod:`faceledger.http.app`); the search page's JavaScript calls the API itself with the
-session cookie and the CSRF header. Every form that changes something carries the
-session's CSRF token. Pages a role may not use answer 403, and the core records the denial.
+Pages call the same core (:class:`faceledger.core.Faceledger`) and the same shared helpers as
+the API (the modules of :mod:`faceledger.http`, never its routes); the search page's JavaScript
+calls the API itself with the session cookie and the CSRF header. Every form that changes
+something carries the session's CSRF token. Pages a role may not use answer 403, and the core
+records the denial.
 """
 
 from __future__ import annotations
@@ -33,25 +34,15 @@ from faceledger.accounts.auth import (
 )
 from faceledger.cases.policy import Policy
 from faceledger.core import PolicyTamperedError, RefusedError
-from faceledger.http.app import (
-    KNOWN_ERRORS,
-    LOGIN_CSRF_COOKIE,
-    SESSION_COOKIE,
-    ApiError,
-    AppContext,
-    WebSession,
-    ctx_of,
-    current_policy_for_edit,
-    erase_request,
-    erasure_preview_request,
-    error_for,
-    ledger_page,
-    parse_day,
-    policy_dict,
-    preview_out,
-    read_upload,
-    start_ingest,
-)
+from faceledger.http.context import AppContext, ctx_of
+from faceledger.http.erasure import erase_request, erasure_preview_request, preview_out
+from faceledger.http.errors import KNOWN_ERRORS, ApiError, error_for
+from faceledger.http.ingest import start_ingest
+from faceledger.http.ledger_query import ledger_page
+from faceledger.http.parsing import parse_day
+from faceledger.http.policy import current_policy_for_edit, policy_dict
+from faceledger.http.sessions import LOGIN_CSRF_COOKIE, SESSION_COOKIE, WebSession
+from faceledger.http.uploads import read_upload
 from faceledger.ledger import reports
 from faceledger.search.searcher import LEADS_NOTICE
 
