@@ -48,11 +48,12 @@ from faceledger.http.context import AppContext
 from faceledger.http.errors import KNOWN_ERRORS, error_for, json_error
 from faceledger.http.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from faceledger.http.settings import ApiSettings, server_config
+from faceledger.http.web.responses import error_page
 from faceledger.search.searcher import LEADS_NOTICE
 from faceledger.vision.decode import configure_probes
 
 log = logging.getLogger(__name__)
-STATIC_DIR = web.STATIC_DIR
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -62,7 +63,7 @@ def install_error_handlers(app: FastAPI) -> None:
             log.error("error on %s %s", request.method, request.url.path, exc_info=exc)
         if request.url.path.startswith("/api/"):
             return json_error(status, code, message, headers)
-        return web.error_page(request, exc, status, code, message)
+        return error_page(request, exc, status, code, message)
 
     async def validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -73,7 +74,7 @@ def install_error_handlers(app: FastAPI) -> None:
         message = "invalid request: " + "; ".join(problems)
         if request.url.path.startswith("/api/"):
             return json_error(422, "invalid-request", message, {})
-        return web.error_page(request, exc, 422, "invalid-request", message)
+        return error_page(request, exc, 422, "invalid-request", message)
 
     for cls in (*KNOWN_ERRORS, UnicodeEncodeError, HTTPException, Exception):
         app.add_exception_handler(cls, handle)
