@@ -60,10 +60,10 @@ def entries(
 @contextmanager
 def live_server(app: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1 and a free port, in a thread, configured as
-    ``faceledger serve`` runs it (:func:`faceledger.http.api.server_config`)."""
+    ``faceledger serve`` runs it (:func:`faceledger.http.settings.server_config`)."""
     import uvicorn
 
-    from faceledger.http.api import server_config
+    from faceledger.http.settings import server_config
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

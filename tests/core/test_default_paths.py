@@ -29,7 +29,8 @@ from faceledger.cli.main import app as cli_app
 from faceledger.core import Faceledger, SearchRequest
 from faceledger.gallery.ingest import PipelineSettings
 from faceledger.gallery.sources import iter_paths
-from faceledger.http.api import ApiSettings, create_app
+from faceledger.http.app import create_app
+from faceledger.http.settings import ApiSettings
 from faceledger.vision.detection import create_detector
 
 with warnings.catch_warnings():

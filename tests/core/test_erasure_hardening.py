@@ -29,7 +29,8 @@ from faceledger.cli.main import app as cli_app
 from faceledger.core import Faceledger, RefusedError
 from faceledger.gallery.ingest import PipelineSettings
 from faceledger.gallery.sources import iter_paths
-from faceledger.http.api import ApiSettings, create_app
+from faceledger.http.app import create_app
+from faceledger.http.settings import ApiSettings
 from faceledger.ledger import audit
 from faceledger.search import calibration
 from faceledger.types import BBox, Detection

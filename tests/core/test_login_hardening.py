@@ -22,7 +22,8 @@ from conftest import RawDB
 from conftest_api import entries, live_server
 from faceledger.accounts.auth import AuthError, LoginThrottled, PermissionDenied
 from faceledger.core import Faceledger, RefusedError
-from faceledger.http.api import ApiSettings, create_app
+from faceledger.http.app import create_app
+from faceledger.http.settings import ApiSettings
 from faceledger.ledger import audit
 
 with warnings.catch_warnings():

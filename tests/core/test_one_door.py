@@ -23,7 +23,8 @@ from conftest import RawDB, lfw_image
 from conftest_api import PW, entries, own_token, seed
 from faceledger.cli.main import app as cli_app
 from faceledger.core import MAX_JUSTIFICATION, Faceledger, RefusedError, SearchRequest
-from faceledger.http.api import ApiSettings, create_app
+from faceledger.http.app import create_app
+from faceledger.http.settings import ApiSettings
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

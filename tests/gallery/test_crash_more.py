@@ -722,7 +722,8 @@ def test_api_ingest_job_names_the_storage_problem(
 ) -> None:
     import warnings
 
-    from faceledger.http.api import ApiSettings, create_app
+    from faceledger.http.app import create_app
+    from faceledger.http.settings import ApiSettings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # starlette suggests another httpx package

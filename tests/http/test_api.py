@@ -28,7 +28,8 @@ from PIL import Image
 from conftest import blank_jpeg, lfw_image, side_by_side
 from conftest_api import PW, entries, live_server, own_token, seed
 from faceledger.core import Faceledger
-from faceledger.http.api import MB, ApiSettings, create_app
+from faceledger.http.app import create_app
+from faceledger.http.settings import MB, ApiSettings
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette suggests another httpx package; irrelevant here

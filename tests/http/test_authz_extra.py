@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 from conftest import RawDB, lfw_image
 from conftest_api import PW, entries, own_token, seed
 from faceledger.core import Faceledger
-from faceledger.http.api import ApiSettings, create_app
+from faceledger.http.app import create_app
+from faceledger.http.settings import ApiSettings
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette suggests another httpx package; irrelevant here

@@ -44,7 +44,9 @@ from schemathesis.config import SchemathesisConfig  # noqa: E402
 
 from conftest_api import PW, own_token, seed  # noqa: E402
 from faceledger.core import Faceledger  # noqa: E402
-from faceledger.http.api import MB, ApiSettings, create_app, router  # noqa: E402
+from faceledger.http.app import create_app  # noqa: E402
+from faceledger.http.routes import router  # noqa: E402
+from faceledger.http.settings import MB, ApiSettings  # noqa: E402
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette suggests another httpx package; irrelevant here

@@ -36,7 +36,8 @@ import faceledger
 from conftest import lfw_image
 from conftest_api import PW, entries, seed
 from faceledger.core import Faceledger
-from faceledger.http.api import ApiSettings, create_app
+from faceledger.http.app import create_app
+from faceledger.http.settings import ApiSettings
 from faceledger.vision.decode import (
     DEFAULT_MAX_PROBE_PIXELS,
     DecodeError,

@@ -15,7 +15,8 @@ import pytest
 from conftest import lfw_image, need, need_module, side_by_side
 from conftest_api import PW, entries, live_server, seed
 from faceledger.core import Faceledger
-from faceledger.http.api import ApiSettings, create_app
+from faceledger.http.app import create_app
+from faceledger.http.settings import ApiSettings
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"

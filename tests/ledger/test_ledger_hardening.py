@@ -30,7 +30,8 @@ from faceledger.cli.main import app
 from faceledger.core import Faceledger, RefusedError, SearchRequest
 from faceledger.db.schema import case_requests, searches, users, verifications
 from faceledger.db.store import now_iso
-from faceledger.http.api import ApiSettings, create_app
+from faceledger.http.app import create_app
+from faceledger.http.settings import ApiSettings
 from faceledger.ledger import audit, reports
 
 PW = "correct horse battery"

@@ -759,7 +759,7 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Serve the HTTP API and the web UI."""
-    from faceledger.http.api import serve as run_server
+    from faceledger.http.app import serve as run_server
 
     run_server(config.data_dir(data_dir), host, port)
 

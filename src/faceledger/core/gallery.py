@@ -103,6 +103,13 @@ class GalleryDoor(SearchDoor):
             s.pop("data_dir", None)
         return s
 
+    def apply_retention(self) -> dict[str, int]:
+        """Retention as the system applies it (at server start and at every ingest): gallery
+        images and retained probes past their expiry are purged, and the purge recorded."""
+        from faceledger.core.erasure import purge_expired
+
+        return purge_expired(self, SYSTEM)
+
     def purge(self, actor: Actor) -> dict[str, int]:
         from faceledger.core.erasure import purge_expired
 

@@ -1,0 +1,62 @@
+"""Form and query fields read into values the core takes (ids, dates, face boxes); bad
+input is a 400 with a stable code."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timedelta
+
+from faceledger.http.errors import ApiError
+from faceledger.vision import probes
+
+MAX_ID = 2**63 - 1  # database ids are signed 64-bit integers
+
+
+def parse_box(text: str, field_name: str = "face_box") -> list[int] | None:
+    """A face box form field, or None; a bad one is a 400 ``bad-face-box``."""
+    try:
+        return probes.parse_box(text, field_name)
+    except probes.BadBoxError as exc:
+        raise ApiError(400, "bad-face-box", str(exc)) from exc
+
+
+def parse_request_id(text: str) -> int | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_ID:
+        raise ApiError(400, "bad-request-id", "request_id must be a number")
+    return int(text)
+
+
+def parse_day(text: str | None, name: str) -> date:
+    try:
+        return date.fromisoformat((text or "").strip())
+    except ValueError as exc:
+        raise ApiError(400, "bad-date", f"{name} must be a date like 2026-01-31") from exc
+
+
+def day_bound(text: str | None, name: str, end: bool = False) -> str | None:
+    """A ledger timestamp bound from a date (whole days; ``end`` is inclusive) or a time."""
+    if not text:
+        return None
+    text = text.strip()
+    if len(text) == 10:
+        d = parse_day(text, name)
+        if end and d == date.max:
+            return None  # nothing can come after the last representable day
+        return (d + timedelta(days=1)).isoformat() if end else d.isoformat()
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
+    except ValueError as exc:
+        raise ApiError(400, "bad-date", f"{name} must be a date or an ISO 8601 time") from exc
+
+
+def parse_face_ids(text: str) -> list[int]:
+    try:
+        ids = [int(x) for x in re.split(r"[,\s]+", text.strip()) if x]
+        if any(abs(i) > MAX_ID for i in ids):
+            raise ValueError("out of range")
+    except ValueError as exc:
+        raise ApiError(400, "bad-face-ids", "face_ids are numbers, comma-separated") from exc
+    return ids

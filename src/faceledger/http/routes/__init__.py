@@ -1,0 +1,26 @@
+"""The API (``/api/v1``), one module per domain, each with its own ``APIRouter``.
+
+Routes translate HTTP to calls of :class:`faceledger.core.Faceledger` and back; the core
+authenticates, decides permissions, applies the rules and writes the ledger.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from faceledger.http.routes import accounts, audit, cases, erasure, ingest, policy, search, system
+
+ROUTERS = (
+    system.router,
+    search.router,
+    ingest.router,
+    erasure.router,
+    cases.router,
+    audit.router,
+    accounts.router,
+    policy.router,
+)
+
+# All of the API in one router, its routes as the domain routers made them (full paths, in
+# this order): what the app serves and what the API fuzz test walks.
+router = APIRouter(routes=[route for r in ROUTERS for route in r.routes])

@@ -1,0 +1,154 @@
+"""Searches, detection and 1:1 verification, and the candidate files a search shows."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import FileResponse
+
+from faceledger.core import SearchRequest
+from faceledger.http.deps import Ctx, CurrentActor, DbId, FormStr
+from faceledger.http.files import file_response
+from faceledger.http.parsing import parse_box, parse_request_id
+from faceledger.http.schemas.common import ERRORS, IMAGE_RESPONSES, UPLOAD_ERRORS
+from faceledger.http.schemas.search import DetectOut, SearchOut, SearchRecordOut, VerifyOut
+from faceledger.http.settings import API
+from faceledger.http.uploads import read_upload
+
+router = APIRouter(prefix=API)
+
+
+def candidate_out(search_id: int, c: dict[str, Any]) -> dict[str, Any]:
+    """A candidate as the API shows it: no server paths, and its crop and source image only
+    through the search that returned it."""
+    doc = {k: v for k, v in c.items() if k not in ("crop_path", "image_path")}
+    doc["crop_url"] = f"{API}/searches/{search_id}/faces/{c['face_id']}/crop"
+    doc["image_url"] = f"{API}/searches/{search_id}/faces/{c['face_id']}/image"
+    return doc
+
+
+def search_out(result: dict[str, Any]) -> dict[str, Any]:
+    out = dict(result)
+    faces = []
+    for f in result["faces"]:
+        face = dict(f)
+        face["candidates"] = [candidate_out(result["search_id"], c) for c in f["candidates"]]
+        face.setdefault("selected", None)
+        faces.append(face)
+    out["faces"] = faces
+    return out
+
+
+CASE_FIELDS_DOC = (
+    "case_number, purpose (from the policy) and justification (10+ characters) are required; "
+    "purposes that need approval also need request_id, an approved case request of yours."
+)
+
+
+@router.post("/detect", response_model=DetectOut, responses=UPLOAD_ERRORS, tags=["search"])
+def detect(
+    ctx: Ctx,
+    actor: CurrentActor,
+    photo: Annotated[UploadFile | None, File(description="The probe photo")] = None,
+    case_number: Annotated[
+        str, Form(description="The case this detection serves (recorded)", examples=["CASE-7"])
+    ] = "",
+) -> dict[str, Any]:
+    """Find the faces in a photo (boxes and quality warnings) without comparing anything.
+
+    For picking one face before a search; investigators only; recorded in the ledger and
+    counted against the policy's daily_detect_quota."""
+    ctx.limit_search(actor)
+    data = read_upload(photo, "photo")
+    return ctx.fl.detect(actor, data, case_number)
+
+
+@router.post(
+    "/searches",
+    response_model=SearchOut,
+    responses=UPLOAD_ERRORS,
+    tags=["search"],
+    description="Search the gallery with a probe photo: ranked candidates per face, as leads "
+    "for human review. " + CASE_FIELDS_DOC,
+)
+def create_search(
+    ctx: Ctx,
+    actor: CurrentActor,
+    probe: Annotated[UploadFile | None, File(description="The probe photo")] = None,
+    case_number: Annotated[str, Form(examples=["CASE-2026-114"])] = "",
+    purpose: Annotated[str, Form(examples=["violent-crime"])] = "",
+    justification: Annotated[str, Form(examples=["CCTV still from the robbery at ..."])] = "",
+    request_id: Annotated[str, Form(description="Approved case request id", examples=[""])] = "",
+    top_k: Annotated[int, Form(ge=1, le=1000, description="Candidates per face")] = 10,
+    face_box: Annotated[
+        str,
+        Form(
+            description="left,top,right,bottom of one face (from /detect): only that face is "
+            "searched",
+            examples=["318,68,425,175"],
+        ),
+    ] = "",
+) -> dict[str, Any]:
+    ctx.limit_search(actor)
+    box = parse_box(face_box)
+    data = read_upload(probe, "probe")
+    req = SearchRequest(case_number, purpose, justification, parse_request_id(request_id), top_k)
+    return search_out(ctx.fl.search(actor, data, req, box))
+
+
+@router.get(
+    "/searches/{search_id}", response_model=SearchRecordOut, responses=ERRORS, tags=["search"]
+)
+def get_search(ctx: Ctx, actor: CurrentActor, search_id: DbId) -> dict[str, Any]:
+    """A recorded search (own searches; supervisors their unit's and those under approvals
+    they gave; auditors all). Each view is recorded with the candidates it shows."""
+    return ctx.fl.get_search(actor, search_id)
+
+
+@router.post(
+    "/verify",
+    response_model=VerifyOut,
+    responses=UPLOAD_ERRORS,
+    tags=["search"],
+    description="1:1: how alike one face in each of two photos is (score and estimated FMR). "
+    "Investigators only, under the same rules as a search, counted in the same daily quota "
+    "and recorded in the ledger. " + CASE_FIELDS_DOC,
+)
+def verify(
+    ctx: Ctx,
+    actor: CurrentActor,
+    photo_a: Annotated[UploadFile | None, File()] = None,
+    photo_b: Annotated[UploadFile | None, File()] = None,
+    case_number: FormStr = "",
+    purpose: FormStr = "",
+    justification: FormStr = "",
+    request_id: FormStr = "",
+    face_box_a: Annotated[str, Form(description="Which face in photo A (else the largest)")] = "",
+    face_box_b: Annotated[str, Form(description="Which face in photo B (else the largest)")] = "",
+) -> dict[str, Any]:
+    ctx.limit_search(actor)
+    box_a, box_b = parse_box(face_box_a, "face_box_a"), parse_box(face_box_b, "face_box_b")
+    a = read_upload(photo_a, "photo_a")
+    b = read_upload(photo_b, "photo_b")
+    req = SearchRequest(case_number, purpose, justification, parse_request_id(request_id))
+    return ctx.fl.verify(actor, a, b, req, box_a, box_b)
+
+
+@router.get(
+    "/searches/{search_id}/faces/{face_id}/crop", responses=IMAGE_RESPONSES, tags=["search"]
+)
+def candidate_crop(ctx: Ctx, actor: CurrentActor, search_id: DbId, face_id: DbId) -> FileResponse:
+    """The crop of a candidate this search returned (to whoever may read the search, within
+    the policy's result_view_days); the search's own ledger entry lists what it showed."""
+    path = ctx.fl.candidate_file(actor, search_id, face_id, "crop")
+    return file_response(path, f"face-{face_id}.jpg")
+
+
+@router.get(
+    "/searches/{search_id}/faces/{face_id}/image", responses=IMAGE_RESPONSES, tags=["search"]
+)
+def candidate_image(ctx: Ctx, actor: CurrentActor, search_id: DbId, face_id: DbId) -> FileResponse:
+    """The source image of a candidate this search returned; each view is recorded."""
+    path = ctx.fl.candidate_file(actor, search_id, face_id, "image")
+    return file_response(path, f"search-{search_id}-face-{face_id}{path.suffix}")

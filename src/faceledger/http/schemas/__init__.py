@@ -1,0 +1,1 @@
+"""The API's request and response models (its OpenAPI contract), one module per domain."""

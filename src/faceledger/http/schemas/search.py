@@ -1,0 +1,209 @@
+"""Searches, detection and 1:1 verification."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from faceledger.search.searcher import LEADS_NOTICE
+
+
+class CandidateOut(BaseModel):
+    rank: int
+    face_id: int
+    score: float = Field(description="Cosine similarity of the two face vectors")
+    est_fmr: float | None = Field(
+        description="Estimated false match rate at this score (calibrated on impostor pairs); "
+        "null without a calibration for the model"
+    )
+    est_fmr_extrapolated: bool | None
+    expected_false_candidates: float | None = Field(
+        description="Different people expected to score at least this high in a gallery of "
+        "this size (gallery faces x est_fmr)"
+    )
+    quality: float
+    bbox: list[int] = Field(description="The face in the source image: left, top, right, bottom")
+    crop_url: str
+    image_sha256: str
+    image_url: str
+    provenance: list[dict[str, Any]]
+
+
+class ProbeFaceOut(BaseModel):
+    face_index: int
+    bbox: list[int]
+    quality: float
+    size: int
+    sharpness: float | None = None
+    yaw: float | None = None
+    warnings: list[str]
+    below_min_quality: bool
+    selected: bool | None = Field(
+        None, description="With face_box: the face that was asked for (others are not searched)"
+    )
+    candidates: list[CandidateOut]
+
+
+SEARCH_EXAMPLE: dict[str, Any] = {
+    "search_id": 12,
+    "probe_sha256": "9f2c...e1",
+    "photo_sha256": "41ab...07",
+    "probe_region": [210, 0, 500, 250],
+    "case_number": "CASE-2026-114",
+    "purpose": "violent-crime",
+    "gallery_faces": 5210,
+    "model_id": "dlib_resnet_v1",
+    "notice": LEADS_NOTICE,
+    "faces": [
+        {
+            "face_index": 0,
+            "bbox": [318, 68, 425, 175],
+            "quality": 0.91,
+            "size": 107,
+            "sharpness": 88.1,
+            "yaw": 0.04,
+            "warnings": [],
+            "below_min_quality": False,
+            "selected": True,
+            "candidates": [
+                {
+                    "rank": 1,
+                    "face_id": 881,
+                    "score": 0.9512,
+                    "est_fmr": 2.1e-06,
+                    "est_fmr_extrapolated": True,
+                    "expected_false_candidates": 0.011,
+                    "quality": 0.88,
+                    "bbox": [67, 68, 174, 175],
+                    "crop_url": "/api/v1/searches/12/faces/881/crop",
+                    "image_sha256": "5d1e...c3",
+                    "image_url": "/api/v1/searches/12/faces/881/image",
+                    "provenance": [
+                        {
+                            "source": "press-archive",
+                            "original_path": "/srv/photos/2019/0412.jpg",
+                            "source_url": "https://example.org/photo/0412",
+                            "captured_at": "2019-04-12",
+                            "legal_basis": "public press archive, licence 17/2019",
+                            "subject_label": None,
+                            "ingested_at": "2026-01-02T10:11:12+00:00",
+                        }
+                    ],
+                }
+            ],
+        }
+    ],
+}
+
+
+class SearchOut(BaseModel):
+    search_id: int
+    probe_sha256: str = Field(description="SHA-256 of the probe compared (the face region)")
+    photo_sha256: str = Field(description="SHA-256 of the uploaded photo")
+    probe_region: list[int] | None
+    case_number: str
+    purpose: str
+    gallery_faces: int
+    model_id: str
+    notice: str
+    faces: list[ProbeFaceOut]
+    model_config = ConfigDict(json_schema_extra={"examples": [SEARCH_EXAMPLE]})
+
+
+class DetectFaceOut(BaseModel):
+    face_index: int
+    bbox: list[int]
+    quality: float
+    size: int
+    sharpness: float
+    yaw: float
+    warnings: list[str] = Field(description="small, blurred, turned")
+    warning_text: list[str]
+    below_min_quality: bool
+
+
+class DetectOut(BaseModel):
+    photo_sha256: str
+    width: int
+    height: int
+    min_probe_quality: float
+    faces: list[DetectFaceOut]
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "photo_sha256": "41ab...07",
+                    "width": 500,
+                    "height": 250,
+                    "min_probe_quality": 0.0,
+                    "faces": [
+                        {
+                            "face_index": 0,
+                            "bbox": [68, 68, 175, 175],
+                            "quality": 0.93,
+                            "size": 107,
+                            "sharpness": 91.2,
+                            "yaw": 0.02,
+                            "warnings": [],
+                            "warning_text": [],
+                            "below_min_quality": False,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+
+class VerifyOut(BaseModel):
+    verify_id: int
+    case_number: str
+    purpose: str
+    model_id: str
+    score: float
+    est_fmr: float | None
+    est_fmr_extrapolated: bool | None
+    faces: list[dict[str, Any]]
+    notice: str
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "verify_id": 3,
+                    "case_number": "CASE-2026-114",
+                    "purpose": "identity-fraud",
+                    "model_id": "dlib_resnet_v1",
+                    "score": 0.947,
+                    "est_fmr": 1.3e-05,
+                    "est_fmr_extrapolated": False,
+                    "faces": [
+                        {
+                            "photo": "A",
+                            "photo_sha256": "41ab...07",
+                            "faces_in_photo": 1,
+                            "bbox": [68, 68, 175, 175],
+                            "quality": 0.93,
+                            "warnings": [],
+                        }
+                    ],
+                    "notice": LEADS_NOTICE,
+                }
+            ]
+        }
+    )
+
+
+class SearchRecordOut(BaseModel):
+    id: int
+    username: str
+    case_number: str
+    purpose: str
+    justification: str
+    request_id: int | None
+    probe_sha256: str
+    faces: int
+    created_at: str
+    results: list[dict[str, Any]] = Field(
+        description="Per probe face: candidate [face_id, score] pairs as recorded"
+    )

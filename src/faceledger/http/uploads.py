@@ -1,0 +1,26 @@
+"""Uploaded image parts: content-type check and bytes."""
+
+from __future__ import annotations
+
+from fastapi import UploadFile
+
+from faceledger.http.errors import ApiError
+
+IMAGE_TYPES = ("image/",)
+GENERIC_TYPES = ("application/octet-stream", "")
+
+
+def read_upload(
+    upload: UploadFile | None, field_name: str, allowed: tuple[str, ...] = IMAGE_TYPES
+) -> bytes:
+    """The bytes of an uploaded file part, after a content-type check."""
+    if upload is None or (not upload.filename and upload.size in (None, 0)):
+        raise ApiError(400, "missing-file", f"send the photo as the multipart file '{field_name}'")
+    ctype = (upload.content_type or "").split(";")[0].strip().lower()
+    if not (ctype in GENERIC_TYPES or any(ctype.startswith(a) for a in allowed)):
+        raise ApiError(
+            415,
+            "unsupported-media-type",
+            f"'{field_name}' is {ctype}; send an image (image/jpeg, image/png, ...)",
+        )
+    return upload.file.read()

@@ -1,0 +1,83 @@
+"""Rendering pages: the templates, the navigation, flash messages and redirects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from faceledger import __version__
+from faceledger.accounts.auth import Actor
+from faceledger.http.web.deps import WebUser
+from faceledger.search.searcher import LEADS_NOTICE
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
+templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+
+
+def _when(ts: str | None, empty: str = "—") -> str:
+    """'2026-01-02T10:11:12+00:00' -> '2026-01-02 10:11 UTC' (the ledger keeps UTC)."""
+    if not ts:
+        return empty
+    text = str(ts).replace("T", " ")
+    return f"{text[:16]} UTC" if len(text) >= 16 and text[10] == " " else text
+
+
+templates.env.filters["when"] = _when
+
+
+def nav_for(actor: Actor | None) -> list[tuple[str, str]]:
+    if actor is None:
+        return []
+    items = [("/", "Overview")]
+    if actor.can("search"):
+        items.append(("/search", "Search"))
+    items.append(("/cases", "Cases"))
+    if actor.can("read_ledger") or actor.can("report") or actor.can("verify_ledger"):
+        items.append(("/audit", "Audit"))
+    if actor.can("manage_users"):
+        items.append(("/admin", "Admin"))
+    items.append(("/account", "Account"))
+    return items
+
+
+def render(
+    request: Request,
+    name: str,
+    user: WebUser | None = None,
+    status: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    flashes: list[tuple[str, str]] = []
+    if user is not None:
+        flashes, user.sess.flashes = user.sess.flashes, []
+    actor = user.actor if user else None
+    base = {
+        "actor": actor,
+        "roles": sorted(actor.roles) if actor else [],
+        "csrf": user.sess.csrf if user else "",
+        "flashes": flashes,
+        "nav": nav_for(actor),
+        "path": request.url.path,
+        "notice": LEADS_NOTICE,
+        "version": __version__,
+    }
+    return templates.TemplateResponse(request, name, base | context, status_code=status)
+
+
+def flash(user: WebUser, kind: str, message: str) -> None:
+    user.sess.flashes.append((kind, message))
+
+
+def redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+def local_url(url: str | None, default: str = "/") -> str:
+    """Only same-site paths: never an open redirect."""
+    if url and url.startswith("/") and not url.startswith("//") and "\\" not in url:
+        return url
+    return default
