@@ -103,6 +103,11 @@ class GalleryDoor(SearchDoor):
             s.pop("data_dir", None)
         return s
 
+    def gallery_size(self, actor: Actor) -> int:
+        """Faces in the gallery, for those who may search it (the search page shows it)."""
+        self.require(actor, "search")
+        return self.store.face_count()
+
     def apply_retention(self) -> dict[str, int]:
         """Retention as the system applies it (at server start and at every ingest): gallery
         images and retained probes past their expiry are purged, and the purge recorded."""

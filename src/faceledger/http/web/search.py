@@ -36,7 +36,7 @@ def search_page(request: Request, user: User) -> Response:
         policy_problem=policy_problem,
         approved=approved,
         max_upload_mb=round(user.ctx.settings.max_upload_bytes / (1024 * 1024)),
-        gallery_faces=fl.store.face_count(),
+        gallery_faces=fl.gallery_size(actor),
     )
 
 
