@@ -15,7 +15,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from conftest import blank_jpeg, lfw_image
-from faceledger.cli.main import app
+from faceledger.cli import app
 from faceledger.gallery.index import IndexManager
 from faceledger.gallery.ingest import Ingestor, IngestSummary, PipelineSettings
 from faceledger.gallery.ingest_ray import RayIngestor
