@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-FL = [sys.executable, "-m", "faceledger.cli.main"]
+FL = [sys.executable, "-m", "faceledger.cli"]
 PW = "load-test-admin-password"
 
 

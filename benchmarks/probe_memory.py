@@ -126,7 +126,7 @@ def main() -> int:
         port = int(s.getsockname()[1])
     command = ["serve", "--data-dir", str(data), "--port", str(port)]
     server = subprocess.Popen(
-        [sys.executable, "-m", "faceledger.cli.main", *command],
+        [sys.executable, "-m", "faceledger.cli", *command],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

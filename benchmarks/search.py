@@ -34,7 +34,7 @@ B/face of float32 vectors in the memory-mapped file:
      1,000,000  ivf_sq8   nlist 1024, nprobe 80  1.000  0.9992  2.011 4.59 17.8   8.8x   17s 146
      1,000,000  hnsw_sq8  M 32, efSearch 500     0.944  0.9778  2.134 3.06 18.4   8.6x  305s 409
 
-    faceledger.cli.bench search --faces 10000000 --queries 500 --sweep-nprobe 160,240
+    faceledger.cli bench search --faces 10000000 --queries 500 --sweep-nprobe 160,240
     10,000,000  ivf_pqfs  nlist 4096, nprobe 320 1.000  0.9932  3.656 7.73 183.9 50.3x  442s  49
                           (nprobe 160: R@10 0.9828, p50 2.26 ms; nprobe 240: 0.9920, 3.08 ms)
                 process RSS 5.75 GiB: 0.95 GiB heap + 4.80 GiB of mapped vector file (all of
@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run(faces: int, variant: str, args: argparse.Namespace) -> dict:
     kind, _, extra = variant.partition(":")
-    cmd = [sys.executable, "-m", "faceledger.cli.bench", "search", "--faces", str(faces)]
+    cmd = [sys.executable, "-m", "faceledger.cli", "bench", "search", "--faces", str(faces)]
     cmd += ["--dim", str(args.dim), "--queries", str(args.queries), "--kind", kind, "--json"]
     cmd += ["--threads", str(args.threads), "--exact-seconds", str(args.exact_seconds)]
     if args.calibrate_from:

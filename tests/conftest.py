@@ -306,7 +306,7 @@ def lfw_embeddings(flip: bool = True) -> tuple[Any, Any, str, Path]:
     lock makes a second test worker wait for the first instead of embedding LFW twice."""
     import fcntl
 
-    from faceledger.cli.main import _lfw_setup
+    from faceledger.cli.evaluation import _lfw_setup
     from faceledger.evaluation.lfw import LfwDataset, embed_lfw
     from faceledger.gallery.ingest import default_workers
 

@@ -21,3 +21,7 @@ class ModelMismatchError(Exception):
 
 class BadTextError(ValueError):
     """Text that no supported database stores faithfully (PostgreSQL refuses NUL)."""
+
+
+class DatabaseBindingError(Exception):
+    """A data dir and a database that do not belong together."""

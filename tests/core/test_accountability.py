@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from conftest import RawDB, copy_data_dir, lfw_image, side_by_side
 from faceledger.accounts.auth import AuthError, LoginThrottled, PermissionDenied
 from faceledger.cases.policy import Policy
-from faceledger.cli.main import app
+from faceledger.cli import app
 from faceledger.core import Faceledger, PolicyTamperedError, RefusedError, SearchRequest
 from faceledger.gallery.ingest import PipelineSettings
 from faceledger.gallery.sources import iter_paths

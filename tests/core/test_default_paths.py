@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from conftest import RawDB, lfw_image
 from conftest_api import PW, entries, own_token
-from faceledger.cli.main import app as cli_app
+from faceledger.cli import app as cli_app
 from faceledger.core import Faceledger, SearchRequest
 from faceledger.gallery.ingest import PipelineSettings
 from faceledger.gallery.sources import iter_paths

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from conftest import RawDB, copy_data_dir, lfw_image
 from faceledger.accounts.auth import PermissionDenied
-from faceledger.cli.main import app as cli_app
+from faceledger.cli import app as cli_app
 from faceledger.core import Faceledger, RefusedError
 from faceledger.gallery.ingest import PipelineSettings
 from faceledger.gallery.sources import iter_paths

@@ -70,7 +70,7 @@ def web_login(client: Any, user: str, password: str = PW, **headers: str) -> Any
 
 
 def cli(data_dir: Path, *args: str, **env: str | None) -> Any:
-    from faceledger.cli.main import app
+    from faceledger.cli import app
 
     base = {"FACELEDGER_USER": None, "FACELEDGER_TOKEN": None, "FACELEDGER_PASSWORD": None}
     return CliRunner().invoke(app, [*args, "--data-dir", str(data_dir)], env=base | env)

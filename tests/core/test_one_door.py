@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from conftest import RawDB, lfw_image
 from conftest_api import PW, entries, own_token, seed
-from faceledger.cli.main import app as cli_app
+from faceledger.cli import app as cli_app
 from faceledger.core import MAX_JUSTIFICATION, Faceledger, RefusedError, SearchRequest
 from faceledger.http.app import create_app
 from faceledger.http.settings import ApiSettings

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import RawDB
-from faceledger.cli.main import app
+from faceledger.cli import app
 from faceledger.core import SYSTEM, Faceledger
 from faceledger.db.store import (
     BINDING_FILE,

@@ -149,7 +149,7 @@ def test_index_specs() -> None:
 def _fake_lfw_with_cache(tmp_path: Path) -> tuple[Path, Path]:
     """An LFW folder (empty image files, a two-fold pairs.txt) and the embedding cache the CLI
     reads for the default pipeline, so that nothing is embedded."""
-    from faceledger.cli.main import _lfw_setup
+    from faceledger.cli.evaluation import _lfw_setup
 
     lfw = tmp_path / "lfw"
     ds, table = synthetic_lfw(lfw, people=400, seed=5)
@@ -172,7 +172,7 @@ def _fake_lfw_with_cache(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_cli_eval_lfw_indexes(tmp_path: Path) -> None:
-    from faceledger.cli.main import app
+    from faceledger.cli import app
 
     lfw, data = _fake_lfw_with_cache(tmp_path)
     runner = CliRunner()
@@ -198,7 +198,7 @@ def test_cli_eval_lfw_indexes(tmp_path: Path) -> None:
 def test_full_lfw_indexes_identical(lfw: Path) -> None:
     """Real embeddings: all of LFW's 1:N searches through every index (the default
     pipeline's embeddings of LFW, built if missing: conftest.lfw_embeddings)."""
-    from faceledger.cli.main import _lfw_setup
+    from faceledger.cli.evaluation import _lfw_setup
     from faceledger.gallery.ingest import default_workers
 
     _, _, model_id, cache = lfw_embeddings(flip=True)

@@ -41,7 +41,7 @@ def _ingest_cmd(data: Path, photos: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "faceledger.cli.main",
+        "faceledger.cli",
         "ingest",
         str(photos),
         "--legal-basis",

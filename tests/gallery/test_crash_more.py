@@ -686,7 +686,7 @@ def test_ingest_when_writes_fail_through_a_hook(
     where: str,
     words: str,
 ) -> None:
-    from faceledger.cli.main import app
+    from faceledger.cli import app
 
     data = _copy(template, tmp_path / "data")
     photos = _new_photos(lfw, tmp_path / "new", NEW)
@@ -778,7 +778,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "faceledger.cli.main", *args],
+        [sys.executable, "-m", "faceledger.cli", *args],
         env={**os.environ, "FACELEDGER_PASSWORD": PW},
         capture_output=True,
         text=True,

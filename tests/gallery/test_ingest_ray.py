@@ -15,7 +15,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from conftest import blank_jpeg, lfw_image
-from faceledger.cli.main import app
+from faceledger.cli import app
 from faceledger.db.schema import faces, images
 from faceledger.db.store import Store
 from faceledger.gallery.index import IndexManager

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import blank_jpeg, lfw_image, side_by_side
-from faceledger.cli.main import app
+from faceledger.cli import app
 from faceledger.db.store import ModelMismatchError, Store
 from faceledger.gallery.index import IndexManager
 from faceledger.gallery.ingest import Ingestor, PipelineSettings

@@ -641,7 +641,7 @@ def test_server_sees_a_cli_ingest_without_restart(env: Env, tmp_path: Path) -> N
     folder = tmp_path / "cli"
     folder.mkdir()
     (folder / "George_W_Bush_0001.jpg").write_bytes(env.photo("George_W_Bush", 1))
-    cmd = [sys.executable, "-m", "faceledger.cli.main", "ingest", str(folder), "--source", "cli"]
+    cmd = [sys.executable, "-m", "faceledger.cli", "ingest", str(folder), "--source", "cli"]
     cmd += ["--legal-basis", "test", "--workers", "1", "--data-dir", str(env.fl.data_dir)]
     cmd += ["--as", "root"]
     done = subprocess.run(

@@ -288,7 +288,7 @@ def test_backoff_after_repeated_wrong_passwords(env: Env) -> None:
 def test_cli_refusals_are_recorded(
     env: Env, env_vars: dict[str, str], reason: str, action: str
 ) -> None:
-    from faceledger.cli.main import app
+    from faceledger.cli import app
 
     args = ["stats", "--data-dir", str(env.fl.data_dir)]
     if "FACELEDGER_TOKEN" in env_vars:

@@ -180,7 +180,7 @@ def server(seeded: Seeded) -> Iterator[Server]:
     log = (seeded.base / "server.log").open("wb")
     command = ["serve", "--data-dir", str(seeded.fl.data_dir), "--port", str(port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "faceledger.cli.main", *command], env=env, stdout=log, stderr=log
+        [sys.executable, "-m", "faceledger.cli", *command], env=env, stdout=log, stderr=log
     )
     base = f"http://127.0.0.1:{port}/api/v1"
     try:

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from conftest import RawDB, lfw_image
 from faceledger.accounts.auth import PermissionDenied
-from faceledger.cli.main import app
+from faceledger.cli import app
 from faceledger.core import Faceledger, RefusedError, SearchRequest
 from faceledger.db.schema import case_requests, searches, users, verifications
 from faceledger.db.store import now_iso

@@ -138,7 +138,8 @@ def test_calibrate_lfw_on_a_subset_reproduces_the_fit(tmp_path: Path) -> None:
     calibration split do not count."""
     from typer.testing import CliRunner
 
-    from faceledger.cli.main import _lfw_setup, app
+    from faceledger.cli import app
+    from faceledger.cli.evaluation import _lfw_setup
     from faceledger.evaluation.lfw import embed_subject, in_calibration_split
     from faceledger.vision.decode import decode_image
 

@@ -1,4 +1,4 @@
-"""``faceledger bench``: benchmarks (register with ``app.add_typer(bench_app, name="bench")``)."""
+"""The ``bench`` group: benchmarks on synthetic, LFW-calibrated faces."""
 
 from __future__ import annotations
 
@@ -127,7 +127,3 @@ def search(
         value = result.get(key)
         table.add_row(key, "-" if value is None else f"{value:,.4g}")
     Console().print(table)
-
-
-if __name__ == "__main__":
-    bench_app()

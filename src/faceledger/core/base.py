@@ -125,6 +125,10 @@ class CoreBase:
 
         finish_pending_files(self.store)
 
+    def close(self) -> None:
+        """Release the database connections (the data dir stays as it is)."""
+        self.store.close()
+
     # -- ledger helpers --------------------------------------------------------------------
     def record(self, actor: Actor, action: str, target: str = "", **details: Any) -> None:
         if actor.token_id is not None:

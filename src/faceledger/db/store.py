@@ -35,7 +35,7 @@ from faceledger.db.schema import (
     provenance,
     sources,
 )
-from faceledger.errors import BadTextError, ModelMismatchError
+from faceledger.errors import BadTextError, DatabaseBindingError, ModelMismatchError
 from faceledger.types import Face, Provenance
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,6 @@ def _refuse_nul(
             values = row if isinstance(row, (tuple, list)) else (row,)
         if any(isinstance(v, str) and "\x00" in v for v in values):
             raise BadTextError("text must not contain NUL characters")
-
-
-class DatabaseBindingError(Exception):
-    """A data dir and a database that do not belong together."""
 
 
 SQLITE_FILE = "gallery.db"

@@ -1,0 +1,154 @@
+"""``search`` (a probe against the gallery, recorded in the ledger) and ``embed`` (a photo's
+faces, touching no gallery); both are registered at the top level by :mod:`faceledger.cli`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from faceledger.cli.common import (
+    NO_FACE_EXIT,
+    AsUser,
+    DataDir,
+    Detector,
+    Device,
+    Embedder,
+    JsonOut,
+    MinFace,
+    ModelDir,
+    dump,
+    fail,
+    make_analyzer,
+    out,
+)
+from faceledger.cli.session import session
+
+
+def search(
+    photo: Annotated[Path, typer.Argument(help="Probe photo.")],
+    case: Annotated[str, typer.Option("--case", help="Case number (required).")] = "",
+    purpose: Annotated[str, typer.Option(help="Purpose, from the policy's list (required).")] = "",
+    justification: Annotated[str, typer.Option(help="Why this search is needed (required).")] = "",
+    request: Annotated[
+        int | None, typer.Option("--request", help="Approved case request id, where needed.")
+    ] = None,
+    top_k: Annotated[
+        int, typer.Option("--top-k", min=1, max=1000, help="Candidates per face.")
+    ] = 10,
+    model_dir: ModelDir = None,
+    device: Device = "cpu",
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Find the faces in PHOTO and list ranked gallery candidates for each (investigator)."""
+    from faceledger.core import SearchRequest
+    from faceledger.search.searcher import LEADS_NOTICE, NoFaceError
+
+    try:
+        data = photo.read_bytes()
+    except OSError as exc:
+        fail(f"{photo}: cannot read probe ({exc.strerror or exc})")
+    req = SearchRequest(case, purpose, justification, request, top_k)
+    with session(data_dir, as_user) as (fl, actor):
+        fl.model_dir, fl.device = model_dir or fl.model_dir, device
+        try:
+            result = fl.search(actor, data, req)
+        except NoFaceError as exc:
+            if as_json:
+                dump({"probe": str(photo), "faces": [], "error": str(exc)})
+            fail(f"{photo}: {exc}", code=NO_FACE_EXIT)
+    if as_json:
+        dump(result)
+        return
+    out.print(f"[bold yellow]{LEADS_NOTICE}[/]")
+    out.print(
+        f"search {result['search_id']} for case {result['case_number']} ({result['purpose']}): "
+        f"probe {photo}, {len(result['faces'])} face(s), gallery of {result['gallery_faces']} faces"
+    )
+    for f in result["faces"]:
+        if f["below_min_quality"]:
+            out.print(
+                f"face {f['face_index']} at {f['bbox']}: quality {f['quality']:.2f} is "
+                "below the policy minimum; not searched"
+            )
+            continue
+        t = Table(title=f"face {f['face_index']} at {f['bbox']} (quality {f['quality']:.2f})")
+        for col in ("rank", "score", "est. FMR", "expected false ≥ score", "face id", "provenance"):
+            t.add_column(col, overflow="fold")
+        for c in f["candidates"]:
+            p = c["provenance"][0] if c["provenance"] else {}
+            fmr = (
+                "n/a"
+                if c["est_fmr"] is None
+                else (f"{c['est_fmr']:.1e}" + ("*" if c["est_fmr_extrapolated"] else ""))
+            )
+            exp = (
+                "n/a"
+                if c["expected_false_candidates"] is None
+                else f"{c['expected_false_candidates']:.3g}"
+            )
+            where = p.get("source_url") or Path(p.get("original_path") or "").name
+            label = f"{p.get('subject_label')}: " if p.get("subject_label") else ""
+            t.add_row(
+                str(c["rank"]),
+                f"{c['score']:.3f}",
+                fmr,
+                exp,
+                str(c["face_id"]),
+                escape(f"{label}{where} ({p.get('source', '')}; {p.get('legal_basis', '')})"),
+            )
+        out.print(t)
+    out.print("[dim]* estimated beyond the calibration data (extrapolated tail)[/]")
+
+
+def embed(
+    photo: Annotated[Path, typer.Argument(help="Photo to analyse.")],
+    detector: Detector = "hog",
+    embedder: Embedder = "default",
+    min_face: MinFace = 20,
+    model_dir: ModelDir = None,
+    device: Device = "cpu",
+    as_json: JsonOut = True,
+) -> None:
+    """Faces found in PHOTO: box, 5 landmarks, quality and embedding (touches no gallery)."""
+    from faceledger.vision.decode import DecodeError, decode_image
+    from faceledger.vision.embedding import DEFAULT_EMBEDDER
+
+    embedder = DEFAULT_EMBEDDER if embedder == "default" else embedder
+    try:
+        img = decode_image(photo.read_bytes())
+    except OSError as exc:
+        fail(f"{photo}: cannot read ({exc.strerror or exc})")
+    except DecodeError as exc:
+        fail(f"{photo}: {exc}")
+    analyzer = make_analyzer(detector, embedder, min_face, model_dir=model_dir, device=device)
+    faces = analyzer.analyze(img.pixels)
+    dump(
+        {
+            "photo": str(photo),
+            "width": img.width,
+            "height": img.height,
+            "model_id": analyzer.model_id,
+            "faces": [
+                {
+                    "bbox": f.detection.bbox.as_list(),
+                    "detector": f.detection.detector,
+                    "det_score": f.detection.score,
+                    "landmarks": f.detection.landmarks.tolist(),
+                    "quality": f.quality,
+                    "size": f.size,
+                    "sharpness": round(f.sharpness, 3),
+                    "yaw": round(f.yaw, 4),
+                    "embedding": [round(float(x), 7) for x in f.embedding],
+                }
+                for f in faces
+            ],
+        }
+    )
+    if not faces:
+        raise typer.Exit(NO_FACE_EXIT)
