@@ -24,15 +24,8 @@ def policy_show(data_dir: DataDir = None, as_user: AsUser = None) -> None:
 @policy_app.command("set")
 def policy_set(key: str, value: str, data_dir: DataDir = None, as_user: AsUser = None) -> None:
     """Change one policy setting (lists: comma-separated). Logged with old and new values."""
-    from faceledger.cases.policy import Policy, policy_path
-
     with session(data_dir, as_user) as (fl, actor):
-        path = policy_path(fl.data_dir)
-        try:
-            current = fl.policy()
-        except Exception:  # tampered or missing: an admin re-sets it from the file or defaults
-            current = Policy.from_bytes(path.read_bytes()) if path.is_file() else Policy()
-        fl.save_policy(actor, current.with_value(key, value))
+        fl.set_policy_value(actor, key, value)
     out.print(f"policy {key} = {value}")
 
 

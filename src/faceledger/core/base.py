@@ -173,6 +173,24 @@ class CoreBase:
             )
         return Policy.from_bytes(data)
 
+    def policy_for_edit(self) -> Policy:
+        """The policy an admin changes: the valid current one, else (tampered with or
+        missing) the file's contents or, if it does not parse, the defaults."""
+        try:
+            return self.policy()
+        except PolicyTamperedError:
+            path = policy_path(self.data_dir)
+            try:
+                return Policy.from_bytes(path.read_bytes()) if path.is_file() else Policy()
+            except ValueError:
+                return Policy()
+
+    def set_policy_value(self, actor: Actor, key: str, value: str) -> Policy:
+        """Change one setting (lists comma-separated), recorded with old and new values."""
+        new = self.policy_for_edit().with_value(key, value)
+        self.save_policy(actor, new)
+        return new
+
     def save_policy(self, actor: Actor, new: Policy, initial: bool = False) -> None:
         if not initial:
             self.require(actor, "manage_policy")

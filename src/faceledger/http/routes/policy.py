@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from faceledger.cases.policy import Policy
 from faceledger.http.deps import Ctx, CurrentActor
 from faceledger.http.errors import invalid_input
-from faceledger.http.policy import current_policy_for_edit, policy_dict
+from faceledger.http.policy import policy_dict
 from faceledger.http.schemas.common import ERRORS
 from faceledger.http.schemas.policy import PolicyIn, PolicyPatch
 from faceledger.http.settings import API
@@ -38,6 +38,6 @@ def patch_policy(ctx: Ctx, actor: CurrentActor, body: PolicyPatch) -> dict[str, 
     ctx.fl.require(actor, "manage_policy")
     changes = {k: v for k, v in body.model_dump().items() if v is not None}  # type: ignore[attr-defined]
     with invalid_input("invalid-policy"):
-        new = Policy(**(policy_dict(current_policy_for_edit(ctx.fl)) | changes))
+        new = Policy(**(policy_dict(ctx.fl.policy_for_edit()) | changes))
         ctx.fl.save_policy(actor, new)
     return policy_dict(new)

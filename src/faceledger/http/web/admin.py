@@ -12,7 +12,7 @@ from faceledger.accounts.auth import ROLES
 from faceledger.cases.policy import Policy
 from faceledger.core import PolicyTamperedError
 from faceledger.http.ingest import start_ingest
-from faceledger.http.policy import current_policy_for_edit, policy_dict
+from faceledger.http.policy import policy_dict
 from faceledger.http.web.deps import PostUser, User, web_user_csrf
 from faceledger.http.web.render import flash, local_url, redirect, render
 from faceledger.http.web.responses import attempt
@@ -26,7 +26,7 @@ def admin_page(request: Request, user: User) -> Response:
     users = fl.list_users(actor)  # admins only: the core refuses (and records) the rest
     tokens_for = request.query_params.get("tokens_for", "").strip()
     tokens = fl.list_tokens(actor, tokens_for) if tokens_for else []
-    pol = current_policy_for_edit(fl)
+    pol = fl.policy_for_edit()
     try:
         fl.policy()
         policy_problem = ""
@@ -171,7 +171,7 @@ async def admin_policy(request: Request) -> Response:
     def save() -> None:
         fl = user.ctx.fl
         fl.require(user.actor, "manage_policy")
-        new = _policy_from_form(current_policy_for_edit(fl), fields)
+        new = _policy_from_form(fl.policy_for_edit(), fields)
         fl.save_policy(user.actor, new)
 
     return await run_in_threadpool(attempt, user, "/admin#policy", save, "Policy saved.")
