@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from faceledger.cli.common import AsUser, DataDir, err, fail, out
 from faceledger.cli.session import session
+from faceledger.ledger.audit import time_bound
 
 audit_app = typer.Typer(help="The tamper-evident ledger and reports.", no_args_is_help=True)
 
@@ -91,11 +92,10 @@ def audit_log(
     """List or export ledger entries (auditor), in seq order."""
     if fmt not in ("jsonl", "csv"):
         fail("--format must be jsonl or csv")
-    if until and len(until.strip()) == 10:  # a whole day, as in the API and the web page
-        try:
-            until = (date.fromisoformat(until.strip()) + timedelta(days=1)).isoformat()
-        except (ValueError, OverflowError):
-            fail("--to is a date like 2026-01-31 or an ISO time")
+    try:  # a date means the whole day, as in the API and the web page
+        since, until = time_bound(since), time_bound(until, end=True)
+    except ValueError:
+        fail("--from and --to are dates like 2026-01-31 or ISO times")
     with session(data_dir, as_user) as (fl, actor):
         lines = fl.audit_export(
             actor, fmt, actor=actor_name, action=action, since=since, until=until, case=case

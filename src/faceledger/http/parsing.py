@@ -4,9 +4,10 @@ input is a 400 with a stable code."""
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta
+from datetime import date
 
 from faceledger.http.errors import ApiError
+from faceledger.ledger import audit
 from faceledger.vision import probes
 
 MAX_ID = 2**63 - 1  # database ids are signed 64-bit integers
@@ -38,16 +39,10 @@ def parse_day(text: str | None, name: str) -> date:
 
 def day_bound(text: str | None, name: str, end: bool = False) -> str | None:
     """A ledger timestamp bound from a date (whole days; ``end`` is inclusive) or a time."""
-    if not text:
-        return None
-    text = text.strip()
-    if len(text) == 10:
-        d = parse_day(text, name)
-        if end and d == date.max:
-            return None  # nothing can come after the last representable day
-        return (d + timedelta(days=1)).isoformat() if end else d.isoformat()
+    if text and len(text.strip()) == 10:
+        parse_day(text, name)  # the date's own message
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
+        return audit.time_bound(text, end)
     except ValueError as exc:
         raise ApiError(400, "bad-date", f"{name} must be a date or an ISO 8601 time") from exc
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Table, func, insert, or_, select
@@ -633,3 +634,18 @@ def check_export(rows: Iterable[dict[str, Any]], whole: bool = True) -> VerifyRe
             return VerifyResult(False, n, last_hash, seq, f"entry {seq} was modified", last_seq)
         last_seq, last_hash = seq, row["hash"]
     return VerifyResult(True, n, last_hash, head_seq=last_seq)
+
+
+def time_bound(text: str | None, end: bool = False) -> str | None:
+    """A ledger time filter from what a person types: a date means whole days (as an ``end``
+    bound, inclusive: up to the next day's start) and an ISO 8601 time is taken as it is.
+    None for no bound; ValueError for neither."""
+    if not text or not text.strip():
+        return None
+    text = text.strip()
+    if len(text) == 10:
+        d = date.fromisoformat(text)  # ValueError: not a date
+        if end and d == date.max:
+            return None  # nothing can come after the last representable day
+        return (d + timedelta(days=1)).isoformat() if end else d.isoformat()
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
