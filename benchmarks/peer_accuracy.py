@@ -236,9 +236,9 @@ def score_face_recognition(run: dict[str, Any], images: list[str], folds: Folds)
 
 def faceledger_cache(data_dir: Path) -> Path:
     """Where ``faceledger eval lfw`` (defaults) keeps its embeddings in ``data_dir``."""
-    from faceledger.cli.evaluation import _lfw_setup  # the one place that names the cache file
+    from faceledger.evaluation.lfw import lfw_setup  # the one place that names the cache file
 
-    return _lfw_setup("hog+cnn", "default", data_dir, None, "cpu")[2]
+    return lfw_setup("hog+cnn", "default", data_dir, None, "cpu")[2]
 
 
 def run_faceledger(

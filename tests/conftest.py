@@ -306,12 +306,11 @@ def lfw_embeddings(flip: bool = True) -> tuple[Any, Any, str, Path]:
     lock makes a second test worker wait for the first instead of embedding LFW twice."""
     import fcntl
 
-    from faceledger.cli.evaluation import _lfw_setup
-    from faceledger.evaluation.lfw import LfwDataset, embed_lfw
+    from faceledger.evaluation.lfw import LfwDataset, embed_lfw, lfw_setup
     from faceledger.gallery.ingest import default_workers
 
     ds = LfwDataset.load(need_lfw())
-    factory, model_id, cache = _lfw_setup("hog+cnn", "default", EVAL_DATA, None, "cpu", flip)
+    factory, model_id, cache = lfw_setup("hog+cnn", "default", EVAL_DATA, None, "cpu", flip)
     cache.parent.mkdir(parents=True, exist_ok=True)
     with open(cache.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -149,7 +149,7 @@ def test_index_specs() -> None:
 def _fake_lfw_with_cache(tmp_path: Path) -> tuple[Path, Path]:
     """An LFW folder (empty image files, a two-fold pairs.txt) and the embedding cache the CLI
     reads for the default pipeline, so that nothing is embedded."""
-    from faceledger.cli.evaluation import _lfw_setup
+    from faceledger.evaluation.lfw import lfw_setup
 
     lfw = tmp_path / "lfw"
     ds, table = synthetic_lfw(lfw, people=400, seed=5)
@@ -165,7 +165,7 @@ def _fake_lfw_with_cache(tmp_path: Path) -> tuple[Path, Path]:
         lines += [f"{a}\t1\t{b}\t1" for a, b in zip(pairs[::2], pairs[1::2], strict=True)]
     (lfw / "pairs.txt").write_text("\n".join(lines) + "\n")
     data = tmp_path / "data"
-    _, _, cache = _lfw_setup("hog+cnn", "default", data, None, "cpu")
+    _, _, cache = lfw_setup("hog+cnn", "default", data, None, "cpu")
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, paths=np.array(table.paths), vectors=table.vectors, detected=table.detected)
     return lfw, data
@@ -198,11 +198,11 @@ def test_cli_eval_lfw_indexes(tmp_path: Path) -> None:
 def test_full_lfw_indexes_identical(lfw: Path) -> None:
     """Real embeddings: all of LFW's 1:N searches through every index (the default
     pipeline's embeddings of LFW, built if missing: conftest.lfw_embeddings)."""
-    from faceledger.cli.evaluation import _lfw_setup
+    from faceledger.evaluation.lfw import lfw_setup
     from faceledger.gallery.ingest import default_workers
 
     _, _, model_id, cache = lfw_embeddings(flip=True)
-    factory, _, _ = _lfw_setup("hog+cnn", "default", cache.parents[1], None, "cpu")
+    factory, _, _ = lfw_setup("hog+cnn", "default", cache.parents[1], None, "cpu")
     res = evaluation.run_lfw(lfw, factory, model_id, cache, default_workers(), indexes=ALL_SPECS)
     _assert_same_as_exact(res, ALL_SPECS)
     assert res["indexes"]["exact"]["rank1"] == res["rank1"]

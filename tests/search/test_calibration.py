@@ -139,8 +139,7 @@ def test_calibrate_lfw_on_a_subset_reproduces_the_fit(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from faceledger.cli import app
-    from faceledger.cli.evaluation import _lfw_setup
-    from faceledger.evaluation.lfw import embed_subject, in_calibration_split
+    from faceledger.evaluation.lfw import embed_subject, in_calibration_split, lfw_setup
     from faceledger.vision.decode import decode_image
 
     root = tmp_path / "lfw"
@@ -151,7 +150,7 @@ def test_calibrate_lfw_on_a_subset_reproduces_the_fit(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     got = calibration.Calibration.from_json(json.loads(out_file.read_text()))
 
-    factory, model_id, _ = _lfw_setup("hog+cnn", "default", data, None, "cpu")
+    factory, model_id, _ = lfw_setup("hog+cnn", "default", data, None, "cpu")
     analyzer = factory()
     photos = [
         (name, p)

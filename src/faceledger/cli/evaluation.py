@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +11,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from faceledger import config
 from faceledger.cli.common import (
     DataDir,
     Detector,
@@ -24,17 +22,13 @@ from faceledger.cli.common import (
     dump,
     err,
     fail,
-    make_analyzer,
     out,
     progress_bar,
 )
-from faceledger.vision.detection import DEFAULT_MIN_FACE
 
 eval_app = typer.Typer(help="Evaluate accuracy on public benchmarks.", no_args_is_help=True)
 calibrate_app = typer.Typer(help="Fit score calibrations.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Fetch evaluation datasets.", no_args_is_help=True)
-
-EVAL_MIN_FACE = DEFAULT_MIN_FACE  # evaluate the pipeline a gallery is built with
 
 
 def _lfw_setup(
@@ -45,33 +39,13 @@ def _lfw_setup(
     device: str,
     flip: bool = True,
 ) -> tuple[Any, str, Path]:
-    """The analyzer factory, model id and embedding cache file of an LFW run (the cache is
-    named for everything that changes the vectors, so runs never share a wrong one)."""
-    from faceledger.vision.embedding import DEFAULT_EMBEDDER
-    from faceledger.vision.routing import create_embedder
+    """:func:`faceledger.evaluation.lfw.lfw_setup`, a bad option a clear exit."""
+    from faceledger.evaluation.lfw import lfw_setup
 
-    embedder = DEFAULT_EMBEDDER if embedder == "default" else embedder
     try:
-        model_id = create_embedder(
-            embedder, threads=1, model_dir=model_dir, device=device, flip=flip
-        ).model_id
+        return lfw_setup(detector, embedder, data_dir, model_dir, device, flip)
     except ValueError as exc:
         fail(str(exc))
-    factory = partial(_analyzer_nocrop, detector, embedder, model_dir, device, flip)
-    tag = f"{model_id}_{embedder}_{detector}_mf{EVAL_MIN_FACE}"
-    for c in "+:/\\":
-        tag = tag.replace(c, "-")
-    return factory, model_id, config.data_dir(data_dir) / "eval" / f"lfw_{tag}.npz"
-
-
-def _analyzer_nocrop(
-    detector: str, embedder: str, model_dir: str | None, device: str, flip: bool = True
-) -> Any:
-    a = make_analyzer(
-        detector, embedder, EVAL_MIN_FACE, model_dir=model_dir, device=device, flip=flip
-    )
-    a.with_crops = False
-    return a
 
 
 @eval_app.command("lfw")

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from faceledger import config
 from faceledger.evaluation.indexes import (
     INDEX_CHOICES,
     RANK_K,
@@ -49,8 +51,12 @@ from faceledger.evaluation.lfw_data import (
     parse_pairs,
     rank_metrics,
 )
+from faceledger.gallery.ingest import PipelineSettings
 from faceledger.search import calibration
 from faceledger.vision.analysis import FaceAnalyzer
+from faceledger.vision.detection import DEFAULT_MIN_FACE
+from faceledger.vision.embedding import DEFAULT_EMBEDDER
+from faceledger.vision.routing import create_embedder
 
 # -- protocols ---------------------------------------------------------------------------
 
@@ -222,6 +228,7 @@ __all__ = [
     "identification_by_index",
     "impostor_scores",
     "in_calibration_split",
+    "lfw_setup",
     "one_to_n_split",
     "parse_index_list",
     "parse_index_spec",
@@ -229,3 +236,43 @@ __all__ = [
     "run_lfw",
     "verification",
 ]
+
+
+EVAL_MIN_FACE = DEFAULT_MIN_FACE  # evaluate the pipeline a gallery is built with
+
+
+def _analyzer_nocrop(
+    detector: str, embedder: str, model_dir: str | None, device: str, flip: bool = True
+) -> FaceAnalyzer:
+    a = PipelineSettings(
+        detector=detector,
+        embedder=embedder,
+        min_face=EVAL_MIN_FACE,
+        model_dir=model_dir,
+        device=device,
+        flip=flip,
+    ).analyzer()
+    a.with_crops = False
+    return a
+
+
+def lfw_setup(
+    detector: str,
+    embedder: str,
+    data_dir: Path | None,
+    model_dir: str | None,
+    device: str,
+    flip: bool = True,
+) -> tuple[Callable[[], FaceAnalyzer], str, Path]:
+    """The analyzer factory, model id and embedding cache file of an LFW run (the cache is
+    named for everything that changes the vectors, so runs never share a wrong one).
+    ValueError for an unknown embedder or an unusable model folder."""
+    embedder = DEFAULT_EMBEDDER if embedder == "default" else embedder
+    model_id = create_embedder(
+        embedder, threads=1, model_dir=model_dir, device=device, flip=flip
+    ).model_id
+    factory = partial(_analyzer_nocrop, detector, embedder, model_dir, device, flip)
+    tag = f"{model_id}_{embedder}_{detector}_mf{EVAL_MIN_FACE}"
+    for c in "+:/\\":
+        tag = tag.replace(c, "-")
+    return factory, model_id, config.data_dir(data_dir) / "eval" / f"lfw_{tag}.npz"
