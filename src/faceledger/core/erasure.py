@@ -62,15 +62,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Blurred copies of images (pid.sha.random.blurred) and the crops made again from them
-# (pid.sha.random.FACE_ID.crop) wait here for their erasure to commit
-PENDING_DIR = "pending"
 # Erasure by photo: the default threshold is the calibrated score of this estimated FMR
 PREVIEW_FMR = 1e-6
 PREVIEW_TTL = timedelta(hours=1)
 PREVIEW_MAX_FACES = 1000  # the most faces one preview lists (the best-scoring ones)
-# How long the WAL checkpoint after an erasure waits for readers of older snapshots
-CHECKPOINT_WAIT_MS = 5000
 
 
 def erase(
