@@ -54,8 +54,7 @@ def search(
     except OSError as exc:
         fail(f"{photo}: cannot read probe ({exc.strerror or exc})")
     req = SearchRequest(case, purpose, justification, request, top_k)
-    with session(data_dir, as_user) as (fl, actor):
-        fl.model_dir, fl.device = model_dir or fl.model_dir, device
+    with session(data_dir, as_user, model_dir=model_dir, device=device) as (fl, actor):
         try:
             result = fl.search(actor, data, req)
         except NoFaceError as exc:

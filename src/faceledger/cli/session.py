@@ -24,8 +24,9 @@ from faceledger.cli.common import (
 from faceledger.errors import ModelMismatchError, PolicyTamperedError, RefusedError
 
 
-def open_data_dir(data_dir: Path | None) -> Any:
-    """The data dir's :class:`Faceledger`, or a clear exit if its storage cannot be used."""
+def open_data_dir(data_dir: Path | None, model_dir: str | None = None, device: str = "cpu") -> Any:
+    """The data dir's :class:`Faceledger`, or a clear exit if its storage cannot be used.
+    ``model_dir``/``device``: where the probe analyzer finds ONNX models and runs them."""
     from sqlalchemy.exc import OperationalError
 
     from faceledger.core import Faceledger
@@ -33,7 +34,7 @@ def open_data_dir(data_dir: Path | None) -> Any:
 
     path = config.data_dir(data_dir)
     try:
-        return Faceledger(path)
+        return Faceledger(path, model_dir=model_dir, device=device)
     except DatabaseBindingError as exc:
         fail(str(exc))
     except (OSError, OperationalError) as exc:
@@ -44,7 +45,11 @@ def open_data_dir(data_dir: Path | None) -> Any:
 
 @contextmanager
 def session(
-    data_dir: Path | None, as_user: str | None, password: str | None = None
+    data_dir: Path | None,
+    as_user: str | None,
+    password: str | None = None,
+    model_dir: str | None = None,
+    device: str = "cpu",
 ) -> Iterator[tuple[Any, Any]]:
     """Open the data dir, authenticate, and turn the core's refusals into clear errors.
     ``password``: for --as, when the command already has it (else $FACELEDGER_PASSWORD or
@@ -54,7 +59,7 @@ def session(
     from faceledger.accounts.auth import AuthError, PermissionDenied
     from faceledger.vision.decode import DecodeError
 
-    fl = open_data_dir(data_dir)
+    fl = open_data_dir(data_dir, model_dir, device)
     try:
         token = os.environ.get("FACELEDGER_TOKEN")
         if as_user is None and token:
