@@ -159,6 +159,8 @@ def test_candidates_close_after_the_view_window(env: Env) -> None:
     fid = rec["results"][0]["candidates"][0][0]
     url = f"/api/v1/searches/{sid}/faces/{fid}/crop"
     assert env.client.get(url, headers=env.h("ivy")).status_code == 200
+    ivy = env.fl.login("ivy", PW)
+    assert env.fl.get_search(ivy, sid)["results_viewable"]  # what the record page shows
     raw = RawDB(env.fl.data_dir)
     raw.execute(
         "update searches set created_at = ? where id = ?", ("2020-01-01T00:00:00+00:00", sid)
@@ -168,6 +170,7 @@ def test_candidates_close_after_the_view_window(env: Env) -> None:
     r = env.client.get(url, headers=env.h("ivy"))
     assert r.status_code == 403 and r.json()["code"] == "results-expired"
     assert entries(env.fl, "authz.denied", "ivy")[-1].details["reason"] == "results-expired"
+    assert not env.fl.get_search(ivy, sid)["results_viewable"]
 
 
 def test_a_search_view_is_one_entry_listing_its_candidates(env: Env) -> None:

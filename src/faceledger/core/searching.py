@@ -32,13 +32,19 @@ from faceledger.db.schema import (
 )
 from faceledger.db.schema import probes as probe_table
 from faceledger.db.store import atomic_write, insert_or_ignore, now_iso
-from faceledger.errors import RefusedError
+from faceledger.errors import PolicyTamperedError, RefusedError
 from faceledger.ledger import audit
 from faceledger.search.searcher import LEADS_NOTICE, NoFaceError, Searcher
 from faceledger.types import Face
 from faceledger.vision import probes
 from faceledger.vision.analysis import FaceAnalyzer
 from faceledger.vision.decode import DecodeError, decode_probe
+
+
+def results_view_ends(created_at: str, view_days: int) -> datetime:
+    """When a search's candidates stop being viewable: the policy's ``result_view_days``
+    after the search ran."""
+    return auth.parse_ts(created_at) + timedelta(days=view_days)
 
 
 class SearchDoor(CasesDoor):
@@ -557,6 +563,14 @@ class SearchDoor(CasesDoor):
             case_number=row["case_number"],
             candidates=[int(fid) for f in results for fid, _score in f["candidates"]],
         )
+        # The record shows whether its candidates' crops and images may still be opened
+        # (:meth:`candidate_file` enforces it); a policy file tampered with hides nothing
+        # here, so the defaults say how long.
+        try:
+            view_days = self.policy().result_view_days
+        except PolicyTamperedError:
+            view_days = Policy().result_view_days
+        ends = results_view_ends(row["created_at"], view_days)
         return {
             k: row[k]
             for k in (
@@ -570,7 +584,11 @@ class SearchDoor(CasesDoor):
                 "faces",
                 "created_at",
             )
-        } | {"results": results}
+        } | {
+            "results": results,
+            "result_view_days": view_days,
+            "results_viewable": auth.utcnow() < ends,
+        }
 
     def candidate_file(self, actor: Actor, search_id: int, face_id: int, what: str) -> Path:
         """A candidate's crop (``what="crop"``) or source image (``"image"``), served only
@@ -580,8 +598,7 @@ class SearchDoor(CasesDoor):
         Thumbnails are not recorded one by one (the search, or the ``search.view`` of a
         record, lists the candidates shown); opening a source image is."""
         row = self._readable_search(actor, search_id)
-        pol = self.policy()
-        ends = auth.parse_ts(row["created_at"]) + timedelta(days=pol.result_view_days)
+        ends = results_view_ends(row["created_at"], self.policy().result_view_days)
         results = json.loads(row["result_json"])
         reason = None
         if auth.utcnow() >= ends:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from faceledger.accounts.auth import parse_ts, utcnow
 from faceledger.cases.policy import Policy
 from faceledger.core import PolicyTamperedError
 from faceledger.http.web.deps import User
@@ -42,18 +39,12 @@ def search_page(request: Request, user: User) -> Response:
 
 @router.get("/searches/{search_id}")
 def search_record(request: Request, user: User, search_id: int) -> Response:
-    fl = user.ctx.fl
-    rec = fl.get_search(user.actor, search_id)
-    try:
-        view_days = fl.policy().result_view_days
-    except PolicyTamperedError:
-        view_days = Policy().result_view_days
-    ends = parse_ts(rec["created_at"]) + timedelta(days=view_days)
+    rec = user.ctx.fl.get_search(user.actor, search_id)
     return render(
         request,
         "search_record.html",
         user,
         rec=rec,
-        can_view_candidates=utcnow() < ends,
-        view_days=view_days,
+        can_view_candidates=rec["results_viewable"],
+        view_days=rec["result_view_days"],
     )
