@@ -6,11 +6,14 @@ from __future__ import annotations
 import typing
 from typing import Any
 
+from fastapi import UploadFile
+
 from faceledger.accounts.auth import Actor
 from faceledger.http.context import AppContext
 from faceledger.http.errors import ApiError, invalid_input
 from faceledger.http.parsing import MAX_ID, parse_face_ids
 from faceledger.http.settings import API
+from faceledger.http.uploads import read_upload
 
 
 def erase_request(
@@ -24,7 +27,9 @@ def erase_request(
     reason: str,
 ) -> dict[str, Any]:
     """An erasure by face ids, image or source, or the faces confirmed from a preview
-    (``preview_id`` with ``face_ids`` the confirmed subset, which may be empty)."""
+    (``preview_id`` with ``face_ids`` the confirmed subset, which may be empty). Who may
+    erase is asked first: a non-admin learns nothing from the form's errors."""
+    ctx.fl.require(actor, "erase")
     preview: int | None = None
     if preview_id.strip():
         if not (preview_id.strip().isascii() and preview_id.strip().isdigit()):
@@ -47,12 +52,20 @@ def erase_request(
 
 
 def erasure_preview_request(
-    ctx: AppContext, actor: Actor, probe: bytes, threshold: float | None
+    ctx: AppContext, actor: Actor, probe: UploadFile | None, threshold: float | str | None
 ) -> dict[str, Any]:
-    """Make an erasure preview."""
+    """Make an erasure preview from the subject's uploaded photo; ``threshold``: a cosine
+    score, as a number or as typed in a form (blank: the default). Who may erase is asked
+    before the upload is read."""
     ctx.fl.require(actor, "erase")
+    if isinstance(threshold, str):
+        try:
+            threshold = float(threshold) if threshold.strip() else None
+        except ValueError as exc:
+            raise ApiError(400, "bad-threshold", "threshold is a cosine score") from exc
+    photo = read_upload(probe, "probe")
     with invalid_input("invalid-erasure"):
-        doc = ctx.fl.erase_preview(actor, probe, threshold)
+        doc = ctx.fl.erase_preview(actor, photo, threshold)
     return preview_out(doc)
 
 

@@ -14,7 +14,6 @@ from faceledger.http.files import file_response
 from faceledger.http.schemas.common import ERRORS, IMAGE_RESPONSES, UPLOAD_ERRORS
 from faceledger.http.schemas.erasure import ErasureOut, ErasurePreviewOut
 from faceledger.http.settings import API
-from faceledger.http.uploads import read_upload
 
 router = APIRouter(prefix=API)
 
@@ -37,8 +36,7 @@ def erasure_preview(
     """Erasure by photo, step 1 (admin): the gallery faces scoring at or above the threshold
     against the subject's photo, with scores and estimated FMRs; recorded, valid for one
     hour, for you only. Confirm the right faces with POST /api/v1/erasures."""
-    ctx.fl.require(actor, "erase")
-    return erasure_preview_request(ctx, actor, read_upload(probe, "probe"), threshold)
+    return erasure_preview_request(ctx, actor, probe, threshold)
 
 
 @router.get(
@@ -87,7 +85,6 @@ def erase(
 ) -> dict[str, Any]:
     """Erase faces for good (admin): by face ids, image, source, or the faces you confirm
     from an erasure preview (erasure by the subject's photo)."""
-    ctx.fl.require(actor, "erase")
     return erase_request(
         ctx, actor, face_ids, image_sha, source, preview_id, optout_reference, reason
     )

@@ -9,8 +9,6 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from faceledger.http.erasure import erase_request, erasure_preview_request, preview_out
-from faceledger.http.errors import ApiError
-from faceledger.http.uploads import read_upload
 from faceledger.http.web.deps import PostUser, User
 from faceledger.http.web.render import redirect, render
 from faceledger.http.web.responses import attempt
@@ -38,7 +36,6 @@ def admin_erase(
     """Erasure by face ids, image or source (by photo: the preview below)."""
 
     def erase() -> str:
-        user.ctx.fl.require(user.actor, "erase")
         rep = erase_request(user.ctx, user.actor, face_ids, image_sha, source, "", "", reason)
         return _erased_message(rep)
 
@@ -56,13 +53,7 @@ def admin_erase_preview(
     made: dict[str, Any] = {}
 
     def preview() -> None:
-        user.ctx.fl.require(user.actor, "erase")
-        try:
-            thr = float(threshold) if threshold.strip() else None
-        except ValueError as exc:
-            raise ApiError(400, "bad-threshold", "threshold is a cosine score") from exc
-        photo = read_upload(probe, "probe")
-        made.update(erasure_preview_request(user.ctx, user.actor, photo, thr))
+        made.update(erasure_preview_request(user.ctx, user.actor, probe, threshold))
 
     back = attempt(user, "/admin#erase", preview)
     if made:
@@ -91,7 +82,6 @@ def admin_erase_confirm(
     done: list[bool] = []
 
     def confirm() -> str:
-        user.ctx.fl.require(user.actor, "erase")
         faces = ",".join(face_ids or [])
         rep = erase_request(
             user.ctx, user.actor, faces, "", "", str(preview_id), optout_reference, reason
