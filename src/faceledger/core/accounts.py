@@ -269,6 +269,17 @@ class AccountsDoor(CoreBase):
                     audit.append(conn, row.username, "token.use", row.name, {"token_id": row.id})
         return actor
 
+    def record_csrf_rejected(self, username: str, where: str) -> None:
+        """Record a web form refused for a missing or wrong CSRF token. The session's user
+        is named but not trusted: whoever sent the form did not prove to be them."""
+        self.record(Actor(0, username, frozenset(), via="session"), "csrf.rejected", where)
+
+    def record_unauthenticated(self, client: str, method: str, path: str, reason: str) -> None:
+        """Record an API request refused for want of credentials (``auth.missing``), by
+        ``client`` address; the interface bounds how many it sends per address."""
+        who = Actor(0, "anonymous", frozenset(), via="http")
+        self.record(who, "auth.missing", path, method=method, client=client, reason=reason)
+
     def change_password(
         self, actor: Actor, current: str, new: str, address: str = "local"
     ) -> list[int]:

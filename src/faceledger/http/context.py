@@ -63,11 +63,7 @@ class AppContext:
 
     def check_csrf(self, sess: WebSession, sent: str | None, where: str) -> None:
         if not sent or not secrets.compare_digest(sent, sess.csrf):
-            self.fl.record(
-                Actor(0, sess.username, frozenset(), via="session"),
-                "csrf.rejected",
-                where,
-            )
+            self.fl.record_csrf_rejected(sess.username, where)
             raise ApiError(403, "csrf", "missing or wrong CSRF token; reload the page")
 
     def limit_user(self, actor: Actor) -> None:
@@ -110,8 +106,7 @@ class AppContext:
         the login allowance; past it they are refused unrecorded (no ledger flood)."""
         s = self.settings
         if not self.limiter.take(f"anon:{client}", s.login_rate_per_minute, s.login_rate_burst):
-            who = Actor(0, "anonymous", frozenset(), via="http")
-            self.fl.record(who, "auth.missing", path, method=method, client=client, reason=reason)
+            self.fl.record_unauthenticated(client, method, path, reason)
 
     def cookie_secure(self, request: Request) -> bool:
         if self.settings.cookie_secure is not None:
