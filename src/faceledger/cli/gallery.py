@@ -85,9 +85,15 @@ def ingest(
     as_json: JsonOut = False,
 ) -> None:
     """Add photos to the gallery (admin). Re-ingesting a photo is a no-op that says so."""
+    from faceledger.errors import RefusedError
     from faceledger.gallery.ingest import PipelineSettings, check_engine, default_workers
     from faceledger.gallery.ingest_ray import RayEngineError, require_ray
-    from faceledger.gallery.sources import SourceError, iter_manifest, iter_paths, parse_when
+    from faceledger.gallery.sources import (
+        SourceError,
+        check_provenance,
+        iter_manifest,
+        iter_paths,
+    )
     from faceledger.vision.embedding import DEFAULT_EMBEDDER
 
     try:  # before the photos are counted, for a quick, clean refusal
@@ -101,39 +107,40 @@ def ingest(
             fail(escape(str(exc)))
     if not paths and manifest is None:
         fail("give photos to ingest: PATH... and/or --manifest FILE")
-    if paths and not legal_basis:
-        fail("--legal-basis is required: record why you may hold these photos")
     embedder = DEFAULT_EMBEDDER if embedder == "default" else embedder
-    try:
-        expiry = parse_when(expires_at, "--expires-at")
-    except Exception as exc:
-        fail(str(exc))
-
-    def items() -> Iterator[Any]:
-        if paths:
-            yield from iter_paths(list(paths), source, legal_basis or "", expires_at=expiry)
-        if manifest is not None:
-            yield from iter_manifest(manifest, source, legal_basis)
-
-    try:
-        total = sum(1 for _ in items())
-    except SourceError as exc:
-        fail(str(exc))
     settings = PipelineSettings(
         detector=detector, embedder=embedder, min_face=min_face, model_dir=model_dir, device=device
     )
     n_workers = workers if engine == "ray" else workers or default_workers()
-    args = {
-        "paths": [str(p) for p in paths or []],
-        "manifest": str(manifest) if manifest else None,
-        "source": source,
-        "detector": detector,
-        "embedder": embedder,
-        "workers": n_workers,
-    }
     with session(data_dir, as_user) as (fl, actor):
-        fl.require(actor, "ingest")  # before the progress bar, for a clean refusal
+        fl.require(actor, "ingest")  # before the photos are counted, for a clean refusal
+        try:  # manifest rows may give their own legal basis; photos named here need one
+            source, basis, expiry = check_provenance(
+                source,
+                legal_basis,
+                expires_at,
+                basis_required=bool(paths),
+                fields=("--source", "--legal-basis", "--expires-at"),
+            )
+        except RefusedError as exc:
+            fail(escape(str(exc)))
+
+        def items() -> Iterator[Any]:
+            if paths:
+                yield from iter_paths(list(paths), source, basis or "", expires_at=expiry)
+            if manifest is not None:
+                yield from iter_manifest(manifest, source, basis)
+
+        args = {
+            "paths": [str(p) for p in paths or []],
+            "manifest": str(manifest) if manifest else None,
+            "source": source,
+            "detector": detector,
+            "embedder": embedder,
+            "workers": n_workers,
+        }
         try:
+            total = sum(1 for _ in items())
             with progress_bar("ingest", total, enabled=not as_json) as bar:
                 summary = fl.ingest(
                     actor,

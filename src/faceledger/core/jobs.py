@@ -24,7 +24,8 @@ from sqlalchemy.exc import OperationalError
 
 from faceledger.accounts.auth import Actor, AuthError, PermissionDenied
 from faceledger.db.store import ModelMismatchError, now_iso
-from faceledger.gallery.sources import SourceError, SourceItem, iter_paths
+from faceledger.errors import RefusedError
+from faceledger.gallery.sources import SourceError, SourceItem, check_provenance, iter_paths
 
 if TYPE_CHECKING:
     from faceledger.core.gallery import GalleryDoor
@@ -97,9 +98,12 @@ class JobManager:
         fl: GalleryDoor,
         workers: int = 1,
         settings_factory: Callable[[], PipelineSettings] | None = None,
+        ingest_roots: tuple[Path, ...] = (),
     ) -> None:
         self.fl = fl
         self.workers = max(1, workers)
+        # Server-side folders an ingest may name (FACELEDGER_INGEST_ROOTS); none: uploads only.
+        self.ingest_roots = tuple(Path(r).resolve() for r in ingest_roots)
         self._settings_factory = settings_factory
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
@@ -110,14 +114,68 @@ class JobManager:
         shutil.rmtree(self.uploads_root, ignore_errors=True)
 
     # -- submission ------------------------------------------------------------------------
-    def new_upload_dir(self) -> tuple[str, Path]:
+    def start_ingest(
+        self,
+        actor: Actor,
+        source: str,
+        legal_basis: str,
+        expires_at: str | None,
+        server_path: str = "",
+        save_uploads: Callable[[Path], list[str]] | None = None,
+    ) -> Job:
+        """Queue an ingest of a server-side path under the allowed roots, or of uploaded
+        files (``save_uploads`` writes them into the folder it is given and returns their
+        names), never both. Refused before anything is queued: a user who may not ingest,
+        missing provenance (:func:`check_provenance`), a path outside the roots (recorded as
+        ``ingest.path_refused``) or one that does not exist."""
+        self.fl.require(actor, "ingest", source)
+        source, basis, expiry = check_provenance(source, legal_basis, expires_at)
+        assert basis is not None  # required above
+        if bool(server_path.strip()) == (save_uploads is not None):
+            raise RefusedError("nothing-to-ingest", "give either a server-side path or files")
+        if save_uploads is None:
+            path = self._allowed_path(actor, server_path.strip())
+            return self._submit(actor, [path], source, basis, expiry)
+        job_id, folder = self._new_upload_dir()
+        try:
+            names = save_uploads(folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return self._submit(
+            actor,
+            [folder / n for n in names],  # each file: archives are opened, not skipped
+            source,
+            basis,
+            expiry,
+            upload_dir=folder,
+            job_id=job_id,
+            shown_paths=[f"upload:{n}" for n in names],
+        )
+
+    def _allowed_path(self, actor: Actor, typed: str) -> Path:
+        raw = Path(typed)
+        resolved = raw.resolve()
+        roots = self.ingest_roots
+        if not raw.is_absolute() or not any(resolved.is_relative_to(r) for r in roots):
+            self.fl.record(actor, "ingest.path_refused", str(raw), roots=[str(r) for r in roots])
+            raise RefusedError(
+                "path-not-allowed",
+                "server-side paths must be absolute and inside an allowed root "
+                "(FACELEDGER_INGEST_ROOTS)" + ("; none is configured" if not roots else ""),
+            )
+        if not resolved.exists():
+            raise RefusedError("no-such-path", f"{raw} does not exist on the server")
+        return resolved
+
+    def _new_upload_dir(self) -> tuple[str, Path]:
         job_id = uuid.uuid4().hex[:12]
         path = self.uploads_root / job_id
         path.mkdir(parents=True, exist_ok=False)
         path.chmod(0o700)
         return job_id, path
 
-    def submit_ingest(
+    def _submit(
         self,
         actor: Actor,
         paths: list[Path],
@@ -160,23 +218,33 @@ class JobManager:
         for j in finished[: max(0, len(self._jobs) - MAX_JOBS_KEPT)]:
             del self._jobs[j.id]
 
-    # -- queries ---------------------------------------------------------------------------
-    def get(self, job_id: str) -> Job | None:
+    # -- queries (for those who may ingest) ------------------------------------------------
+    def get(self, actor: Actor, job_id: str) -> Job:
+        self.fl.require(actor, "ingest", f"job {job_id}")
         with self._lock:
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise RefusedError("no-such-job", f"no job {job_id} (jobs are kept until a restart)")
+        return job
 
-    def list(self) -> list[Job]:
+    def _all(self) -> list[Job]:
         with self._lock:
             return sorted(self._jobs.values(), key=lambda j: j.created_at, reverse=True)
 
-    def cancel(self, job_id: str) -> Job | None:
-        job = self.get(job_id)
-        if job is not None and not job.finished:
+    def list(self, actor: Actor) -> list[Job]:
+        self.fl.require(actor, "ingest", "jobs")
+        return self._all()
+
+    def cancel(self, actor: Actor, job_id: str) -> Job:
+        """Ask a job to stop after its current image (recorded); what it stored stays."""
+        job = self.get(actor, job_id)
+        if not job.finished:
             job.cancel_requested = True
+        self.fl.record(actor, "ingest.cancel_requested", f"job {job_id}")
         return job
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        for job in self.list():
+        for job in self._all():
             if not job.finished:
                 job.cancel_requested = True
         with self._lock:

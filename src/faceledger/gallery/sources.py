@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from faceledger.errors import RefusedError
 from faceledger.types import Provenance
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -245,6 +246,44 @@ def parse_when(value: str | None, column: str) -> str | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
     except ValueError as exc:
         raise ItemError("bad-manifest-row", f"{column} {text!r} is not an ISO 8601 date") from exc
+
+
+MAX_SOURCE = 200  # characters of a source name
+MIN_LEGAL_BASIS = 3  # characters: "ok" or "x" says nothing about why the photos are held
+
+
+def check_provenance(
+    source: str,
+    legal_basis: str | None,
+    expires_at: str | None,
+    basis_required: bool = True,
+    fields: tuple[str, str, str] = ("source", "legal_basis", "expires_at"),
+) -> tuple[str, str | None, str | None]:
+    """The provenance an ingest gives for all its photos, checked before any is read:
+    (source, legal basis, expiry as ISO 8601), stripped. Refused (``missing-source``,
+    ``missing-legal-basis``, ``bad-date``) when the source is blank or too long, the legal
+    basis is missing (``basis_required``: manifests may give one per row instead) or too
+    short, or the expiry is not a date. ``fields``: what the interface calls the three, for
+    the messages."""
+    source_field, basis_field, expiry_field = fields
+    source = source.strip()
+    if not source or len(source) > MAX_SOURCE:
+        raise RefusedError(
+            "missing-source",
+            f"name the source of these photos ({source_field}; at most {MAX_SOURCE} characters)",
+        )
+    basis = (legal_basis or "").strip() or None
+    if (basis_required or basis is not None) and len(basis or "") < MIN_LEGAL_BASIS:
+        raise RefusedError(
+            "missing-legal-basis",
+            f"{basis_field} is required: record why you may hold these photos "
+            f"(at least {MIN_LEGAL_BASIS} characters)",
+        )
+    try:
+        expiry = parse_when(expires_at, expiry_field)
+    except ItemError as exc:
+        raise RefusedError("bad-date", str(exc)) from exc
+    return source, basis, expiry
 
 
 def _manifest_rows(manifest: Path) -> Iterator[tuple[int, dict[str, str]]]:

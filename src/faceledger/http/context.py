@@ -26,7 +26,7 @@ class AppContext:
         self.settings = settings
         self.sessions = SessionStore(settings.session_idle_seconds, settings.session_max_seconds)
         self.limiter = RateLimiter()
-        self.jobs = JobManager(fl, settings.ingest_workers)
+        self.jobs = JobManager(fl, settings.ingest_workers, ingest_roots=settings.ingest_roots)
         self.proxies = proxy_networks(settings.trusted_proxies)
 
     # sessions ---------------------------------------------------------------------------------

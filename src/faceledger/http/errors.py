@@ -60,6 +60,8 @@ REFUSAL_STATUS = {
     "bad-unit": 400,
     "wrong-password": 403,
     "same-password": 400,
+    "path-not-allowed": 403,
+    "no-such-path": 400,
 }
 
 HTTP_CODES = {

@@ -42,7 +42,7 @@ def admin_page(request: Request, user: User) -> Response:
         tokens=tokens,
         policy=policy_dict(pol),
         policy_problem=policy_problem,
-        jobs=[j.as_dict() for j in user.ctx.jobs.list()],
+        jobs=[j.as_dict() for j in user.ctx.jobs.list(actor)],
         ingest_roots=[str(r) for r in user.ctx.settings.ingest_roots],
         max_ingest_mb=round(user.ctx.settings.max_ingest_upload_bytes / (1024 * 1024)),
         stats=fl.stats(actor),
@@ -199,9 +199,9 @@ def admin_ingest(
 
 @router.post("/admin/jobs/{job_id}/cancel")
 def admin_cancel_job(request: Request, user: PostUser, job_id: str) -> Response:
-    def cancel() -> None:
-        user.ctx.fl.require(user.actor, "ingest", f"job {job_id}")
-        user.ctx.jobs.cancel(job_id)
-        user.ctx.fl.record(user.actor, "ingest.cancel_requested", f"job {job_id}")
-
-    return attempt(user, "/admin#jobs", cancel, f"Job {job_id} will stop after its current image.")
+    return attempt(
+        user,
+        "/admin#jobs",
+        lambda: user.ctx.jobs.cancel(user.actor, job_id),
+        f"Job {job_id} will stop after its current image.",
+    )
