@@ -252,6 +252,35 @@ def test_policy_changes_logged_and_tampering_refused(fl: Faceledger, lfw: Path) 
         fl.search(who(fl, "ivy"), probe(lfw), GOOD)
 
 
+def test_policy_updates_typed_or_as_text_pass_one_rule(fl: Faceledger) -> None:
+    """The API's PATCH (typed values) and the admin form and CLI (text) change the policy
+    through one core call: admins only, validated, recorded with old and new values."""
+    root, ivy = who(fl, "root"), who(fl, "ivy")
+    with pytest.raises(PermissionDenied):
+        fl.update_policy(ivy, {"daily_quota": 1})
+    denied = list(audit.iter_entries(fl.store, action="authz.denied"))
+    assert denied[-1].actor == "ivy" and denied[-1].details["permission"] == "manage_policy"
+    texts = {"purposes": "missing-person\n identity-fraud, violent-crime ", "daily_quota": " 5 "}
+    new = fl.update_policy(root, texts, as_text=True)
+    assert new.purposes == ["missing-person", "identity-fraud", "violent-crime"]
+    assert new.daily_quota == 5 and fl.policy() == new
+    assert fl.update_policy(root, {"max_candidates": 3}).max_candidates == 3
+    for bad in ({"bogus": 1}, {"approval_required": ["not-a-purpose"]}):
+        with pytest.raises(ValueError):
+            fl.update_policy(root, bad)
+    with pytest.raises(ValueError):
+        fl.update_policy(root, {"daily_quota": "many"}, as_text=True)
+    changes = [e.details["changes"] for e in audit.iter_entries(fl.store, action="policy.set")]
+    assert changes[-2:] == [
+        {
+            "purposes": {"old": Policy().purposes, "new": new.purposes},
+            "daily_quota": {"old": 50, "new": 5},
+        },
+        {"max_candidates": {"old": 20, "new": 3}},
+    ]
+    assert fl.policy().max_candidates == 3
+
+
 def test_probe_retention_when_policy_says(fl: Faceledger, lfw: Path) -> None:
     fl.save_policy(who(fl, "root"), fl.policy().with_value("retain_probes_days", "30"))
     fl.search(who(fl, "ivy"), probe(lfw), GOOD)

@@ -78,28 +78,41 @@ class Policy:
     def sha256(self) -> str:
         return hashlib.sha256(self.to_bytes()).hexdigest()
 
-    def with_value(self, key: str, raw: str) -> Policy:
-        """A copy with ``key`` set from its command-line text form."""
-        names = {f.name: f for f in fields(self)}
-        if key not in names:
-            raise ValueError(f"unknown policy key {key!r}; keys: {', '.join(names)}")
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def parse_value(self, key: str, raw: str) -> Any:
+        """``key``'s value from its text form (command line, web form): lists separated by
+        commas or lines, booleans as 1/true/yes/on, numbers as numbers."""
+        if key not in self.field_names():
+            raise ValueError(f"unknown policy key {key!r}; keys: {', '.join(self.field_names())}")
         current = getattr(self, key)
-        value: Any
+        raw = raw.strip()
         if isinstance(current, list):
-            value = [v.strip() for v in raw.split(",") if v.strip()]
-        elif isinstance(current, bool):
-            value = raw.lower() in ("1", "true", "yes")
-        elif isinstance(current, int):
-            value = int(raw)
-        elif isinstance(current, float):
-            value = float(raw)
-        else:
-            value = raw
-        doc = asdict(self)
-        doc[key] = value
-        new = Policy(**doc)
+            return [v.strip() for v in raw.replace("\n", ",").split(",") if v.strip()]
+        if isinstance(current, bool):
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        return raw
+
+    def with_changes(self, changes: dict[str, Any]) -> Policy:
+        """A validated copy with ``changes`` (typed values) applied."""
+        unknown = set(changes) - set(self.field_names())
+        if unknown:
+            raise ValueError(
+                f"unknown policy key {sorted(unknown)[0]!r}; keys: {', '.join(self.field_names())}"
+            )
+        new = Policy(**(asdict(self) | changes))
         new.validate()
         return new
+
+    def with_value(self, key: str, raw: str) -> Policy:
+        """A validated copy with ``key`` set from its text form."""
+        return self.with_changes({key: self.parse_value(key, raw)})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Policy:

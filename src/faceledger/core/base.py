@@ -185,11 +185,20 @@ class CoreBase:
             except ValueError:
                 return Policy()
 
-    def set_policy_value(self, actor: Actor, key: str, value: str) -> Policy:
-        """Change one setting (lists comma-separated), recorded with old and new values."""
-        new = self.policy_for_edit().with_value(key, value)
+    def update_policy(self, actor: Actor, changes: dict[str, Any], as_text: bool = False) -> Policy:
+        """Change some settings of the policy (admin), recorded with old and new values;
+        ``as_text``: the values are as typed (:meth:`Policy.parse_value`)."""
+        self.require(actor, "manage_policy")
+        current = self.policy_for_edit()
+        if as_text:
+            changes = {k: current.parse_value(k, v) for k, v in changes.items()}
+        new = current.with_changes(changes)
         self.save_policy(actor, new)
         return new
+
+    def set_policy_value(self, actor: Actor, key: str, value: str) -> Policy:
+        """Change one setting from its text form (lists comma-separated)."""
+        return self.update_policy(actor, {key: value}, as_text=True)
 
     def save_policy(self, actor: Actor, new: Policy, initial: bool = False) -> None:
         if not initial:

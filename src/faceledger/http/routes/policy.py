@@ -35,9 +35,6 @@ def put_policy(ctx: Ctx, actor: CurrentActor, body: PolicyIn) -> dict[str, Any]:
 @router.patch("/policy", response_model=PolicyIn, responses=ERRORS, tags=["admin"])
 def patch_policy(ctx: Ctx, actor: CurrentActor, body: PolicyPatch) -> dict[str, Any]:  # type: ignore[valid-type]
     """Change some policy settings (admin)."""
-    ctx.fl.require(actor, "manage_policy")
     changes = {k: v for k, v in body.model_dump().items() if v is not None}  # type: ignore[attr-defined]
     with invalid_input("invalid-policy"):
-        new = Policy(**(policy_dict(ctx.fl.policy_for_edit()) | changes))
-        ctx.fl.save_policy(actor, new)
-    return policy_dict(new)
+        return policy_dict(ctx.fl.update_policy(actor, changes))

@@ -143,25 +143,6 @@ def tokens_revoke(
     )
 
 
-def _policy_from_form(current: Policy, form: dict[str, str]) -> Policy:
-    doc = policy_dict(current)
-    for key, value in doc.items():
-        if key not in form:
-            continue
-        raw = form[key].strip()
-        if isinstance(value, list):
-            doc[key] = [v.strip() for v in raw.replace("\n", ",").split(",") if v.strip()]
-        elif isinstance(value, bool):
-            doc[key] = raw.lower() in ("1", "true", "yes", "on")
-        elif isinstance(value, int):
-            doc[key] = int(raw)
-        elif isinstance(value, float):
-            doc[key] = float(raw)
-        else:
-            doc[key] = raw
-    return Policy(**doc)
-
-
 @router.post("/admin/policy")
 async def admin_policy(request: Request) -> Response:
     form = await request.form()
@@ -169,10 +150,8 @@ async def admin_policy(request: Request) -> Response:
     user = await run_in_threadpool(web_user_csrf, request, fields.get("csrf_token", ""))
 
     def save() -> None:
-        fl = user.ctx.fl
-        fl.require(user.actor, "manage_policy")
-        new = _policy_from_form(fl.policy_for_edit(), fields)
-        fl.save_policy(user.actor, new)
+        typed = {k: v for k, v in fields.items() if k in Policy.field_names()}
+        user.ctx.fl.update_policy(user.actor, typed, as_text=True)
 
     return await run_in_threadpool(attempt, user, "/admin#policy", save, "Policy saved.")
 
