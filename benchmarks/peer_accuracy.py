@@ -108,16 +108,14 @@ def _fr_subject(path: str) -> tuple[np.ndarray, int]:
     """The LFW subject's encoding and the number of faces face_recognition found."""
     import face_recognition
 
+    from faceledger.evaluation.lfw_data import nearest_centre
     from faceledger.vision.detection import centred_box
 
     image = face_recognition.load_image_file(path)
     locations = face_recognition.face_locations(image)  # (top, right, bottom, left)
     if locations:
-        cx, cy = image.shape[1] / 2, image.shape[0] / 2
-        box = min(
-            locations,
-            key=lambda b: np.hypot((b[3] + b[1]) / 2 - cx, (b[0] + b[2]) / 2 - cy),
-        )
+        ltrb = [[left, top, right, bottom] for top, right, bottom, left in locations]
+        box = locations[nearest_centre(image, ltrb)]
     else:
         c = centred_box(image).bbox
         box = (c.top, c.right, c.bottom, c.left)

@@ -90,6 +90,18 @@ def _init_eval(factory: Callable[[], FaceAnalyzer]) -> None:
     _eval_analyzer = factory()
 
 
+def nearest_centre(img: np.ndarray, boxes: list[list[int]]) -> int:
+    """Which of ``boxes`` ([left, top, right, bottom]) is the LFW subject: the one whose
+    centre is nearest the image's (LFW's photos are centred on their subject)."""
+    cx, cy = img.shape[1] / 2, img.shape[0] / 2
+    return min(
+        range(len(boxes)),
+        key=lambda i: np.hypot(
+            (boxes[i][0] + boxes[i][2]) / 2 - cx, (boxes[i][1] + boxes[i][3]) / 2 - cy
+        ),
+    )
+
+
 def embed_subject(analyzer: FaceAnalyzer, img: np.ndarray) -> tuple[np.ndarray, int, str]:
     """Embed the LFW subject: the detected face nearest the centre, else a centred box.
 
@@ -97,13 +109,7 @@ def embed_subject(analyzer: FaceAnalyzer, img: np.ndarray) -> tuple[np.ndarray, 
     """
     dets = analyzer.detector.detect(img)
     if dets:
-        cx, cy = img.shape[1] / 2, img.shape[0] / 2
-        chosen = min(
-            dets,
-            key=lambda d: np.hypot(
-                (d.bbox.left + d.bbox.right) / 2 - cx, (d.bbox.top + d.bbox.bottom) / 2 - cy
-            ),
-        )
+        chosen = dets[nearest_centre(img, [d.bbox.as_list() for d in dets])]
     else:
         chosen = centred_box(img)
     face = analyzer.faces_from_detections(img, [chosen])[0]
