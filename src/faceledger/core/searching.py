@@ -6,14 +6,13 @@ import hashlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import func, insert, select
 
 from faceledger.accounts import auth
-from faceledger.accounts.auth import Actor, PermissionDenied
+from faceledger.accounts.auth import Actor
 from faceledger.cases.policy import Policy
 from faceledger.core.base import (
     MAX_CASE_NUMBER,
@@ -27,12 +26,11 @@ from faceledger.db.schema import (
     blocklist,
     case_requests,
     searches,
-    users,
     verifications,
 )
 from faceledger.db.schema import probes as probe_table
 from faceledger.db.store import atomic_write, insert_or_ignore, now_iso
-from faceledger.errors import PolicyTamperedError, RefusedError
+from faceledger.errors import RefusedError
 from faceledger.ledger import audit
 from faceledger.search.searcher import LEADS_NOTICE, NoFaceError, Searcher
 from faceledger.types import Face
@@ -40,11 +38,21 @@ from faceledger.vision import probes
 from faceledger.vision.analysis import FaceAnalyzer
 from faceledger.vision.decode import DecodeError, decode_probe
 
+SERVER_PATHS = ("crop_path", "image_path")  # where files live on this server: never shown
 
-def results_view_ends(created_at: str, view_days: int) -> datetime:
-    """When a search's candidates stop being viewable: the policy's ``result_view_days``
-    after the search ran."""
-    return auth.parse_ts(created_at) + timedelta(days=view_days)
+
+def shown_face(face: dict[str, Any]) -> dict[str, Any]:
+    """A probe face as a search record keeps it: everything shown, no server paths."""
+    doc = dict(face)
+    doc["candidates"] = [
+        {k: v for k, v in c.items() if k not in SERVER_PATHS} for c in face["candidates"]
+    ]
+    return doc
+
+
+def canonical_json(doc: Any) -> str:
+    """The one text form of a stored document, so its SHA-256 can be recomputed."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class SearchDoor(CasesDoor):
@@ -234,6 +242,7 @@ class SearchDoor(CasesDoor):
             actor, photo, "search.bad_probe", req.case_number, probe_sha256=photo_sha
         )
         region: list[int] | None = None
+        picked: dict[str, Any] | None = None
         probe = photo
         with self.analysis_lock:
             searcher = self.searcher()
@@ -242,9 +251,16 @@ class SearchDoor(CasesDoor):
                 if face_box[2] > img.width or face_box[3] > img.height:
                     raise RefusedError("bad-face-box", "face_box lies outside the photo")
                 found = searcher.analyzer.detector.detect(pixels)
-                others = [
-                    b for b in (d.bbox.as_list() for d in found) if probes.iou(b, face_box) < 0.3
-                ]
+                boxes = [d.bbox.as_list() for d in found]
+                overlaps = [probes.iou(b, face_box) for b in boxes]
+                others = [b for b, o in zip(boxes, overlaps, strict=True) if o < 0.3]
+                # which of the photo's faces (as detect lists them) was picked, if any
+                near = max(range(len(boxes)), key=overlaps.__getitem__, default=None)
+                picked = {
+                    "box": list(face_box),
+                    "face_index": near if near is not None and overlaps[near] >= 0.3 else None,
+                    "faces_in_photo": len(boxes),
+                }
                 region = probes.region_around(face_box, img.width, img.height)
                 pixels = probes.masked_region(pixels, region, others)
                 probe = probes.png_bytes(pixels)
@@ -253,6 +269,7 @@ class SearchDoor(CasesDoor):
             results = searcher.search_faces(searchable, top_k) if searchable else []
             gallery_faces = len(searcher.indexes.sync())
             model_id = searcher.analyzer.model_id
+            calib = searcher.calibration
         probe_sha = hashlib.sha256(probe).hexdigest()
         by_index = {id(f): r for f, r in zip(searchable, results, strict=True)}
         probe_faces: list[dict[str, Any]] = []
@@ -293,11 +310,26 @@ class SearchDoor(CasesDoor):
             }
             for pf in probe_faces
         ]
+        shown = {
+            "probe_sha256": probe_sha,
+            "photo_sha256": photo_sha,
+            "probe_region": region,
+            "picked": picked,
+            "gallery_faces": gallery_faces,
+            "model_id": model_id,
+            "calibration": calib.version if calib else None,
+            "policy_sha256": pol.sha256(),
+            "min_probe_quality": pol.min_probe_quality,
+            "notice": LEADS_NOTICE,
+            "faces": [shown_face(pf) for pf in probe_faces],
+        }
+        shown_json = canonical_json(shown)
         with self.store.writer.begin() as conn:
             details: dict[str, Any] = {
                 "probe_sha256": probe_sha,
                 "faces": len(faces),
                 "results": summary,
+                "shown_sha256": hashlib.sha256(shown_json.encode()).hexdigest(),
             }
             if region is not None:
                 details |= {"photo_sha256": photo_sha, "probe_region": region}
@@ -310,6 +342,7 @@ class SearchDoor(CasesDoor):
                     "probe_sha256": probe_sha,
                     "faces": len(faces),
                     "result_json": json.dumps(summary),
+                    "shown_json": shown_json,
                 },
                 details,
             )
@@ -335,10 +368,13 @@ class SearchDoor(CasesDoor):
             "probe_sha256": probe_sha,
             "photo_sha256": photo_sha,
             "probe_region": region,
+            "picked": picked,
             "case_number": req.case_number,
             "purpose": req.purpose,
             "gallery_faces": gallery_faces,
             "model_id": model_id,
+            "calibration": shown["calibration"],
+            "policy_sha256": shown["policy_sha256"],
             "faces": probe_faces,
             "notice": LEADS_NOTICE,
         }
@@ -518,119 +554,6 @@ class SearchDoor(CasesDoor):
             "faces": out,
             "min_probe_quality": pol.min_probe_quality,
         }
-
-    def _readable_search(self, actor: Actor, search_id: int) -> Any:
-        """The search row, if ``actor`` may read it: their own; a supervisor those of their
-        unit and those run under approvals they gave; auditors all."""
-        self.require(actor, "view_search", f"search {search_id}")
-        with self.store.engine.connect() as conn:
-            row = (
-                conn.execute(
-                    select(
-                        searches,
-                        users.c.username,
-                        users.c.unit,
-                        case_requests.c.decided_by.label("approved_by"),
-                    )
-                    .join(users, users.c.id == searches.c.user_id)
-                    .outerjoin(case_requests, case_requests.c.id == searches.c.request_id)
-                    .where(searches.c.id == search_id)
-                )
-                .mappings()
-                .first()
-            )
-        if row is None:
-            raise RefusedError("no-such-search", f"no search {search_id}")
-        supervisor = "supervisor" in actor.roles
-        if not (
-            row["user_id"] == actor.user_id
-            or "auditor" in actor.roles
-            or (supervisor and actor.unit and actor.unit == row["unit"])
-            or (supervisor and row["approved_by"] == actor.user_id)
-        ):
-            self.record(actor, "authz.denied", f"search {search_id}", permission="view_search")
-            raise PermissionDenied("you may only view your own searches")
-        return row
-
-    def get_search(self, actor: Actor, search_id: int) -> dict[str, Any]:
-        row = self._readable_search(actor, search_id)
-        results = json.loads(row["result_json"])
-        self.record(
-            actor,
-            "search.view",
-            f"search {search_id}",
-            search_id=search_id,
-            case_number=row["case_number"],
-            candidates=[int(fid) for f in results for fid, _score in f["candidates"]],
-        )
-        # The record shows whether its candidates' crops and images may still be opened
-        # (:meth:`candidate_file` enforces it); a policy file tampered with hides nothing
-        # here, so the defaults say how long.
-        try:
-            view_days = self.policy().result_view_days
-        except PolicyTamperedError:
-            view_days = Policy().result_view_days
-        ends = results_view_ends(row["created_at"], view_days)
-        return {
-            k: row[k]
-            for k in (
-                "id",
-                "username",
-                "case_number",
-                "purpose",
-                "justification",
-                "request_id",
-                "probe_sha256",
-                "faces",
-                "created_at",
-            )
-        } | {
-            "results": results,
-            "result_view_days": view_days,
-            "results_viewable": auth.utcnow() < ends,
-        }
-
-    def candidate_file(self, actor: Actor, search_id: int, face_id: int, what: str) -> Path:
-        """A candidate's crop (``what="crop"``) or source image (``"image"``), served only
-        as part of a search that returned that face, to those who may read the search, while
-        the search is within the policy's ``result_view_days``.
-
-        Thumbnails are not recorded one by one (the search, or the ``search.view`` of a
-        record, lists the candidates shown); opening a source image is."""
-        row = self._readable_search(actor, search_id)
-        ends = results_view_ends(row["created_at"], self.policy().result_view_days)
-        results = json.loads(row["result_json"])
-        reason = None
-        if auth.utcnow() >= ends:
-            reason = "results-expired"
-            message = f"search {search_id}'s results could be viewed until {ends:%Y-%m-%d}"
-        elif face_id not in {int(fid) for f in results for fid, _ in f["candidates"]}:
-            reason = "not-a-candidate"
-            message = f"face {face_id} is not among the candidates of search {search_id}"
-        if reason:
-            self.record(
-                actor,
-                "authz.denied",
-                f"search {search_id}",
-                permission="view_candidate",
-                reason=reason,
-                face_id=face_id,
-            )
-            raise RefusedError(reason, message)
-        rec = self.store.candidates([face_id]).get(face_id)
-        if rec is None:
-            raise RefusedError("erased", f"face {face_id} has since been erased from the gallery")
-        if what == "image":
-            self.record(
-                actor,
-                "image.view",
-                rec.image_sha,
-                search_id=search_id,
-                face_id=face_id,
-                case_number=row["case_number"],
-            )
-            return self.data_dir / rec.stored_path
-        return self.data_dir / rec.crop_path
 
     def add_blocklist_embeddings(
         self, conn: Any, model_id: str, vectors: np.ndarray, reference: str

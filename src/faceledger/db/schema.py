@@ -26,7 +26,9 @@ from sqlalchemy import (
 # 2: nullable columns added to existing tables (users.username_key, case_requests'
 #    expiry/limit/withdrawal) and new tables; a schema-1 database is brought up to date
 #    when a Store opens it (store.add_missing_columns).
-SCHEMA_VERSION = 2
+# 3: searches.shown_json (the search as it was shown: probe faces, candidates with their
+#    scores, estimates and provenance, model, calibration and policy versions)
+SCHEMA_VERSION = 3
 
 # 64-bit integers everywhere, as SQLite's are: BIGINT on PostgreSQL, while SQLite keeps
 # INTEGER (so an INTEGER PRIMARY KEY stays the rowid alias).
@@ -187,6 +189,9 @@ searches = Table(
     Column("faces", Int, nullable=False),
     Column("result_json", Text, nullable=False),  # candidate ids and scores, no biometrics
     Column("created_at", String(40), nullable=False),
+    # Everything the search showed, as canonical JSON (no biometrics, no server paths);
+    # its SHA-256 is in the search's ledger entry. NULL for searches before schema 3.
+    Column("shown_json", Text),
 )
 
 verifications = Table(

@@ -393,6 +393,11 @@ SEARCH_FIELDS: dict[str, _Field] = {
         _detail("results", lambda v: _hash16(v).hex()),
         lambda r: _hash16(json.loads(r["result_json"])).hex(),
     ),
+    # the search as it was shown (schema 3 on): its stored text, byte for byte
+    "shown_sha256": (
+        _detail("shown_sha256"),
+        lambda r: hashlib.sha256(r["shown_json"].encode()).hexdigest() if r["shown_json"] else None,
+    ),
 }
 VERIFY_FIELDS: dict[str, _Field] = {
     **COMPARISON_FIELDS,

@@ -83,6 +83,17 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def jpeg_thumbnail(pixels: np.ndarray, size: int) -> bytes:
+    """``pixels`` as a JPEG no larger than ``size`` pixels a side."""
+    from PIL import Image
+
+    img = Image.fromarray(pixels)
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
 QUALITY_HINTS = {
     "small": "the face is small: fewer details to compare",
     "blurred": "the face is blurred",

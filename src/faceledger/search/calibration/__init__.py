@@ -27,6 +27,7 @@ by ``faceledger calibrate lfw`` (see README) and never fitted on the evaluation 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -101,6 +102,13 @@ class Calibration:
             tail_rate=float(doc["tail"]["rate"]),
             info=doc.get("info", {}),
         )
+
+    @property
+    def version(self) -> str:
+        """A short fingerprint of the fit (first 16 hex digits of the SHA-256 of its
+        canonical JSON): a search record names the calibration its estimates came from."""
+        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
