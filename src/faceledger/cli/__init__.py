@@ -74,6 +74,7 @@ for sub, name in (
     (users.users_app, "users"),
     (users.tokens_app, "tokens"),
     (cases.policy_app, "policy"),
+    (search.searches_app, "searches"),
     (cases.cases_app, "cases"),
     (audit.audit_app, "audit"),
     (users.account_app, "account"),

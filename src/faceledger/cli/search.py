@@ -4,7 +4,7 @@ faces, touching no gallery); both are registered at the top level by :mod:`facel
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -69,7 +69,12 @@ def search(
         f"search {result['search_id']} for case {result['case_number']} ({result['purpose']}): "
         f"probe {photo}, {len(result['faces'])} face(s), gallery of {result['gallery_faces']} faces"
     )
-    for f in result["faces"]:
+    print_faces(result["faces"])
+
+
+def print_faces(faces: list[dict[str, Any]]) -> None:
+    """Each probe face and its candidates, as a table (a search, or a search record)."""
+    for f in faces:
         if f["below_min_quality"]:
             out.print(
                 f"face {f['face_index']} at {f['bbox']}: quality {f['quality']:.2f} is "
@@ -93,16 +98,92 @@ def search(
             )
             where = p.get("source_url") or Path(p.get("original_path") or "").name
             label = f"{p.get('subject_label')}: " if p.get("subject_label") else ""
+            erased = " [erased since]" if c.get("erased") else ""
             t.add_row(
                 str(c["rank"]),
                 f"{c['score']:.3f}",
                 fmr,
                 exp,
-                str(c["face_id"]),
+                str(c["face_id"]) + erased,
                 escape(f"{label}{where} ({p.get('source', '')}; {p.get('legal_basis', '')})"),
             )
         out.print(t)
     out.print("[dim]* estimated beyond the calibration data (extrapolated tail)[/]")
+
+
+searches_app = typer.Typer(help="Search records: list and show.", no_args_is_help=True)
+
+
+@searches_app.command("list")
+def searches_list(
+    case: Annotated[str | None, typer.Option("--case", help="Only this case.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")] = 200,
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+    as_json: JsonOut = False,
+) -> None:
+    """The searches you may read, newest first (investigators their own; supervisors their
+    unit's and those under their approvals; auditors all)."""
+    with session(data_dir, as_user) as (fl, actor):
+        rows = fl.list_searches(actor, case, limit)
+    if as_json:
+        dump(rows)
+        return
+    t = Table(title=f"{len(rows)} search(es)")
+    for col in ("id", "when", "by", "case", "purpose", "faces", "candidates"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(
+            str(r["id"]),
+            r["created_at"],
+            escape(r["username"]),
+            escape(r["case_number"]),
+            escape(r["purpose"]),
+            str(r["faces"]),
+            str(r["candidates"]),
+        )
+    out.print(t)
+
+
+@searches_app.command("show")
+def searches_show(
+    search_id: Annotated[int, typer.Argument(help="The search's id.")],
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+    as_json: JsonOut = False,
+) -> None:
+    """A search as it was shown: probe faces, candidates with scores, estimated FMRs,
+    expected false candidates and provenance (each view is recorded)."""
+    from faceledger.search.searcher import LEADS_NOTICE
+
+    with session(data_dir, as_user) as (fl, actor):
+        rec = fl.get_search(actor, search_id)
+    if as_json:
+        dump(rec)
+        return
+    shown = rec["shown"]
+    out.print(f"[bold yellow]{LEADS_NOTICE}[/]")
+    out.print(
+        f"search {rec['id']} by {escape(rec['username'])} at {rec['created_at']}: case "
+        f"{escape(rec['case_number'])} ({escape(rec['purpose'])}), request "
+        f"{rec['request_id'] or '-'}; probe {rec['probe_sha256']}, {rec['faces']} face(s)"
+    )
+    out.print(f"justification: {escape(rec['justification'])}")
+    if not rec["results_viewable"]:
+        out.print(
+            f"[dim]the candidates' photos could be opened for {rec['result_view_days']} days "
+            "after the search[/]"
+        )
+    if shown is None:  # stored before search records kept what they showed
+        for f in rec["results"]:
+            pairs = ", ".join(f"{fid} ({score:.3f})" for fid, score in f["candidates"])
+            out.print(f"face {f['face']}: {pairs or 'no candidates'}")
+        return
+    out.print(
+        f"gallery of {shown['gallery_faces']} faces, model {shown['model_id']}, calibration "
+        f"{shown['calibration'] or 'none'}, policy {shown['policy_sha256'][:16]}"
+    )
+    print_faces(shown["faces"])
 
 
 def embed(

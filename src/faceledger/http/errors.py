@@ -40,6 +40,7 @@ REFUSAL_STATUS = {
     "results-expired": 403,
     "not-a-candidate": 404,
     "erased": 410,
+    "probe-not-kept": 410,
     "missing-case-fields": 400,
     "bad-report": 400,
     "bad-format": 400,

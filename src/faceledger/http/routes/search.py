@@ -4,40 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, UploadFile
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi.responses import FileResponse, Response
 
 from faceledger.core import SearchRequest
 from faceledger.http.deps import Ctx, CurrentActor, DbId, FormStr
 from faceledger.http.files import file_response
 from faceledger.http.parsing import parse_box, parse_request_id
 from faceledger.http.schemas.common import ERRORS, IMAGE_RESPONSES, UPLOAD_ERRORS
-from faceledger.http.schemas.search import DetectOut, SearchOut, SearchRecordOut, VerifyOut
+from faceledger.http.schemas.search import (
+    DetectOut,
+    SearchOut,
+    SearchRecordOut,
+    SearchSummaryOut,
+    VerifyOut,
+)
+from faceledger.http.searches import record_out, search_out
 from faceledger.http.settings import API
 from faceledger.http.uploads import read_upload
 
 router = APIRouter(prefix=API)
-
-
-def candidate_out(search_id: int, c: dict[str, Any]) -> dict[str, Any]:
-    """A candidate as the API shows it: no server paths, and its crop and source image only
-    through the search that returned it."""
-    doc = {k: v for k, v in c.items() if k not in ("crop_path", "image_path")}
-    doc["crop_url"] = f"{API}/searches/{search_id}/faces/{c['face_id']}/crop"
-    doc["image_url"] = f"{API}/searches/{search_id}/faces/{c['face_id']}/image"
-    return doc
-
-
-def search_out(result: dict[str, Any]) -> dict[str, Any]:
-    out = dict(result)
-    faces = []
-    for f in result["faces"]:
-        face = dict(f)
-        face["candidates"] = [candidate_out(result["search_id"], c) for c in f["candidates"]]
-        face.setdefault("selected", None)
-        faces.append(face)
-    out["faces"] = faces
-    return out
 
 
 CASE_FIELDS_DOC = (
@@ -97,13 +83,27 @@ def create_search(
     return search_out(ctx.fl.search(actor, data, req, box))
 
 
+@router.get("/searches", response_model=list[SearchSummaryOut], responses=ERRORS, tags=["search"])
+def list_searches(
+    ctx: Ctx,
+    actor: CurrentActor,
+    case_number: Annotated[str, Query(max_length=64, description="Only this case")] = "",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[dict[str, Any]]:
+    """The searches you may read, newest first: your own; supervisors also their unit's and
+    those under approvals they gave; auditors all. Recorded (search.list)."""
+    return ctx.fl.list_searches(actor, case_number or None, limit)
+
+
 @router.get(
     "/searches/{search_id}", response_model=SearchRecordOut, responses=ERRORS, tags=["search"]
 )
 def get_search(ctx: Ctx, actor: CurrentActor, search_id: DbId) -> dict[str, Any]:
     """A recorded search (own searches; supervisors their unit's and those under approvals
-    they gave; auditors all). Each view is recorded with the candidates it shows."""
-    return ctx.fl.get_search(actor, search_id)
+    they gave; auditors all), with everything it showed: probe faces, candidates with
+    scores, estimated FMRs, expected false candidates and provenance, model, calibration
+    and policy versions. Each view is recorded with the candidates it shows."""
+    return record_out(ctx.fl.get_search(actor, search_id))
 
 
 @router.post(
@@ -152,3 +152,15 @@ def candidate_image(ctx: Ctx, actor: CurrentActor, search_id: DbId, face_id: DbI
     """The source image of a candidate this search returned; each view is recorded."""
     path = ctx.fl.candidate_file(actor, search_id, face_id, "image")
     return file_response(path, f"search-{search_id}-face-{face_id}{path.suffix}")
+
+
+@router.get("/searches/{search_id}/probe", responses=IMAGE_RESPONSES, tags=["search"])
+def probe_thumbnail(ctx: Ctx, actor: CurrentActor, search_id: DbId) -> Response:
+    """A thumbnail of the search's probe photo (as searched: with a chosen face, the region
+    around it), while the policy's retain_probes_days keeps the photo; each view is recorded.
+    410 ``probe-not-kept`` otherwise."""
+    return Response(
+        ctx.fl.probe_thumbnail(actor, search_id),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, no-store"},
+    )

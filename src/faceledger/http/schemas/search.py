@@ -28,6 +28,11 @@ class CandidateOut(BaseModel):
     image_sha256: str
     image_url: str
     provenance: list[dict[str, Any]]
+    erased: bool | None = Field(
+        None,
+        description="In a search record: the face has since been erased from the gallery "
+        "(its crop and image are gone; the record keeps what was shown)",
+    )
 
 
 class ProbeFaceOut(BaseModel):
@@ -97,6 +102,15 @@ SEARCH_EXAMPLE: dict[str, Any] = {
 }
 
 
+class PickedOut(BaseModel):
+    box: list[int] = Field(description="The face_box asked for: left, top, right, bottom")
+    face_index: int | None = Field(
+        description="Which of the photo's faces (in /detect's order) it picked; null for a "
+        "region no detector found a face in"
+    )
+    faces_in_photo: int
+
+
 class SearchOut(BaseModel):
     search_id: int
     probe_sha256: str = Field(description="SHA-256 of the probe compared (the face region)")
@@ -108,7 +122,39 @@ class SearchOut(BaseModel):
     model_id: str
     notice: str
     faces: list[ProbeFaceOut]
+    picked: PickedOut | None = Field(None, description="With face_box: the face picked")
+    calibration: str | None = Field(
+        None, description="Version (fingerprint) of the score calibration behind est_fmr"
+    )
+    policy_sha256: str | None = Field(None, description="SHA-256 of the policy in force")
     model_config = ConfigDict(json_schema_extra={"examples": [SEARCH_EXAMPLE]})
+
+
+class SearchShownOut(BaseModel):
+    """A search as it was shown when it ran."""
+
+    probe_sha256: str
+    photo_sha256: str
+    probe_region: list[int] | None
+    picked: PickedOut | None
+    gallery_faces: int = Field(description="Gallery size when the search ran")
+    model_id: str
+    calibration: str | None
+    policy_sha256: str
+    min_probe_quality: float
+    notice: str
+    faces: list[ProbeFaceOut]
+
+
+class SearchSummaryOut(BaseModel):
+    id: int
+    username: str
+    case_number: str
+    purpose: str
+    request_id: int | None
+    faces: int = Field(description="Faces found in the probe")
+    candidates: int = Field(description="Candidates shown, all faces together")
+    created_at: str
 
 
 class DetectFaceOut(BaseModel):
@@ -206,4 +252,17 @@ class SearchRecordOut(BaseModel):
     created_at: str
     results: list[dict[str, Any]] = Field(
         description="Per probe face: candidate [face_id, score] pairs as recorded"
+    )
+    result_view_days: int | None = Field(
+        None, description="How long after the search its candidates' files may be opened"
+    )
+    results_viewable: bool | None = Field(
+        None, description="Whether the candidates' crops and images may still be opened"
+    )
+    shown: SearchShownOut | None = Field(
+        None, description="Everything the search showed (null for searches before schema 3)"
+    )
+    probe_kept: bool = Field(False, description="Whether retention still keeps the probe photo")
+    probe_url: str | None = Field(
+        None, description="Thumbnail of the probe photo, where retention keeps it"
     )
