@@ -157,6 +157,22 @@ def test_search_a_group_photo_pick_the_second_face_and_open_a_candidate(
     page.keyboard.press("Escape")
     dialog.wait_for(state="hidden")
 
+    # #13 item 1: the results are the search's record page, so refresh and Back work
+    sid = entries(site.fl, "search", "ivy")[-1].details["search_id"]
+    assert page.url.endswith(f"/searches/{sid}")
+    page.reload()
+    assert "Adrien_Brody" in page.locator("#candidates .candidate").first.inner_text()
+    assert "face 2 of" in page.locator(".kv").first.inner_text()  # the face picked
+    page.go_back()
+    page.wait_for_url("**/search")
+    page.go_forward()
+    page.wait_for_url(f"**/searches/{sid}")
+    page.locator("#candidates .candidate").first.wait_for()
+    page.goto("/searches")
+    assert f"#{sid}" in page.locator("table.searches").inner_text()
+    page.get_by_role("link", name=f"#{sid}").click()
+    page.wait_for_url(f"**/searches/{sid}")
+
     search = entries(site.fl, "search", "ivy")[-1]
     assert search.target == "CASE-42"
     assert search.details["probe_region"]  # the picked face's region, in the one entry

@@ -1,4 +1,5 @@
-// The search page: pick or drop a photo, see its faces, pick one, search, review leads.
+// The search page: pick or drop a photo, see its faces, pick one, search; the results are
+// the search's record page (record.js).
 "use strict";
 
 (() => {
@@ -20,37 +21,12 @@
   const searchStatus = $("search-status");
   const faceBoxInput = $("face_box");
   const picked = $("picked");
-  const results = $("results");
-  const dialog = $("candidate-dialog");
 
   const state = { file: null, faces: [], selected: null, objectUrl: null, busy: false };
 
   function setStatus(node, text, isError = false) {
     node.textContent = text;
     node.classList.toggle("error", isError);
-  }
-
-  function fmtScore(x) {
-    return x === null || x === undefined ? "n/a" : x.toFixed(3);
-  }
-  const SUPERSCRIPT = { "-": "⁻", 0: "⁰", 1: "¹", 2: "²", 3: "³", 4: "⁴", 5: "⁵", 6: "⁶", 7: "⁷", 8: "⁸", 9: "⁹" };
-  function sci(x) {
-    const [m, e] = x.toExponential(1).split("e");
-    return `${m}×10${[...String(Number(e))].map((ch) => SUPERSCRIPT[ch]).join("")}`;
-  }
-  function fmtRate(x) {
-    if (x === null || x === undefined) return "n/a";
-    if (x === 0) return "0";
-    return x >= 0.01 ? x.toFixed(3) : sci(x);
-  }
-  function fmtCount(x) {
-    if (x === null || x === undefined) return "n/a";
-    if (x >= 10) return x.toFixed(0);
-    if (x >= 0.01) return x.toFixed(2);
-    return x === 0 ? "0" : sci(x);
-  }
-  function fmtTime(ts) {
-    return ts ? `${ts.replace("T", " ").slice(0, 16)} UTC` : "—";
   }
 
   // -- the photo --------------------------------------------------------------------------
@@ -220,7 +196,8 @@
     try {
       const result = await api("/api/v1/searches", { method: "POST", body: data });
       setStatus(searchStatus, `Search ${result.search_id} recorded.`);
-      showResults(result);
+      // The results are the search's record: a page to come back to (refresh, Back, a link).
+      window.location.assign(`/searches/${result.search_id}`);
     } catch (err) {
       setStatus(searchStatus, `${err.message}${err.code ? ` (${err.code})` : ""}`, true);
     } finally {
@@ -229,108 +206,4 @@
     }
   });
 
-  function showResults(result) {
-    const face = result.faces.find((f) => f.selected) || result.faces[0];
-    const list = $("candidates");
-    list.replaceChildren();
-    const label = `face ${state.selected + 1}`;
-    $("results-title").textContent = `Candidates for ${label}`;
-    $("results-summary").replaceChildren(
-      el("a", { href: `/searches/${result.search_id}`, text: `Search ${result.search_id}` }),
-      ` · case ${result.case_number} · ${result.purpose} · gallery of ${result.gallery_faces} faces · model ${result.model_id}`,
-    );
-    const empty = $("results-empty");
-    empty.hidden = true;
-    if (!face) {
-      empty.textContent = "No face was found in the region around the face you picked.";
-      empty.hidden = false;
-    } else if (face.below_min_quality) {
-      empty.textContent = "This face is below the policy's minimum quality, so it was not compared.";
-      empty.hidden = false;
-    } else if (!face.candidates.length) {
-      empty.textContent = "The gallery returned no candidates.";
-      empty.hidden = false;
-    }
-    const calib = $("calib-note");
-    const uncalibrated = face && face.candidates.length && face.candidates[0].est_fmr === null;
-    calib.hidden = !uncalibrated;
-    calib.textContent = uncalibrated
-      ? `No score calibration is installed for model ${result.model_id}: false match rates cannot be estimated, so treat every score with extra caution.`
-      : "";
-    for (const c of face ? face.candidates : []) {
-      const p = (c.provenance && c.provenance[0]) || {};
-      const who = p.subject_label || shortPath(p.original_path) || "unlabelled";
-      const open = el("button", { type: "button", class: "btn btn-secondary btn-small", onclick: () => openCandidate(c, result) },
-        "Open", el("span", { class: "visually-hidden", text: ` candidate ${c.rank}` }));
-      list.append(el("li", { class: `candidate${c.expected_false_candidates >= 1 ? " high-fmr" : ""}`, "data-rank": String(c.rank) },
-        el("img", { class: "crop", src: c.crop_url, alt: `Gallery face of candidate ${c.rank}`, loading: "lazy" }),
-        el("div", { class: "cand-body" },
-          el("p", { class: "cand-rank" }, `#${c.rank}`, el("span", { class: "cand-score", title: "cosine score", text: fmtScore(c.score) })),
-          el("dl", { class: "metrics" },
-            el("dt", { text: "Score" }), el("dd", { text: fmtScore(c.score) }),
-            el("dt", { text: "Est. false match rate" }),
-            el("dd", { text: fmtRate(c.est_fmr) + (c.est_fmr_extrapolated ? "*" : ""), title: c.est_fmr_extrapolated ? "extrapolated beyond the calibration data" : null })),
-          el("p", { class: "expected" },
-            "Expected false candidates at this gallery size: ",
-            el("strong", { text: fmtCount(c.expected_false_candidates) }),
-            el("span", { class: "muted", text: ` (${result.gallery_faces} faces)` })),
-          el("p", { class: "prov", text: `${who} · ${p.source || "unknown source"}${p.captured_at ? " · " + p.captured_at : ""}` }),
-          open)));
-    }
-    results.hidden = false;
-    $("results-title").focus();
-  }
-
-  function shortPath(path) {
-    if (!path) return "";
-    const parts = path.split(/[\\/!]/);
-    return parts[parts.length - 1];
-  }
-
-  // -- one candidate: the source image with the face boxed ---------------------------------
-  function openCandidate(c, result) {
-    const p = c.provenance || [];
-    const dimg = $("dialog-img");
-    const box = $("dialog-box");
-    box.hidden = true;
-    $("dialog-title").textContent = `Candidate ${c.rank} · score ${fmtScore(c.score)}`;
-    dimg.alt = `Source image of candidate ${c.rank}, the matching face boxed`;
-    dimg.onload = () => {
-      const w = dimg.naturalWidth;
-      const h = dimg.naturalHeight;
-      const [l, t, r, b] = c.bbox;
-      box.style.left = `${(100 * l) / w}%`;
-      box.style.top = `${(100 * t) / h}%`;
-      box.style.width = `${(100 * (r - l)) / w}%`;
-      box.style.height = `${(100 * (b - t)) / h}%`;
-      box.hidden = false;
-    };
-    dimg.src = c.image_url;
-    $("dialog-caption").textContent = `Image ${c.image_sha256.slice(0, 16)}… · face ${c.face_id}`;
-    const details = $("dialog-details");
-    details.replaceChildren(
-      el("div", { class: "notice notice-inline", role: "note", text: result.notice }),
-      el("h3", { text: "Match" }),
-      el("dl", { class: "kv" },
-        el("dt", { text: "Score" }), el("dd", { text: fmtScore(c.score) }),
-        el("dt", { text: "Est. false match rate" }), el("dd", { text: fmtRate(c.est_fmr) + (c.est_fmr_extrapolated ? " (extrapolated)" : "") }),
-        el("dt", { text: "Expected false candidates" }), el("dd", { text: `${fmtCount(c.expected_false_candidates)} in a gallery of ${result.gallery_faces}` }),
-        el("dt", { text: "Face quality" }), el("dd", { text: c.quality.toFixed(2) })),
-      el("h3", { text: p.length > 1 ? `Provenance (${p.length} sources)` : "Provenance" }),
-      ...p.map((x) => el("dl", { class: "kv" },
-        el("dt", { text: "Source" }), el("dd", { text: x.source || "" }),
-        el("dt", { text: "Subject label" }), el("dd", { text: x.subject_label || "—" }),
-        el("dt", { text: "Original" }), el("dd", { class: "wrap", text: x.original_path || "" }),
-        el("dt", { text: "URL" }), el("dd", {}, x.source_url ? el("a", { href: x.source_url, rel: "noopener noreferrer", target: "_blank", text: x.source_url }) : "—"),
-        el("dt", { text: "Captured" }), el("dd", { text: x.captured_at || "—" }),
-        el("dt", { text: "Legal basis" }), el("dd", { text: x.legal_basis || "" }),
-        el("dt", { text: "Ingested" }), el("dd", { text: fmtTime(x.ingested_at) }))));
-    dialog.showModal();
-    $("dialog-close").focus();
-  }
-
-  $("dialog-close").addEventListener("click", () => dialog.close());
-  dialog.addEventListener("click", (e) => {
-    if (e.target === dialog) dialog.close();
-  });
 })();

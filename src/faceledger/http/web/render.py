@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,43 @@ def _when(ts: str | None, empty: str = "—") -> str:
     return f"{text[:16]} UTC" if len(text) >= 16 and text[10] == " " else text
 
 
+SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _sci(x: float) -> str:
+    mantissa, exp = f"{x:.1e}".split("e")
+    return f"{mantissa}×10{str(int(exp)).translate(SUPERSCRIPT)}"
+
+
+def _rate(x: float | None) -> str:
+    """A false match rate as the pages show it (search.js formats the same way)."""
+    if x is None:
+        return "n/a"
+    if x == 0:
+        return "0"
+    return f"{x:.3f}" if x >= 0.01 else _sci(x)
+
+
+def _count(x: float | None) -> str:
+    """An expected count of false candidates."""
+    if x is None:
+        return "n/a"
+    if x >= 10:
+        return f"{x:.0f}"
+    if x >= 0.01:
+        return f"{x:.2f}"
+    return "0" if x == 0 else _sci(x)
+
+
+def _basename(path: str | None) -> str:
+    """The last part of a provenance path (folders, archive members: a/b.zip!c/d.jpg)."""
+    return re.split(r"[\\/!]", path or "")[-1]
+
+
 templates.env.filters["when"] = _when
+templates.env.filters["basename"] = _basename
+templates.env.filters["rate"] = _rate
+templates.env.filters["count"] = _count
 
 
 def nav_for(actor: Actor | None) -> list[tuple[str, str]]:
@@ -35,6 +72,8 @@ def nav_for(actor: Actor | None) -> list[tuple[str, str]]:
     items = [("/", "Overview")]
     if actor.can("search"):
         items.append(("/search", "Search"))
+    if actor.can("view_search"):
+        items.append(("/searches", "Searches"))
     items.append(("/cases", "Cases"))
     if actor.can("read_ledger") or actor.can("report") or actor.can("verify_ledger"):
         items.append(("/audit", "Audit"))

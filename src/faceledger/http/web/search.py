@@ -7,6 +7,7 @@ from fastapi.responses import Response
 
 from faceledger.cases.policy import Policy
 from faceledger.core import PolicyTamperedError
+from faceledger.http.searches import record_out
 from faceledger.http.web.deps import User
 from faceledger.http.web.render import render
 
@@ -37,14 +38,30 @@ def search_page(request: Request, user: User) -> Response:
     )
 
 
+@router.get("/searches")
+def searches_page(request: Request, user: User) -> Response:
+    """The searches this user may read: their own; a supervisor's unit's and those under
+    their approvals; all for auditors."""
+    case_number = request.query_params.get("case", "").strip()[:64]
+    rows = user.ctx.fl.list_searches(user.actor, case_number or None)
+    return render(request, "searches.html", user, rows=rows, case_number=case_number)
+
+
 @router.get("/searches/{search_id}")
 def search_record(request: Request, user: User, search_id: int) -> Response:
-    rec = user.ctx.fl.get_search(user.actor, search_id)
+    rec = record_out(user.ctx.fl.get_search(user.actor, search_id))
+    shown = rec["shown"]
+    faces = []
+    if shown is not None:
+        # the face that was picked first (a search with face_box compares that one only)
+        faces = sorted(shown["faces"], key=lambda f: not f.get("selected"))
     return render(
         request,
         "search_record.html",
         user,
         rec=rec,
+        shown=shown,
+        faces=faces,
         can_view_candidates=rec["results_viewable"],
         view_days=rec["result_view_days"],
     )
