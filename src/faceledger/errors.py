@@ -4,11 +4,31 @@ from __future__ import annotations
 
 
 class RefusedError(Exception):
-    """A request that the rules refuse (missing case, unapproved purpose, quota...)."""
+    """A request that the rules refuse (missing case, unapproved purpose, quota...).
 
-    def __init__(self, code: str, message: str) -> None:
+    ``fields`` names the inputs at fault (``case_number``, ``justification``...), where the
+    refusal is about some: interfaces point at them in their own terms (a form field, a
+    command-line option), so the message itself names no interface's spelling."""
+
+    def __init__(self, code: str, message: str, fields: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.code = code
+        self.fields = tuple(fields)
+
+
+class FieldValueError(ValueError):
+    """A bad value in named inputs (a weak password, an unknown role): a ValueError that
+    says which inputs are at fault, as :class:`RefusedError` does."""
+
+    def __init__(self, message: str, fields: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.fields = tuple(fields)
+
+
+def fields_at_fault(exc: BaseException) -> tuple[str, ...]:
+    """The inputs an error names as at fault (none for most errors)."""
+    fields = getattr(exc, "fields", ())
+    return tuple(str(f) for f in fields) if isinstance(fields, tuple) else ()
 
 
 class PolicyTamperedError(Exception):

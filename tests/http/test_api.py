@@ -333,18 +333,20 @@ def test_pick_one_face_of_a_group_photo(env: Env) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "missing"),
+    ("fields", "missing", "code"),
     [
-        ({"case_number": ""}, "case number"),
-        ({"purpose": ""}, "purpose"),
-        ({"purpose": "curiosity"}, "'curiosity' is not one"),
-        ({"justification": "short"}, "justification"),
+        ({"case_number": ""}, "case number", "missing-case-fields"),
+        ({"purpose": ""}, "purpose", "missing-case-fields"),
+        ({"purpose": "curiosity"}, "'curiosity' is not one", "missing-case-fields"),
+        ({"justification": ""}, "justification", "missing-case-fields"),
+        # a justification that is there but too short has its own code (#13 item 9)
+        ({"justification": "short"}, "justification", "justification-too-short"),
     ],
 )
-def test_search_refused_without_case_purpose_justification(env: Env, fields, missing) -> None:
+def test_search_refused_without_case_purpose_justification(env: Env, fields, missing, code) -> None:
     n = len(entries(env.fl, "search"))
     r = env.search(**fields)
-    assert r.status_code == 400 and r.json()["code"] == "missing-case-fields"
+    assert r.status_code == 400 and r.json()["code"] == code
     assert missing in r.json()["message"]
     assert len(entries(env.fl, "search")) == n  # nothing was compared
     assert entries(env.fl)[-1].action == "search.refused"

@@ -43,6 +43,20 @@ def open_data_dir(data_dir: Path | None, model_dir: str | None = None, device: s
         fail(storage_problem(path, exc), STORAGE_EXIT)
 
 
+# The core names the inputs at fault; on the command line they are these options.
+OPTION_OF_FIELD = {
+    "case_number": "--case",
+    "purpose": "--purpose",
+    "justification": "--justification",
+    "request_id": "--request",
+}
+
+
+def _options_at_fault(fields: tuple[str, ...]) -> str:
+    options = [OPTION_OF_FIELD[f] for f in fields if f in OPTION_OF_FIELD]
+    return f" [{', '.join(options)}]" if options else ""
+
+
 @contextmanager
 def session(
     data_dir: Path | None,
@@ -86,7 +100,7 @@ def session(
     except PermissionDenied as exc:
         fail(f"permission denied: {exc}", DENIED_EXIT)
     except RefusedError as exc:
-        fail(f"refused ({exc.code}): {exc}", DENIED_EXIT)
+        fail(f"refused ({exc.code}): {exc}{_options_at_fault(exc.fields)}", DENIED_EXIT)
     except PolicyTamperedError as exc:
         fail(str(exc), TAMPERED_EXIT)
     except (DecodeError, ModelMismatchError, ValueError) as exc:

@@ -16,7 +16,7 @@ from faceledger.db.schema import (
     users,
 )
 from faceledger.db.store import now_iso
-from faceledger.errors import RefusedError
+from faceledger.errors import FieldValueError, RefusedError
 from faceledger.ledger import audit
 
 
@@ -377,16 +377,26 @@ class AccountsDoor(CoreBase):
         # Lengths first: nothing over-long is recorded, not even in a denial.
         if len(username) > auth.MAX_USERNAME_LENGTH:
             raise RefusedError(
-                "bad-username", f"user names are at most {auth.MAX_USERNAME_LENGTH} characters"
+                "bad-username",
+                f"user names are at most {auth.MAX_USERNAME_LENGTH} characters",
+                ("username",),
             )
         if unit is not None and len(unit) > auth.MAX_UNIT_LENGTH:
-            raise RefusedError("bad-unit", f"units are at most {auth.MAX_UNIT_LENGTH} characters")
+            raise RefusedError(
+                "bad-unit", f"units are at most {auth.MAX_UNIT_LENGTH} characters", ("unit",)
+            )
         self.require(actor, "manage_users", username)
-        parsed = auth.parse_roles(roles)
-        auth.check_password_strength(password)
+        try:
+            parsed = auth.parse_roles(roles)
+        except ValueError as exc:
+            raise FieldValueError(str(exc), ("roles",)) from exc
+        try:
+            auth.check_password_strength(password)
+        except ValueError as exc:
+            raise FieldValueError(str(exc), ("password",)) from exc
         problem = auth.username_problem(username)
         if problem:
-            raise RefusedError("bad-username", problem)
+            raise RefusedError("bad-username", problem, ("username",))
         username = auth.canonical_username(username)
         key = auth.username_key(username)
         self._ensure_username_keys()
@@ -402,6 +412,7 @@ class AccountsDoor(CoreBase):
                     f"user {username!r} already exists"
                     if clash == username
                     else f"{username!r} is too like the existing user {clash!r}",
+                    ("username",),
                 )
             uid = self._insert_user(conn, username, password, parsed, unit)
             audit.append(

@@ -27,6 +27,9 @@ from faceledger.db.store import now_iso
 from faceledger.errors import RefusedError
 from faceledger.ledger import audit
 
+# The shortest justification a search or a case request may give (after trimming).
+MIN_JUSTIFICATION = 10
+
 
 class CasesDoor(AccountsDoor):
     # -- policy ----------------------------------------------------------------------------
@@ -187,10 +190,19 @@ class CasesDoor(AccountsDoor):
 
     def list_case_requests(self, actor: Actor, status: str | None = None) -> list[dict[str, Any]]:
         self.require(actor, "list_cases")
-        req = users.alias("req")
-        q = select(
-            case_requests, req.c.username.label("requested_by_name"), req.c.unit.label("unit")
-        ).join(req, req.c.id == case_requests.c.requested_by)
+        req, dec, wdr = users.alias("req"), users.alias("dec"), users.alias("wdr")
+        q = (
+            select(
+                case_requests,
+                req.c.username.label("requested_by_name"),
+                req.c.unit.label("unit"),
+                dec.c.username.label("decided_by_name"),
+                wdr.c.username.label("withdrawn_by_name"),
+            )
+            .join(req, req.c.id == case_requests.c.requested_by)
+            .outerjoin(dec, dec.c.id == case_requests.c.decided_by)
+            .outerjoin(wdr, wdr.c.id == case_requests.c.withdrawn_by)
+        )
         if status:
             q = q.where(case_requests.c.status == status)
         if not (actor.roles & {"admin", "auditor"}):
@@ -209,20 +221,36 @@ class CasesDoor(AccountsDoor):
         check_length("justification", why, MAX_JUSTIFICATION)
 
     def _check_case_fields(self, actor: Actor, case: str, purpose: str, why: str) -> Policy:
+        """The case number, a purpose of the policy and a justification of at least
+        ``MIN_JUSTIFICATION`` characters. Missing fields are refused together
+        (``missing-case-fields``); a justification that is there but too short on its own
+        (``justification-too-short``). The refusal names the fields at fault; its message
+        names no interface's spelling of them (no command-line options, no form labels)."""
         pol = self.policy()
-        problems = []
+        needs: list[tuple[str, str]] = []  # (field at fault, what a search needs)
         if not case or not case.strip():
-            problems.append("a case number (--case)")
+            needs.append(("case_number", "a case number"))
         if purpose not in pol.purposes:
-            problems.append(
-                f"a purpose from the policy list ({', '.join(pol.purposes)})"
-                + (f"; {purpose!r} is not one" if purpose else "")
+            needs.append(
+                (
+                    "purpose",
+                    f"a purpose from the policy list ({', '.join(pol.purposes)})"
+                    + (f"; {purpose!r} is not one" if purpose else ""),
+                )
             )
-        if not why or len(why.strip()) < 10:
-            problems.append("a justification of at least 10 characters")
-        if problems:
-            self.record(
-                actor, "search.refused", case or "", reason="missing-case-fields", purpose=purpose
+        given = len((why or "").strip())
+        if given < MIN_JUSTIFICATION:
+            needs.append(
+                (
+                    "justification",
+                    f"a justification of at least {MIN_JUSTIFICATION} characters"
+                    + (f" (this one has {given})" if given else ""),
+                )
             )
-            raise RefusedError("missing-case-fields", "a search needs " + "; ".join(problems))
-        return pol
+        if not needs:
+            return pol
+        fields = tuple(f for f, _ in needs)
+        code = "justification-too-short" if fields == ("justification",) and given else ""
+        code = code or "missing-case-fields"
+        self.record(actor, "search.refused", case or "", reason=code, purpose=purpose)
+        raise RefusedError(code, "a search needs " + "; ".join(n for _, n in needs), fields)

@@ -43,6 +43,7 @@ from starlette.exceptions import HTTPException
 
 from faceledger import __version__
 from faceledger.core import Faceledger
+from faceledger.errors import fields_at_fault
 from faceledger.http import routes, web
 from faceledger.http.context import AppContext
 from faceledger.http.errors import KNOWN_ERRORS, error_for, json_error
@@ -62,7 +63,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if status >= 500:
             log.error("error on %s %s", request.method, request.url.path, exc_info=exc)
         if request.url.path.startswith("/api/"):
-            return json_error(status, code, message, headers)
+            return json_error(status, code, message, headers, fields_at_fault(exc))
         return error_page(request, exc, status, code, message)
 
     async def validation(request: Request, exc: Exception) -> Response:

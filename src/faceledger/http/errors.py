@@ -42,6 +42,7 @@ REFUSAL_STATUS = {
     "erased": 410,
     "probe-not-kept": 410,
     "missing-case-fields": 400,
+    "justification-too-short": 400,
     "bad-report": 400,
     "bad-format": 400,
     "low-quality": 422,
@@ -146,5 +147,15 @@ def invalid_input(code: str) -> Iterator[None]:
 # -- body size limit, security headers ----------------------------------------------------------
 
 
-def json_error(status: int, code: str, message: str, headers: dict[str, str]) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
+def json_error(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str],
+    fields: tuple[str, ...] = (),
+) -> JSONResponse:
+    """The error body; ``fields`` (the inputs at fault) only where the error names some."""
+    body: dict[str, object] = {"code": code, "message": message}
+    if fields:
+        body["fields"] = list(fields)
+    return JSONResponse(body, status_code=status, headers=headers)

@@ -14,6 +14,19 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass
+class Flash:
+    """A message for the next page: ``section`` is the id of the page part it belongs to
+    (the redirect's ``#fragment``), where the page shows it, in view; ``fields`` the form
+    inputs at fault, marked there; ``values`` what the form held, to fill it in again."""
+
+    kind: str
+    message: str
+    section: str = ""
+    fields: tuple[str, ...] = ()
+    values: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class WebSession:
     sid: str
     csrf: str
@@ -22,7 +35,7 @@ class WebSession:
     username: str
     created: float
     last_seen: float
-    flashes: list[tuple[str, str]] = field(default_factory=list)
+    flashes: list[Flash] = field(default_factory=list)
 
 
 class SessionStore:

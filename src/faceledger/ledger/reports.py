@@ -8,7 +8,9 @@ purges. Each report carries the ledger head (``seq:hash``) it was computed to, w
 whom it was made, so a published report is a checkpoint (``faceledger audit verify
 --report FILE``). Formats: JSON, CSV (one section per table; cells that a spreadsheet would
 run as a formula are neutralised) and a self-contained HTML page with a chart of searches
-per ISO week by purpose. The ledger's own export (CSV or JSON lines) is written here too.
+per ISO week by purpose: every week of the period is there, a week without searches as a
+zero (a gap in the bars is a quiet week, not a missing one). The ledger's own export (CSV or
+JSON lines) is written here too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -92,6 +94,36 @@ def _week(ts: str) -> str:
     return f"{y}-W{w:02d}"
 
 
+# A period longer than this charts only the weeks from its first search to its last.
+MAX_CHART_DAYS = 2 * 366
+
+
+def weeks_between(first: date, last: date) -> list[str]:
+    """Every ISO week (``2026-W02``) from the one holding ``first`` to the one holding
+    ``last``, in order, none skipped."""
+    monday = first - timedelta(days=first.weekday())
+    weeks = []
+    while monday <= last:
+        y, w, _ = monday.isocalendar()
+        weeks.append(f"{y}-W{w:02d}")
+        monday += timedelta(days=7)
+    return weeks
+
+
+def _weekly(
+    per_week: dict[str, Counter[str]], start: date, end: date, days: list[date]
+) -> dict[str, dict[str, int]]:
+    """Searches per week by purpose over the report's period, weeks without searches as
+    empty (zero); a very long period from its first search's week to its last's."""
+    if (end - start).days <= MAX_CHART_DAYS:
+        weeks = weeks_between(start, end)
+    elif days:
+        weeks = weeks_between(min(days), max(days))
+    else:
+        weeks = []
+    return {w: dict(per_week.get(w, {})) for w in sorted(set(weeks) | set(per_week))}
+
+
 def _describe(e: audit.Entry) -> str:
     """An account change in words."""
     d = e.details
@@ -155,6 +187,7 @@ def build(
     changes: list[tuple[audit.Entry, Any]] = []  # (entry, token id of a revocation)
     session_tokens: set[Any] = set()
     searches = verifications = 0
+    search_days: list[date] = []
     for e in audit.iter_entries(store, since=since, until=until, through_seq=head_seq):
         if e.action in ACCOUNT_ACTIONS:
             if unit_users is not None and not ({e.actor, e.target} & unit_users):
@@ -176,6 +209,7 @@ def build(
             per_purpose[purpose] += 1
             per_case[str(e.details.get("case_number", e.target))] += 1
             per_week[_week(e.ts)][purpose] += 1
+            search_days.append(datetime.fromisoformat(e.ts).date())
         elif e.action == "verify":
             verifications += 1
             v_user[e.actor] += 1
@@ -234,7 +268,7 @@ def build(
         "searches_per_user": dict(per_user.most_common()),
         "searches_per_purpose": dict(per_purpose.most_common()),
         "searches_per_case": dict(per_case.most_common()),
-        "searches_per_week": {w: dict(c) for w, c in sorted(per_week.items())},
+        "searches_per_week": _weekly(per_week, start, end, search_days),
         "verifications": verifications,
         "verifications_per_user": dict(v_user.most_common()),
         "verifications_per_purpose": dict(v_purpose.most_common()),
@@ -272,29 +306,62 @@ def to_csv(report: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def chart_png(report: dict[str, Any]) -> bytes:
-    """Stacked bars: searches per ISO week, by purpose."""
+def _utc(ts: Any) -> str:
+    """'2026-01-02T10:11:12+00:00' -> '2026-01-02 10:11:12 UTC' (the ledger keeps UTC)."""
+    text = str(ts or "?").replace("T", " ")
+    return text[: -len("+00:00")] + " UTC" if text.endswith("+00:00") else text
+
+
+def made_line(report: dict[str, Any]) -> str:
+    """When, by whom and at which ledger head (entry and hash) a report was made."""
+    head = audit.parse_checkpoint(str(report.get("ledger_head") or ""))
+    at = f"ledger head: entry {head[0]}, hash {head[1]}" if head else "ledger head unknown"
+    when = _utc(report.get("generated_at"))
+    return f"Made {when} by {report.get('generated_by') or 'unknown'} at {at}"
+
+
+def chart_figure(report: dict[str, Any]) -> Any:
+    """The chart as a matplotlib figure: stacked bars of searches per ISO week by purpose,
+    every week of the period (zero bars included), the legend beside the bars (never over
+    them), and under them when, by whom and at which ledger head the report was made."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    weeks = list(report["searches_per_week"])
-    purposes = sorted({p for c in report["searches_per_week"].values() for p in c})
-    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
+    per_week = report["searches_per_week"]
+    weeks = list(per_week)
+    purposes = sorted({p for c in per_week.values() for p in c})
+    fig, ax = plt.subplots(figsize=(9, 4), dpi=100, layout="constrained")
+    x = list(range(len(weeks)))
     bottom = [0] * len(weeks)
     for p in purposes:
-        vals = [report["searches_per_week"][w].get(p, 0) for w in weeks]
-        ax.bar(weeks, vals, bottom=bottom, label=p)
+        vals = [per_week[w].get(p, 0) for w in weeks]
+        ax.bar(x, vals, bottom=bottom, label=p)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    step = max(1, -(-len(weeks) // 16))  # at most 16 week labels
+    ax.set_xticks(x[::step], weeks[::step])
+    if weeks:
+        ax.set_xlim(-0.6, len(weeks) - 0.4)
     ax.set_ylabel("searches")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Searches per week by purpose")
     if purposes:
-        ax.legend(fontsize=8, loc="upper left")
+        # outside the axes, to their right: the bars are never under it
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     else:
         ax.text(0.5, 0.5, "no searches in this period", ha="center", transform=ax.transAxes)
     ax.tick_params(axis="x", rotation=45, labelsize=8)
-    fig.tight_layout()
+    fig.supxlabel(made_line(report), fontsize=7, color="#444444")
+    return fig
+
+
+def chart_png(report: dict[str, Any]) -> bytes:
+    """:func:`chart_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = chart_figure(report)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
@@ -330,21 +397,33 @@ def to_html(report: dict[str, Any]) -> str:
 
     png = base64.b64encode(chart_png(report)).decode()
     head = html.escape(str(report.get("ledger_head", "")), quote=True)
+    parsed = audit.parse_checkpoint(str(report.get("ledger_head") or ""))
+    when = _utc(report.get("generated_at"))
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<meta name='faceledger-ledger-head' content='{head}'>"
         "<title>faceledger transparency report</title><style>"
         "body{font-family:sans-serif;max-width:50rem;margin:2rem auto;padding:0 1rem}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .6rem}"
-        "code{word-break:break-all}"
+        "code{word-break:break-all}img{max-width:100%;height:auto}"
+        ".made{font-weight:bold}"
         "</style></head><body>"
         f"<h1>Transparency report {html.escape(report['from'])} to {html.escape(report['to'])}</h1>"
         f"<p>{report['searches']} searches, {report.get('verifications', 0)} 1:1 verifications. "
         "Computed from the tamper-evident ledger up to its head "
-        f"<code class=ledger-head>{head}</code>, made "
-        f"{html.escape(str(report.get('generated_at', '')))} by "
-        f"{html.escape(str(report.get('generated_by') or 'unknown'))}. Keep this report: "
-        "<code>faceledger audit verify --report FILE</code> checks the ledger against it.</p>"
+        f"<code class=ledger-head>{head}</code>.</p>"
+        f"<p class=made>Made <time>{html.escape(when)}</time> by "
+        f"{html.escape(str(report.get('generated_by') or 'unknown'))}"
+        " at ledger head: "
+        + (
+            f"entry <span class=head-seq>{parsed[0]}</span>, hash "
+            f"<code class=head-hash>{html.escape(parsed[1])}</code>"
+            if parsed
+            else "unknown"
+        )
+        + ".</p>"
+        "<p>Keep this report: <code>faceledger audit verify --report FILE</code> checks the "
+        "ledger against it (it must still hold that entry with that hash).</p>"
         f"<img alt='Searches per week by purpose' src='data:image/png;base64,{png}'>"
         + "".join(table(title, report.get(key, {})) for key, title in COUNTER_SECTIONS)
         + changes_table(report.get("account_changes", []))

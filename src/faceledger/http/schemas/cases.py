@@ -55,3 +55,5 @@ class CaseRequestOut(BaseModel):
     withdrawn_by: int | None = None
     withdrawn_at: str | None = None
     withdrawal_note: str | None = None
+    decided_by_name: str | None = Field(None, description="Who approved or denied it")
+    withdrawn_by_name: str | None = Field(None, description="Who withdrew the approval")

@@ -10,14 +10,26 @@ from pydantic import BaseModel, ConfigDict, Field
 class ErrorOut(BaseModel):
     code: str = Field(description="Stable machine-readable code")
     message: str = Field(description="What went wrong, for people")
+    fields: list[str] | None = Field(
+        None,
+        description="The request fields at fault (case_number, purpose, justification...), "
+        "where the error is about some; absent otherwise",
+    )
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
                 {
                     "code": "missing-case-fields",
-                    "message": "a search needs a case number (--case); a justification of "
+                    "message": "a search needs a case number; a justification of "
                     "at least 10 characters",
-                }
+                    "fields": ["case_number", "justification"],
+                },
+                {
+                    "code": "justification-too-short",
+                    "message": "a search needs a justification of at least 10 characters "
+                    "(this one has 5)",
+                    "fields": ["justification"],
+                },
             ]
         }
     )

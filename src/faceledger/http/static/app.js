@@ -22,6 +22,7 @@ window.faceledger = (() => {
       const err = new Error(body.message || response.statusText);
       err.code = body.code;
       err.status = response.status;
+      err.fields = Array.isArray(body.fields) ? body.fields : [];
       throw err;
     }
     return body;

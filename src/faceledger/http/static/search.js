@@ -29,6 +29,32 @@
     node.classList.toggle("error", isError);
   }
 
+  // The case fields at fault: marked (aria-invalid) with the message next to the first one.
+  const CASE_FIELDS = ["request_id", "case_number", "purpose", "justification"];
+  function markFields(fields, message) {
+    for (const id of CASE_FIELDS) {
+      const field = $(id);
+      if (!field || field.type === "hidden") continue;
+      field.removeAttribute("aria-invalid");
+      const described = (field.getAttribute("aria-describedby") || "").split(" ").filter((x) => x && x !== "case-error");
+      if (described.length) field.setAttribute("aria-describedby", described.join(" "));
+      else field.removeAttribute("aria-describedby");
+    }
+    $("case-error")?.remove();
+    const marked = fields.filter((id) => $(id) && $(id).type !== "hidden");
+    if (!marked.length) return false;
+    for (const id of marked) {
+      const field = $(id);
+      field.setAttribute("aria-invalid", "true");
+      const described = (field.getAttribute("aria-describedby") || "").split(" ").filter(Boolean);
+      field.setAttribute("aria-describedby", [...described, "case-error"].join(" "));
+    }
+    const first = $(marked[0]);
+    first.closest(".field").append(el("p", { class: "field-error", id: "case-error", role: "alert", text: message }));
+    first.focus();
+    return true;
+  }
+
   // -- the photo --------------------------------------------------------------------------
   async function useFile(file) {
     if (!file) return;
@@ -185,9 +211,10 @@
     const missing = ["case_number", "purpose", "justification"].filter((id) => !$(id).value.trim());
     if (missing.length) {
       setStatus(searchStatus, "Fill in the case number, purpose and justification.", true);
-      $(missing[0]).focus();
+      markFields(missing, "Needed for every search.");
       return;
     }
+    markFields([], "");
     const data = new FormData(form);
     data.append("probe", state.file, state.file.name);
     state.busy = true;
@@ -199,7 +226,9 @@
       // The results are the search's record: a page to come back to (refresh, Back, a link).
       window.location.assign(`/searches/${result.search_id}`);
     } catch (err) {
-      setStatus(searchStatus, `${err.message}${err.code ? ` (${err.code})` : ""}`, true);
+      const text = `${err.message}${err.code ? ` (${err.code})` : ""}`;
+      const marked = markFields(err.fields || [], text);
+      setStatus(searchStatus, marked ? "The search was refused: see the marked field." : text, true);
     } finally {
       state.busy = false;
       updateButton();

@@ -30,7 +30,9 @@ def account_password(
 ) -> Response:
     """Change one's own password (any role), given the current one."""
     if new != confirm:
-        flash(user, "error", "The new password and its confirmation differ.")
+        flash(
+            user, "error", "The new password and its confirmation differ.", "password", ("confirm",)
+        )
         return redirect("/account#password")
     address = user.ctx.client_address(request)
 

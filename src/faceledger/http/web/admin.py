@@ -60,11 +60,13 @@ def admin_add_user(
 ) -> Response:
     return attempt(
         user,
-        "/admin#users",
+        "/admin#add-user",
         lambda: user.ctx.fl.add_user(
             user.actor, username.strip(), password, roles or [], unit.strip() or None
         ),
         f"User {username.strip()} added.",
+        done="/admin#users",
+        values={"username": username, "unit": unit, "roles": ",".join(roles or [])},
     )
 
 
@@ -97,7 +99,7 @@ def admin_change_user(
     if action in changes:
         call, message = changes[action]
         return attempt(user, "/admin#users", call, message)
-    flash(user, "error", "Unknown action.")
+    flash(user, "error", "Unknown action.", "users")
     return redirect("/admin#users")
 
 
@@ -110,10 +112,10 @@ def tokens_create(
     days: Annotated[str, Form()] = "90",
 ) -> Response:
     """A token for yourself (a ``username`` naming someone else is refused by the core)."""
-    back = "/account"
+    back = "/account#tokens"
     target = username.strip() or user.actor.username
     if not days.strip().isdigit():
-        flash(user, "error", "Lifetime is a number of days (1-366).")
+        flash(user, "error", "Lifetime is a number of days (1-366).", "tokens", ("days",))
         return redirect(back)
 
     def create() -> str:
@@ -122,6 +124,7 @@ def tokens_create(
             user,
             "secret",
             f"Token {tid} for {target} (shown once, store it now): {secret}",
+            "tokens",
         )
         return str(tid)
 

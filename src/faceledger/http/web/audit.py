@@ -126,6 +126,7 @@ def audit_page(request: Request, user: User) -> Response:
         report_to=rto,
         report_query=urlencode({"from": rfrom, "to": rto}),
         report_sections=reports.COUNTER_SECTIONS,
+        report_made=reports.made_line(report) if report else "",
     )
 
 

@@ -79,18 +79,16 @@ def admin_erase_confirm(
 ) -> Response:
     """Erasure by photo, step 2: erase only the faces ticked in the preview."""
 
-    done: list[bool] = []
-
     def confirm() -> str:
         faces = ",".join(face_ids or [])
         rep = erase_request(
             user.ctx, user.actor, faces, "", "", str(preview_id), optout_reference, reason
         )
-        done.append(True)
         return _erased_message(rep)
 
-    back = attempt(user, f"/admin/erasures/previews/{preview_id}", confirm, "{result}")
-    return redirect("/admin#erase") if done else back
+    return attempt(
+        user, f"/admin/erasures/previews/{preview_id}", confirm, "{result}", done="/admin#erase"
+    )
 
 
 @router.post("/admin/purge")

@@ -12,6 +12,7 @@ from fastapi.templating import Jinja2Templates
 
 from faceledger import __version__
 from faceledger.accounts.auth import Actor
+from faceledger.http.sessions import Flash
 from faceledger.http.web.deps import WebUser
 from faceledger.search.searcher import LEADS_NOTICE
 
@@ -83,6 +84,45 @@ def nav_for(actor: Actor | None) -> list[tuple[str, str]]:
     return items
 
 
+class FormState:
+    """What a form's section shows after a refused submission: the message next to the
+    first input at fault, every input at fault marked, the values it held."""
+
+    def __init__(self, section: str, flashes: list[Flash]) -> None:
+        bound = next((f for f in flashes if f.fields), None)
+        self.general = [f for f in flashes if f is not bound]
+        self.fields: tuple[str, ...] = bound.fields if bound else ()
+        self.first_field = self.fields[0] if self.fields else ""
+        self.message = bound.message if bound else ""
+        self.error_id = f"{section}-error"
+        self.values: dict[str, str] = {}
+        for f in flashes:
+            self.values |= f.values
+
+    def value(self, name: str, default: str = "") -> str:
+        return self.values.get(name, default)
+
+
+class FlashBox:
+    """The flashes of one page view. A section takes those aimed at it (``take``); the
+    rest show at the top of the page, so none is lost."""
+
+    def __init__(self, flashes: list[Flash]) -> None:
+        self._left = list(flashes)
+
+    def take(self, section: str) -> list[Flash]:
+        mine = [f for f in self._left if f.section == section]
+        self._left = [f for f in self._left if f.section != section]
+        return mine
+
+    def form(self, section: str) -> FormState:
+        return FormState(section, self.take(section))
+
+    def rest(self) -> list[Flash]:
+        left, self._left = self._left, []
+        return left
+
+
 def render(
     request: Request,
     name: str,
@@ -90,7 +130,7 @@ def render(
     status: int = 200,
     **context: Any,
 ) -> HTMLResponse:
-    flashes: list[tuple[str, str]] = []
+    flashes: list[Flash] = []
     if user is not None:
         flashes, user.sess.flashes = user.sess.flashes, []
     actor = user.actor if user else None
@@ -98,7 +138,7 @@ def render(
         "actor": actor,
         "roles": sorted(actor.roles) if actor else [],
         "csrf": user.sess.csrf if user else "",
-        "flashes": flashes,
+        "flashes": FlashBox(flashes),
         "nav": nav_for(actor),
         "path": request.url.path,
         "notice": LEADS_NOTICE,
@@ -107,8 +147,21 @@ def render(
     return templates.TemplateResponse(request, name, base | context, status_code=status)
 
 
-def flash(user: WebUser, kind: str, message: str) -> None:
-    user.sess.flashes.append((kind, message))
+def flash(
+    user: WebUser,
+    kind: str,
+    message: str,
+    section: str = "",
+    fields: tuple[str, ...] = (),
+    values: dict[str, str] | None = None,
+) -> None:
+    """A message for the next page, in its ``section`` (see :class:`Flash`)."""
+    user.sess.flashes.append(Flash(kind, message, section, tuple(fields), dict(values or {})))
+
+
+def section_of(url: str) -> str:
+    """The page section a redirect aims at: its ``#fragment``."""
+    return url.partition("#")[2]
 
 
 def redirect(url: str) -> RedirectResponse:

@@ -10,9 +10,10 @@ from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 
 from faceledger.accounts.auth import PermissionDenied
+from faceledger.errors import fields_at_fault
 from faceledger.http.errors import KNOWN_ERRORS, error_for
 from faceledger.http.web.deps import LoginRequired, WebUser, current_web_user
-from faceledger.http.web.render import flash, redirect, render
+from faceledger.http.web.render import flash, redirect, render, section_of
 
 
 def error_page(request: Request, exc: Exception, status: int, code: str, message: str) -> Response:
@@ -39,8 +40,17 @@ def error_page(request: Request, exc: Exception, status: int, code: str, message
     )
 
 
-def attempt(user: WebUser, back: str, fn: Any, success: str | None = None) -> RedirectResponse:
-    """Run a core call for a form; refusals become a message on the page it came from."""
+def attempt(
+    user: WebUser,
+    back: str,
+    fn: Any,
+    success: str | None = None,
+    done: str | None = None,
+    values: dict[str, str] | None = None,
+) -> RedirectResponse:
+    """Run a core call for a form. A refusal goes back to ``back`` with its message in the
+    section ``back``'s ``#fragment`` names (in view after the redirect), the inputs at fault
+    marked and the form's ``values`` kept; success goes to ``done`` (else ``back``)."""
     try:
         result = fn()
     except PermissionDenied:
@@ -50,8 +60,16 @@ def attempt(user: WebUser, back: str, fn: Any, success: str | None = None) -> Re
             code, message = "invalid", str(exc)
         else:
             _status, code, message, _headers = error_for(exc)
-        flash(user, "error", f"{message} ({code})")
+        flash(
+            user,
+            "error",
+            f"{message} ({code})",
+            section_of(back),
+            fields_at_fault(exc),
+            values,
+        )
         return redirect(back)
+    target = done or back
     if success:
-        flash(user, "ok", success.format(result=result))
-    return redirect(back)
+        flash(user, "ok", success.format(result=result), section_of(target))
+    return redirect(target)
