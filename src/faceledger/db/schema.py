@@ -28,7 +28,8 @@ from sqlalchemy import (
 #    when a Store opens it (store.add_missing_columns).
 # 3: searches.shown_json (the search as it was shown: probe faces, candidates with their
 #    scores, estimates and provenance, model, calibration and policy versions)
-SCHEMA_VERSION = 3
+# 4: reviews (candidate decisions by a first and a blind second examiner) and case_notes
+SCHEMA_VERSION = 4
 
 # 64-bit integers everywhere, as SQLite's are: BIGINT on PostgreSQL, while SQLite keeps
 # INTEGER (so an INTEGER PRIMARY KEY stays the rowid alias).
@@ -208,6 +209,37 @@ verifications = Table(
     Column("photo_b_sha256", String(64), nullable=False),
     Column("outcome", String(20), nullable=False),  # compared | no-face | low-quality
     Column("score", Float),
+    Column("created_at", String(40), nullable=False),
+)
+
+reviews = Table(
+    "reviews",
+    metadata,
+    # An examiner's decision on one candidate of one search. A candidate is (search_id,
+    # face_id); stage "first" is the investigator's, "second" a different investigator's,
+    # recorded without seeing the first (blind verification). A possible-lead is a lead
+    # only when both stages decided possible-lead; the two stages never have one examiner.
+    Column("id", Int, primary_key=True),
+    Column("search_id", Int, ForeignKey("searches.id"), nullable=False, index=True),
+    Column("face_id", Int, nullable=False),  # the gallery face (no FK: it may be erased)
+    Column("stage", String(10), nullable=False),  # first | second
+    Column("examiner_id", Int, ForeignKey("users.id"), nullable=False),
+    Column("decision", String(20), nullable=False),  # excluded | inconclusive | possible-lead
+    Column("reason", Text, nullable=False),
+    Column("ledger_seq", Int),  # the ledger entry that recorded it
+    Column("created_at", String(40), nullable=False),
+    UniqueConstraint("search_id", "face_id", "stage"),
+)
+
+case_notes = Table(
+    "case_notes",
+    metadata,
+    # free-text notes on a case, by the people working it; each is also a ledger entry
+    Column("id", Int, primary_key=True),
+    Column("case_number", String(100), nullable=False, index=True),
+    Column("user_id", Int, ForeignKey("users.id"), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("ledger_seq", Int),
     Column("created_at", String(40), nullable=False),
 )
 
