@@ -10,11 +10,11 @@ from typing import Any
 from faceledger.accounts.auth import Actor
 from faceledger.cases.policy import optout_threshold
 from faceledger.core.base import SYSTEM
-from faceledger.core.records import RecordsDoor
+from faceledger.core.casefile import CaseFileDoor
 from faceledger.ledger import audit
 
 
-class GalleryDoor(RecordsDoor):
+class GalleryDoor(CaseFileDoor):
     # -- gallery ----------------------------------------------------------------------------
     def ingest(
         self,

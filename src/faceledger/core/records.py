@@ -8,16 +8,47 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import case, or_, select, true
+from sqlalchemy import case, exists, or_, select, true
 
 from faceledger.accounts import auth
 from faceledger.accounts.auth import Actor, PermissionDenied
 from faceledger.cases.policy import Policy
 from faceledger.core.searching import SearchDoor
-from faceledger.db.schema import case_requests, probes, searches, users
+from faceledger.db.schema import case_requests, probes, reviews, searches, users
 from faceledger.errors import PolicyTamperedError, RefusedError
 from faceledger.vision.decode import decode_image
 from faceledger.vision.probes import jpeg_thumbnail
+
+
+def second_examinable(actor: Actor) -> Any:
+    """The searches with a candidate ``actor`` may examine second, or already did: a first
+    examiner's possible-lead, by someone else, on a search by an investigator of the
+    actor's unit (or, for an actor without a unit, by one without a unit), with no second
+    decision yet."""
+    first, second = reviews.alias("first"), reviews.alias("second")
+    searcher = users.alias("searcher")
+    same_unit = searcher.c.unit == actor.unit if actor.unit else searcher.c.unit.is_(None)
+    open_second = ~exists().where(
+        (second.c.search_id == first.c.search_id)
+        & (second.c.face_id == first.c.face_id)
+        & (second.c.stage == "second")
+    )
+    awaiting = (
+        select(first.c.search_id)
+        .join(searches, searches.c.id == first.c.search_id)
+        .join(searcher, searcher.c.id == searches.c.user_id)
+        .where(
+            (first.c.stage == "first")
+            & (first.c.decision == "possible-lead")
+            & (first.c.examiner_id != actor.user_id)
+            & same_unit
+            & open_second
+        )
+    )
+    done = select(reviews.c.search_id).where(
+        (reviews.c.stage == "second") & (reviews.c.examiner_id == actor.user_id)
+    )
+    return awaiting.union(done)
 
 
 def results_view_ends(created_at: str, view_days: int) -> datetime:
@@ -29,27 +60,34 @@ def results_view_ends(created_at: str, view_days: int) -> datetime:
 class RecordsDoor(SearchDoor):
     # -- search records ---------------------------------------------------------------------
     @staticmethod
-    def _visible_to(actor: Actor) -> Any:
-        """Which searches ``actor`` may read, as an SQL condition on searches joined with
-        their user and case request: their own; a supervisor those of their unit and those
-        run under approvals they gave; auditors all. The one rule for a record, a list and
-        a candidate file."""
+    def _visible_to(actor: Actor, table: Any = searches) -> Any:
+        """Which searches (or, with ``table=verifications``, 1:1 comparisons) ``actor`` may
+        read, as an SQL condition on the table joined with its user and case request: their
+        own; a supervisor those of their unit and those run under approvals they gave;
+        auditors all; and an investigator the searches with a candidate awaiting (or given)
+        their second examination (:mod:`faceledger.core.reviews`). The one rule for a
+        record, a list, a case file and a candidate file."""
         if "auditor" in actor.roles:
             return true()
-        mine = [searches.c.user_id == actor.user_id]
+        mine = [table.c.user_id == actor.user_id]
         if "supervisor" in actor.roles:
             if actor.unit:
                 mine.append(users.c.unit == actor.unit)
             mine.append(case_requests.c.decided_by == actor.user_id)
+        if table is searches and "investigator" in actor.roles:
+            mine.append(searches.c.id.in_(second_examinable(actor)))
         return or_(*mine)
 
     @staticmethod
-    def _search_rows(*columns: Any) -> Any:
+    def _rows_of(table: Any, *columns: Any) -> Any:
         return (
-            select(searches, users.c.username, users.c.unit, *columns)
-            .join(users, users.c.id == searches.c.user_id)
-            .outerjoin(case_requests, case_requests.c.id == searches.c.request_id)
+            select(table, users.c.username, users.c.unit, *columns)
+            .join(users, users.c.id == table.c.user_id)
+            .outerjoin(case_requests, case_requests.c.id == table.c.request_id)
         )
+
+    def _search_rows(self, *columns: Any) -> Any:
+        return self._rows_of(searches, *columns)
 
     def _readable_search(self, actor: Actor, search_id: int) -> Any:
         """The search row, if ``actor`` may read it (:meth:`_visible_to`)."""
@@ -101,15 +139,21 @@ class RecordsDoor(SearchDoor):
 
     def get_search(self, actor: Actor, search_id: int) -> dict[str, Any]:
         row = self._readable_search(actor, search_id)
-        results = json.loads(row["result_json"])
+        rec = self._record_of(row)
         self.record(
             actor,
             "search.view",
             f"search {search_id}",
             search_id=search_id,
             case_number=row["case_number"],
-            candidates=[int(fid) for f in results for fid, _score in f["candidates"]],
+            candidates=[int(fid) for f in rec["results"] for fid, _score in f["candidates"]],
         )
+        return rec
+
+    def _record_of(self, row: Any) -> dict[str, Any]:
+        """A search row as its record: what it showed, whether its candidates' files may
+        still be opened and whether its probe photo is kept. Records nothing."""
+        results = json.loads(row["result_json"])
         # The record shows whether its candidates' crops and images may still be opened
         # (:meth:`candidate_file` enforces it); a policy file tampered with hides nothing
         # here, so the defaults say how long.

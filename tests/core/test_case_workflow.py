@@ -1,0 +1,206 @@
+"""The rules of the case workflow (#13 items 2 and 3): candidate review by a first and a
+blind second examiner, never the same person, and the case file that shows a reader what
+they may see of a case and nothing more.
+
+Real LFW photos, a real SQLite data dir, the real core."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import lfw_image
+from conftest_api import PW, entries, seed
+from faceledger.accounts.auth import PermissionDenied
+from faceledger.core import Faceledger, SearchRequest
+from faceledger.errors import RefusedError
+from faceledger.search.searcher import NoFaceError
+
+CASE = "CASE-77"
+REQ = SearchRequest(CASE, "violent-crime", "CCTV still from the robbery", top_k=3)
+
+
+@pytest.fixture(scope="module")
+def fl(lfw: Path, analyzer: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faceledger]:
+    core = seed(lfw, tmp_path_factory.mktemp("cases"), analyzer)
+    root = core.login("root", PW)
+    core.add_user(root, "ivo", PW, "investigator", "north")  # ivy's colleague
+    core.save_policy(root, core.policy().with_value("daily_quota", "0"))
+    yield core
+    core.close()
+
+
+def search(fl: Faceledger, user: str, lfw: Path, who: str = "Al_Gore", n: int = 2) -> int:
+    res = fl.search(fl.login(user, PW), lfw_image(lfw, who, n).read_bytes(), REQ)
+    return int(res["search_id"])
+
+
+def top(fl: Faceledger, user: str, sid: int, rank: int = 0) -> dict[str, Any]:
+    return fl.get_search(fl.login(user, PW), sid)["shown"]["faces"][0]["candidates"][rank]
+
+
+def test_a_lead_needs_a_second_examiner_who_is_not_the_first(fl: Faceledger, lfw: Path) -> None:
+    """#13 item 3: the same user can never be both examiners of one candidate; a
+    possible-lead becomes a lead only with a second investigator's possible-lead; an
+    investigator of another unit cannot take the second examination; decisions are final."""
+    sid = search(fl, "ivy", lfw)
+    fid = top(fl, "ivy", sid)["face_id"]
+    ivy, ivo, ian = (fl.login(u, PW) for u in ("ivy", "ivo", "ian"))
+
+    state = fl.review(ivy, sid, fid, "possible-lead", "same ear shape and scar above the brow")
+    assert state["status"] == "awaiting-second" and state["first"]["examiner"] == "ivy"
+    with pytest.raises(PermissionDenied, match="another investigator"):
+        fl.review(ivy, sid, fid, "possible-lead", "I am sure")
+    with pytest.raises(PermissionDenied):  # south unit: not theirs to examine
+        fl.review(ian, sid, fid, "possible-lead", "looks alike")
+    denied = entries(fl, "authz.denied")
+    assert denied[-2].details.get("reason") == "same-examiner"  # recorded, as ian's was
+
+    other = top(fl, "ivy", sid, 1)["face_id"]  # ivo may read the search now, but the
+    with pytest.raises(PermissionDenied, match="investigator who searched"):  # first
+        fl.review(ivo, sid, other, "excluded", "not him")  # decisions are ivy's
+    state = fl.review(ivo, sid, fid, "possible-lead", "nose bridge and hairline agree")
+    assert state["status"] == "lead"
+    assert (state["first"]["examiner"], state["second"]["examiner"]) == ("ivy", "ivo")
+    for who in (ivy, ivo):
+        with pytest.raises(RefusedError, match="all the decisions"):
+            fl.review(who, sid, fid, "excluded", "changed my mind")
+
+    reviews = entries(fl, "candidate.review")[-2:]
+    assert [(e.actor, e.details["stage"], e.details["decision"]) for e in reviews] == [
+        ("ivy", "first", "possible-lead"),
+        ("ivo", "second", "possible-lead"),
+    ]
+    assert all(e.target == CASE and "reason_sha256" in e.details for e in reviews)
+
+
+def test_the_second_decision_is_blind(fl: Faceledger, lfw: Path) -> None:
+    """#13 item 3: the second examiner records a decision without seeing the first one's:
+    not in the record, the queue, the case file or its ledger entries; supervisors see it,
+    and disagreement is flagged once both have decided."""
+    sid = search(fl, "ivy", lfw, "Adrien_Brody", 2)
+    fid = top(fl, "ivy", sid)["face_id"]
+    ivy, ivo, sam = (fl.login(u, PW) for u in ("ivy", "ivo", "sam"))
+    fl.review(ivy, sid, fid, "possible-lead", "distinctive jaw line")
+
+    queue = fl.review_queue(ivo)
+    assert {"search_id": sid, "face_id": fid} in [
+        {"search_id": q["search_id"], "face_id": q["face_id"]} for q in queue
+    ]
+    assert all("decision" not in q and "reason" not in q for q in queue)
+    assert not [q for q in fl.review_queue(ivy) if q["search_id"] == sid]
+
+    seen = top(fl, "ivo", sid)["review"]
+    assert seen["status"] == "awaiting-second" and seen["first"] is None and seen["blind"]
+    assert seen["can_decide"] is True
+    file = fl.get_case(ivo, CASE)
+    assert not [r for r in file["reviews"] if r["search_id"] == sid]
+    assert "distinctive jaw line" not in repr(file)
+    assert not [
+        e
+        for e in file["entries"]
+        if e["action"] == "candidate.review" and e["details"]["search_id"] == sid
+    ]
+    assert top(fl, "sam", sid)["review"]["first"]["reason"] == "distinctive jaw line"
+
+    fl.review(ivo, sid, fid, "excluded", "different ear lobes")
+    after = top(fl, "ivo", sid)["review"]
+    assert after["status"] == "disagreement" and after["first"]["decision"] == "possible-lead"
+    flagged = [c for c in fl.get_case(sam, CASE)["candidates"] if c["status"] == "disagreement"]
+    assert (sid, fid) in [(c["search_id"], c["face_id"]) for c in flagged]
+
+
+def test_review_input_is_checked(fl: Faceledger, lfw: Path) -> None:
+    """#13 item 3: a reason is required; the decision is one of three; only the search's
+    candidates; only the searcher gives the first decision; supervisors do not review."""
+    sid = search(fl, "ivy", lfw, "Aaron_Peirsol", 2)
+    c = top(fl, "ivy", sid)
+    ivy = fl.login("ivy", PW)
+    with pytest.raises(RefusedError) as err:
+        fl.review(ivy, sid, c["face_id"], "possible-lead", "  ")
+    assert err.value.code == "missing-reason" and err.value.fields == ("reason",)
+    with pytest.raises(RefusedError) as err:
+        fl.review(ivy, sid, c["face_id"], "match", "certain")
+    assert err.value.code == "bad-decision"
+    with pytest.raises(RefusedError) as err:
+        fl.review(ivy, sid, 999_999, "excluded", "not him")
+    assert err.value.code == "not-a-candidate"
+    with pytest.raises(PermissionDenied):  # a colleague cannot make the first decision
+        fl.review(fl.login("ivo", PW), sid, c["face_id"], "excluded", "not him")
+    with pytest.raises(PermissionDenied):
+        fl.review(fl.login("sam", PW), sid, c["face_id"], "excluded", "not him")
+    assert c["review"] == {
+        "status": "unreviewed",
+        "first": None,
+        "second": None,
+        "blind": False,
+        "can_decide": True,
+    }
+    state = fl.review(ivy, sid, c["face_id"], "inconclusive", "too blurred to say")
+    assert state["status"] == "inconclusive"
+    with pytest.raises(RefusedError, match="all the decisions"):  # no second for these
+        fl.review(ivy, sid, c["face_id"], "excluded", "not him")
+
+
+def test_the_case_file_shows_each_reader_what_they_may_see(fl: Faceledger, lfw: Path) -> None:
+    """#13 item 2: every search (also one with no face) and verify in the case, requests,
+    reviews, notes and the ledger entries; an investigator of another unit who writes the
+    same case number sees only their own work; auditors see all; each view recorded."""
+    ivy, ian, ada, sam = (fl.login(u, PW) for u in ("ivy", "ian", "ada", "sam"))
+    with pytest.raises(RefusedError) as err:
+        fl.get_case(ian, CASE)
+    assert err.value.code == "no-such-case"
+
+    blank = blank_photo()
+    with pytest.raises(NoFaceError):
+        fl.search(ivy, blank, REQ)
+    photo = lfw_image(lfw, "Al_Gore", 2).read_bytes()
+    vid = fl.verify(ivy, photo, lfw_image(lfw, "Al_Gore", 3).read_bytes(), REQ)["verify_id"]
+    note = fl.add_case_note(ivy, CASE, "Witness says the man wore glasses")
+
+    file = fl.get_case(ivy, CASE)
+    assert file["case_number"] == CASE
+    assert any(s["faces"] == 0 for s in file["searches"])  # the search with no face
+    assert [v["id"] for v in file["verifications"]] == [vid]
+    assert file["verifications"][0]["outcome"] == "compared"
+    assert [n["id"] for n in file["notes"]] == [note]
+    actions = {e["action"] for e in file["entries"]}
+    assert {"search", "verify", "case.note", "candidate.review"} <= actions
+    assert file["head"]["seq"] >= max(e["seq"] for e in file["entries"])
+    assert {c["status"] for c in file["candidates"]} >= {"lead", "unreviewed"}
+    lead = next(r for r in file["reviews"] if r["stage"] == "second")
+    assert lead["ledger_hash"] == next(
+        e["hash"] for e in file["entries"] if e["seq"] == lead["ledger_seq"]
+    )
+
+    own = search(fl, "ian", lfw, "Abdullah_Gul", 2)
+    theirs = fl.get_case(ian, CASE)
+    assert [s["id"] for s in theirs["searches"]] == [own]
+    assert not theirs["verifications"] and not theirs["notes"]
+    assert {e["actor"] for e in theirs["entries"]} == {"ian"}
+
+    everything = fl.get_case(ada, CASE)
+    assert {s["username"] for s in everything["searches"]} == {"ivy", "ian"}
+    assert len(everything["searches"]) == len(file["searches"]) + 1
+    unit = fl.get_case(sam, CASE)  # supervisor of north: ivy's and ivo's work, not ian's
+    assert {s["username"] for s in unit["searches"]} == {"ivy"}
+    assert [n["id"] for n in unit["notes"]] == [note]
+
+    views = entries(fl, "case.view")
+    assert [e.actor for e in views[-4:]] == ["ivy", "ian", "ada", "sam"]
+    with pytest.raises(RefusedError) as err:
+        fl.add_case_note(ian, "CASE-NOBODY", "a note on nothing")
+    assert err.value.code == "no-such-case"
+
+
+def blank_photo() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (200, 200), (128, 140, 150)).save(buf, format="JPEG")
+    return buf.getvalue()
