@@ -11,7 +11,9 @@ import typer
 from faceledger.cli.common import AsUser, DataDir, dump, out
 from faceledger.cli.session import session
 
-cases_app = typer.Typer(help="Case requests and supervisor approval.", no_args_is_help=True)
+cases_app = typer.Typer(
+    help="Cases: requests, supervisor approval, the case file and notes.", no_args_is_help=True
+)
 policy_app = typer.Typer(help="Search policy (admin).", no_args_is_help=True)
 
 
