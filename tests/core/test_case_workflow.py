@@ -266,9 +266,40 @@ def test_api_and_cli_review_and_show_the_case(fl: Faceledger, lfw: Path, monkeyp
     assert r.exit_code == 0, r.output
     r = runner.invoke(cli_app, ["cases", "show", CASE, *data, "--json"])
     file = json.loads(r.stdout)
+    assert "same mole on the cheek" in r.stdout and "Lead passed" in r.stdout
     assert any(c["search_id"] == sid and c["status"] == "lead" for c in file["candidates"]), file[
         "candidates"
     ]
-    r = runner.invoke(cli_app, ["cases", "show", CASE, *data], env={"COLUMNS": "300"})
+    r = runner.invoke(cli_app, ["cases", "show", CASE, *data])
     assert r.exit_code == 0 and "not identifications" in r.output
-    assert "same mole on the cheek" in r.output and "Lead passed" in r.output
+    assert "candidates reviewed" in r.output and "ledger" in r.output
+
+
+def test_chance_level_candidates_follow_the_policy_line(fl: Faceledger, lfw: Path) -> None:
+    """#13 item 6: a candidate is at chance level when its expected false candidates at the
+    gallery's size reaches the policy's lead_max_expected_false (default 1); the record
+    keeps the line in force when the search ran."""
+    root = fl.login("root", PW)
+    assert fl.policy().lead_max_expected_false == 1.0
+    sid = search(fl, "ivy", lfw, "Al_Gore", 4)
+    shown = fl.get_search(fl.login("ivy", PW), sid)["shown"]
+    assert shown["lead_max_expected_false"] == 1.0
+    cands = shown["faces"][0]["candidates"]
+    assert [c["chance_level"] for c in cands] == [
+        c["expected_false_candidates"] >= 1.0 for c in cands
+    ]
+    assert not cands[0]["chance_level"] and any(c["chance_level"] for c in cands)
+    # a stricter line: every candidate expected to have even 1e-12 false ones is apart
+    fl.save_policy(root, fl.policy().with_value("lead_max_expected_false", "1e-12"))
+    try:
+        again = fl.get_search(fl.login("ivy", PW), search(fl, "ivy", lfw, "Al_Gore", 4))
+        assert all(c["chance_level"] for c in again["shown"]["faces"][0]["candidates"])
+        assert again["shown"]["lead_max_expected_false"] == 1e-12
+        old = fl.get_search(fl.login("ivy", PW), sid)["shown"]  # what it showed then
+        assert [c["chance_level"] for c in old["faces"][0]["candidates"]] == [
+            c["chance_level"] for c in cands
+        ]
+        with pytest.raises(ValueError, match="lead_max_expected_false"):
+            fl.policy().with_value("lead_max_expected_false", "0")
+    finally:
+        fl.save_policy(root, fl.policy().with_value("lead_max_expected_false", "1"))

@@ -46,6 +46,10 @@ class Policy:
     # crops and source images; afterwards the record keeps ids and scores only
     result_view_days: int = 30
     daily_detect_quota: int = 200  # face detections on probe photos per user per UTC day
+    # Candidates whose expected false candidates at the gallery's size is at least this are
+    # at chance level: shown apart, collapsed, under a sentence saying chance matches are
+    # expected at their scores (they can still be reviewed).
+    lead_max_expected_false: float = 1.0
 
     def validate(self) -> None:
         if not self.purposes:
@@ -69,6 +73,8 @@ class Policy:
             and 0 <= self.image_retention_days <= MAX_RETENTION_DAYS
         ):
             raise ValueError(f"retention days must be between 0 and {MAX_RETENTION_DAYS}")
+        if not 0.0 < self.lead_max_expected_false <= 1e6:
+            raise ValueError("lead_max_expected_false must be above 0 and at most 1000000")
         if not 0.0 <= self.optout_threshold <= 1.0:
             raise ValueError("optout_threshold is a cosine score between 0 and 1 (0: calibrated)")
 

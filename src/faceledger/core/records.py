@@ -13,7 +13,7 @@ from sqlalchemy import case, exists, or_, select, true
 from faceledger.accounts import auth
 from faceledger.accounts.auth import Actor, PermissionDenied
 from faceledger.cases.policy import Policy
-from faceledger.core.searching import SearchDoor
+from faceledger.core.searching import SearchDoor, mark_chance_level
 from faceledger.db.schema import case_requests, probes, reviews, searches, users
 from faceledger.errors import PolicyTamperedError, RefusedError
 from faceledger.vision.decode import decode_image
@@ -222,6 +222,13 @@ class RecordsDoor(SearchDoor):
         if not row["shown_json"]:
             return None
         shown = dict(json.loads(row["shown_json"]))
+        if "lead_max_expected_false" not in shown:  # stored before chance level was marked
+            try:
+                line = self.policy().lead_max_expected_false
+            except PolicyTamperedError:
+                line = Policy().lead_max_expected_false
+            shown["lead_max_expected_false"] = line
+            mark_chance_level(shown["faces"], line)
         ids = [int(fid) for f in results for fid, _score in f["candidates"]]
         present = set(self.store.candidates(ids)) if ids else set()
         for face in shown["faces"]:

@@ -50,6 +50,17 @@ def shown_face(face: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def mark_chance_level(faces: list[dict[str, Any]], lead_max_expected_false: float) -> None:
+    """Mark each candidate ``chance_level`` when its expected false candidates at the
+    gallery's size reaches the policy's ``lead_max_expected_false``: at that score a
+    different person is expected among the candidates by chance. Without a calibration
+    nothing can be said (False; the page says the scores are uncalibrated)."""
+    for face in faces:
+        for c in face["candidates"]:
+            expected = c.get("expected_false_candidates")
+            c["chance_level"] = expected is not None and expected >= lead_max_expected_false
+
+
 def canonical_json(doc: Any) -> str:
     """The one text form of a stored document, so its SHA-256 can be recomputed."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -303,6 +314,7 @@ class SearchDoor(CasesDoor):
             best = max(probe_faces, key=lambda pf: probes.iou(pf["bbox"], face_box), default=None)
             for pf in probe_faces:
                 pf["selected"] = pf is best
+        mark_chance_level(probe_faces, pol.lead_max_expected_false)
         summary = [
             {
                 "face": pf["face_index"],
@@ -320,6 +332,7 @@ class SearchDoor(CasesDoor):
             "calibration": calib.version if calib else None,
             "policy_sha256": pol.sha256(),
             "min_probe_quality": pol.min_probe_quality,
+            "lead_max_expected_false": pol.lead_max_expected_false,
             "notice": LEADS_NOTICE,
             "faces": [shown_face(pf) for pf in probe_faces],
         }

@@ -26,10 +26,10 @@ ROUTERS = (
     ingest.router,
     erasure.router,
     cases.router,
-    casefile.router,
     audit.router,
     accounts.router,
     policy.router,
+    casefile.router,  # last: /cases/{case_number:path} takes what is left
 )
 
 # All of the API in one router, its routes as the domain routers made them (full paths, in

@@ -1,4 +1,7 @@
-"""Case files, candidate reviews and case notes."""
+"""Case files, candidate reviews and case notes.
+
+A case number may hold slashes (``CR/2026/114``): the case routes take the rest of the path,
+so this router comes last (see ``routes.ROUTERS``)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ router = APIRouter(prefix=API)
 CaseNumber = Path(min_length=1, max_length=100, description="The case number")
 
 
-@router.get("/cases/{case_number}", response_model=CaseFileOut, responses=ERRORS, tags=["cases"])
+@router.get("/cases/{case_number:path}", response_model=CaseFileOut, responses=ERRORS, tags=["cases"])
 def get_case(ctx: Ctx, actor: CurrentActor, case_number: str = CaseNumber) -> dict[str, Any]:
     """The case file: every search (also those with no candidate) and verify in the case,
     approvals, reviews, notes and the case's ledger entries, as far as you may see them
@@ -29,7 +32,7 @@ def get_case(ctx: Ctx, actor: CurrentActor, case_number: str = CaseNumber) -> di
 
 
 @router.post(
-    "/cases/{case_number}/notes",
+    "/cases/{case_number:path}/notes",
     status_code=201,
     response_model=CreatedOut,
     responses=ERRORS,

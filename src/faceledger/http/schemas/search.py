@@ -56,6 +56,11 @@ class CandidateOut(BaseModel):
         description="In a search record: the face has since been erased from the gallery "
         "(its crop and image are gone; the record keeps what was shown)",
     )
+    chance_level: bool | None = Field(
+        None,
+        description="Expected false candidates at this gallery size reach the policy's "
+        "lead_max_expected_false: at this score chance matches are expected (shown apart)",
+    )
     review: ReviewStateOut | None = Field(
         None, description="In a search record: where the candidate's review stands, for you"
     )
@@ -168,6 +173,9 @@ class SearchShownOut(BaseModel):
     calibration: str | None
     policy_sha256: str
     min_probe_quality: float
+    lead_max_expected_false: float | None = Field(
+        None, description="The policy's chance-level line when the search ran"
+    )
     notice: str
     faces: list[ProbeFaceOut]
 

@@ -76,6 +76,8 @@ def nav_for(actor: Actor | None) -> list[tuple[str, str]]:
     if actor.can("view_search"):
         items.append(("/searches", "Searches"))
     items.append(("/cases", "Cases"))
+    if actor.can("review_candidate"):
+        items.append(("/reviews", "Reviews"))
     if actor.can("read_ledger") or actor.can("report") or actor.can("verify_ledger"):
         items.append(("/audit", "Audit"))
     if actor.can("manage_users"):
