@@ -66,6 +66,7 @@ def test_a_search_is_stored_with_everything_it_showed(fl: Faceledger, lfw: Path)
         "box": faces[right]["bbox"],
         "face_index": right,
         "faces_in_photo": len(faces),
+        "marked_by_hand": False,  # #13 item 5: a detected face was picked
     }
     searcher = fl.searcher()
     assert shown["gallery_faces"] == result["gallery_faces"] == 4

@@ -39,6 +39,15 @@ def search(
     top_k: Annotated[
         int, typer.Option("--top-k", min=1, max=1000, help="Candidates per face.")
     ] = 10,
+    face_box: Annotated[
+        str | None,
+        typer.Option(
+            "--face-box",
+            metavar="X0,Y0,X1,Y1",
+            help="Search only this face (photo pixels: left,top,right,bottom). A box that "
+            "picks none of the faces the detector finds is searched as a face marked by hand.",
+        ),
+    ] = None,
     model_dir: ModelDir = None,
     device: Device = "cpu",
     data_dir: DataDir = None,
@@ -48,7 +57,12 @@ def search(
     """Find the faces in PHOTO and list ranked gallery candidates for each (investigator)."""
     from faceledger.core import SearchRequest
     from faceledger.search.searcher import LEADS_NOTICE, NoFaceError
+    from faceledger.vision.probes import BadBoxError, parse_box
 
+    try:
+        box = parse_box(face_box, "--face-box")
+    except BadBoxError as exc:
+        fail(f"bad-face-box: {exc}")
     try:
         data = photo.read_bytes()
     except OSError as exc:
@@ -56,7 +70,7 @@ def search(
     req = SearchRequest(case, purpose, justification, request, top_k)
     with session(data_dir, as_user, model_dir=model_dir, device=device) as (fl, actor):
         try:
-            result = fl.search(actor, data, req)
+            result = fl.search(actor, data, req, box)
         except NoFaceError as exc:
             if as_json:
                 dump({"probe": str(photo), "faces": [], "error": str(exc)})
@@ -69,7 +83,18 @@ def search(
         f"search {result['search_id']} for case {result['case_number']} ({result['purpose']}): "
         f"probe {photo}, {len(result['faces'])} face(s), gallery of {result['gallery_faces']} faces"
     )
+    print_picked(result["picked"])
     print_faces(result["faces"])
+
+
+def print_picked(picked: dict[str, Any] | None) -> None:
+    """Which face a search with a face box searched, where it was marked by hand."""
+    if picked and picked.get("marked_by_hand"):
+        box = ", ".join(str(v) for v in picked["box"])
+        out.print(
+            f"[bold]face marked by hand[/] (box {box}): no detector found it; landmarks "
+            "were fitted inside the box"
+        )
 
 
 def print_faces(faces: list[dict[str, Any]]) -> None:
@@ -185,6 +210,7 @@ def searches_show(
         f"gallery of {shown['gallery_faces']} faces, model {shown['model_id']}, calibration "
         f"{shown['calibration'] or 'none'}, policy {shown['policy_sha256'][:16]}"
     )
+    print_picked(shown.get("picked"))
     print_faces(shown["faces"])
 
 

@@ -49,6 +49,7 @@ OPTION_OF_FIELD = {
     "purpose": "--purpose",
     "justification": "--justification",
     "request_id": "--request",
+    "face_box": "--face-box",
 }
 
 

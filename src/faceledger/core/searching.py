@@ -39,6 +39,17 @@ from faceledger.vision.analysis import FaceAnalyzer
 from faceledger.vision.decode import DecodeError, decode_probe
 
 SERVER_PATHS = ("crop_path", "image_path")  # where files live on this server: never shown
+# A face_box picks the detected face it overlaps by at least this (intersection over union);
+# where none does, the box itself is the face, marked by hand.
+PICK_MIN_IOU = 0.3
+
+
+def picked_face(boxes: list[list[int]], face_box: list[int]) -> int | None:
+    """The index of the detected face ``face_box`` picks, or None where it overlaps none
+    enough (:data:`PICK_MIN_IOU`): then it marks a face by hand."""
+    overlaps = [probes.iou(b, face_box) for b in boxes]
+    near = max(range(len(boxes)), key=overlaps.__getitem__, default=None)
+    return near if near is not None and overlaps[near] >= PICK_MIN_IOU else None
 
 
 def shown_face(face: dict[str, Any]) -> dict[str, Any]:
@@ -196,6 +207,20 @@ class SearchDoor(CasesDoor):
             self.record(actor, action, case, **what, error=exc.reason)
             raise
 
+    def _check_face_box(
+        self, actor: Actor, case: str, field_name: str, box: list[int], img: Any
+    ) -> None:
+        """Refuse (``bad-face-box``, recorded as ``search.refused``) a face box that is not a
+        face-sized box inside the decoded photo."""
+        problem = probes.box_problem(box, img.width, img.height)
+        if problem is None:
+            return
+        message = f"{field_name}: {problem}"
+        self.record(
+            actor, "search.refused", case, reason="bad-face-box", box=list(box), detail=message
+        )
+        raise RefusedError("bad-face-box", message, (field_name,))
+
     def _insert_comparison(
         self,
         conn: Any,
@@ -245,37 +270,56 @@ class SearchDoor(CasesDoor):
 
         With ``face_box`` the probe is the region around that face with any other face found
         there painted out, so the other people in the photo are not compared; the ledger
-        entry names the whole photo's hash and the region used."""
+        entry names the whole photo's hash and the region used. Where the box picks none of
+        the faces the detector finds (:func:`picked_face`), the box itself is the face:
+        landmarks fitted inside it, aligned and embedded as usual, and the result
+        (``picked.marked_by_hand``), the stored record and the ledger entry say it was
+        marked by hand. A box under 20 px a side or outside the photo is refused
+        (``bad-face-box``, recorded)."""
         pol = self.authorise_search(actor, req)
         top_k = max(1, min(req.top_k, pol.max_candidates))
         photo_sha = hashlib.sha256(photo).hexdigest()
         img = self._decode_probe(
             actor, photo, "search.bad_probe", req.case_number, probe_sha256=photo_sha
         )
+        if face_box is not None:
+            self._check_face_box(actor, req.case_number, "face_box", face_box, img)
         region: list[int] | None = None
         picked: dict[str, Any] | None = None
+        by_hand = False
         probe = photo
         with self.analysis_lock:
             searcher = self.searcher()
             pixels = img.pixels
             if face_box is not None:
-                if face_box[2] > img.width or face_box[3] > img.height:
-                    raise RefusedError("bad-face-box", "face_box lies outside the photo")
                 found = searcher.analyzer.detector.detect(pixels)
                 boxes = [d.bbox.as_list() for d in found]
                 overlaps = [probes.iou(b, face_box) for b in boxes]
-                others = [b for b, o in zip(boxes, overlaps, strict=True) if o < 0.3]
                 # which of the photo's faces (as detect lists them) was picked, if any
-                near = max(range(len(boxes)), key=overlaps.__getitem__, default=None)
+                near = picked_face(boxes, face_box)
+                by_hand = near is None
+                others = [
+                    b
+                    for b, o in zip(boxes, overlaps, strict=True)
+                    if o < PICK_MIN_IOU and not (by_hand and probes.contains_centre(face_box, b))
+                ]
                 picked = {
                     "box": list(face_box),
-                    "face_index": near if near is not None and overlaps[near] >= 0.3 else None,
+                    "face_index": near,
                     "faces_in_photo": len(boxes),
+                    "marked_by_hand": by_hand,
                 }
                 region = probes.region_around(face_box, img.width, img.height)
                 pixels = probes.masked_region(pixels, region, others)
                 probe = probes.png_bytes(pixels)
-            faces = searcher.analyzer.analyze(pixels)
+            if by_hand:
+                # no detected face is the one asked for: the box itself is the face
+                assert face_box is not None and region is not None
+                x0, y0 = region[0], region[1]
+                inside = [face_box[0] - x0, face_box[1] - y0, face_box[2] - x0, face_box[3] - y0]
+                faces = [searcher.analyzer.face_in_box(pixels, inside)]
+            else:
+                faces = searcher.analyzer.analyze(pixels)
             searchable = [f for f in faces if f.quality >= pol.min_probe_quality]
             results = searcher.search_faces(searchable, top_k) if searchable else []
             gallery_faces = len(searcher.indexes.sync())
@@ -346,6 +390,8 @@ class SearchDoor(CasesDoor):
             }
             if region is not None:
                 details |= {"photo_sha256": photo_sha, "probe_region": region}
+            if by_hand:
+                details["marked_by_hand"] = True
             sid = self._insert_comparison(
                 conn,
                 actor,
@@ -407,13 +453,15 @@ class SearchDoor(CasesDoor):
         (shared with searches) checked by :meth:`authorise_search`; the probe-quality minimum
         applies to both faces. Every comparison, also one that finds no face, is stored in
         ``verifications`` and the ledger (hashes and score, no image). The face is the one
-        matching ``box_*`` or else the largest in each photo."""
+        ``box_*`` picks (see :func:`picked_face`), the box itself where it picks no detected
+        face (marked by hand: the result and the ledger say so), or else the largest."""
         self._check_case_lengths(req.case_number, req.purpose, req.justification)
         self.require(actor, "verify", req.case_number)
         pol = self.authorise_search(actor, req)
         shas = [hashlib.sha256(p).hexdigest() for p in (photo_a, photo_b)]
         chosen: list[Face | None] = []
         counts: list[int] = []
+        hand: list[str] = []  # the photos whose face was marked by hand
         for label, data, sha, box in (
             ("A", photo_a, shas[0], box_a),
             ("B", photo_b, shas[1], box_b),
@@ -421,16 +469,26 @@ class SearchDoor(CasesDoor):
             img = self._decode_probe(
                 actor, data, "verify.bad_photo", req.case_number, photo=label, photo_sha256=sha
             )
+            if box is not None:
+                self._check_face_box(actor, req.case_number, f"face_box_{label.lower()}", box, img)
             with self.analysis_lock:
-                found = self.searcher().analyzer.analyze(img.pixels)
+                analyzer = self.searcher().analyzer
+                found = analyzer.analyze(img.pixels)
+                near = (
+                    None
+                    if box is None
+                    else picked_face([f.detection.bbox.as_list() for f in found], box)
+                )
+                if box is not None and near is None:
+                    # no detected face is the one asked for: the box itself is the face
+                    hand.append(label)
+                    chosen.append(analyzer.face_in_box(img.pixels, box))
+                elif near is not None:
+                    chosen.append(found[near])
+                else:
+                    chosen.append(max(found, key=lambda f: f.size) if found else None)
             del img
             counts.append(len(found))
-            if not found:
-                chosen.append(None)
-            elif box is not None:
-                chosen.append(max(found, key=lambda f: probes.iou(f.detection.bbox.as_list(), box)))
-            else:
-                chosen.append(max(found, key=lambda f: f.size))
         searcher = self.searcher()
         calib, model_id = searcher.calibration, searcher.analyzer.model_id
         missing = [label for label, f in zip("AB", chosen, strict=True) if f is None]
@@ -466,6 +524,7 @@ class SearchDoor(CasesDoor):
                     "outcome": outcome,
                     "score": rounded,
                     "est_fmr": None if est is None else est.fmr,
+                    **({"marked_by_hand": hand} if hand else {}),
                 },
             )
         if missing:
@@ -493,6 +552,7 @@ class SearchDoor(CasesDoor):
                     "bbox": f.detection.bbox.as_list(),
                     "quality": f.quality,
                     "warnings": probes.quality_warnings(f.size, f.sharpness, f.yaw),
+                    "marked_by_hand": label in hand,
                 }
                 for label, sha, n, f in zip("AB", shas, counts, chosen, strict=True)
                 if f is not None

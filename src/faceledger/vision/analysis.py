@@ -12,12 +12,13 @@ import io
 import numpy as np
 from PIL import Image
 
-from faceledger.types import Detection, Face
+from faceledger.types import BBox, Detection, Face
 from faceledger.vision.detection import Detector, Landmarker, create_detector
 from faceledger.vision.embedding import Embedder
 from faceledger.vision.quality import assess
 from faceledger.vision.routing import create_embedder
 
+HAND = "hand"  # Detection.detector of a face marked by hand
 CROP_SIDE = 160
 CROP_MARGIN = 0.3
 
@@ -74,6 +75,15 @@ class FaceAnalyzer:
                 )
             )
         return faces
+
+    def face_in_box(self, image: np.ndarray, box: list[int]) -> Face:
+        """The face a person marked by hand with ``box`` (left, top, right, bottom), where no
+        detector found one: the box is the detection (``detector="hand"``); the 5 landmarks
+        are fitted inside it (dlib's shape predictor takes any rectangle), then the face is
+        aligned, embedded and assessed like a detected one."""
+        left, top, right, bottom = box
+        det = Detection(bbox=BBox(left, top, right, bottom), score=0.0, detector=HAND)
+        return self.faces_from_detections(image, [det])[0]
 
     def analyze(self, image: np.ndarray) -> list[Face]:
         return self.faces_from_detections(image, self.detector.detect(image))

@@ -14,6 +14,9 @@ import numpy as np
 
 # A face box larger than this (pixels, any side) is no photo this server decodes.
 MAX_BOX_COORD = 1_000_000
+# The smallest face box (pixels a side) a face is searched in: below it a face has too few
+# pixels for landmarks and a recognisable vector (the quality model rates such faces 0).
+MIN_BOX_SIDE = 20
 
 
 class BadBoxError(ValueError):
@@ -43,6 +46,31 @@ def parse_box(text: str | None, field_name: str = "face_box") -> list[int] | Non
     if box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
         raise BadBoxError(field_name)
     return box
+
+
+def box_problem(box: Sequence[int], width: int, height: int) -> str | None:
+    """Why ``box`` (left, top, right, bottom) cannot be a face in a ``width`` x ``height``
+    photo, or None: it must be four ordered coordinates inside the photo, at least
+    :data:`MIN_BOX_SIDE` pixels a side."""
+    if len(box) != 4:
+        return "a face box is four numbers: left,top,right,bottom"
+    left, top, right, bottom = box
+    if right <= left or bottom <= top:
+        return "a face box needs right > left and bottom > top"
+    if min(box) < 0 or right > width or bottom > height:
+        return f"the face box lies outside the photo ({width}x{height} pixels)"
+    if min(right - left, bottom - top) < MIN_BOX_SIDE:
+        return (
+            f"the face box is {right - left}x{bottom - top} pixels: a face needs at least "
+            f"{MIN_BOX_SIDE} pixels a side"
+        )
+    return None
+
+
+def contains_centre(outer: Sequence[int], inner: Sequence[int]) -> bool:
+    """Whether the centre of box ``inner`` lies inside box ``outer``."""
+    cx, cy = (inner[0] + inner[2]) / 2, (inner[1] + inner[3]) / 2
+    return outer[0] <= cx <= outer[2] and outer[1] <= cy <= outer[3]
 
 
 def iou(a: Sequence[int], b: Sequence[int]) -> float:

@@ -21,7 +21,9 @@ router = APIRouter(prefix=API)
 CaseNumber = Path(min_length=1, max_length=100, description="The case number")
 
 
-@router.get("/cases/{case_number:path}", response_model=CaseFileOut, responses=ERRORS, tags=["cases"])
+@router.get(
+    "/cases/{case_number:path}", response_model=CaseFileOut, responses=ERRORS, tags=["cases"]
+)
 def get_case(ctx: Ctx, actor: CurrentActor, case_number: str = CaseNumber) -> dict[str, Any]:
     """The case file: every search (also those with no candidate) and verify in the case,
     approvals, reviews, notes and the case's ledger entries, as far as you may see them

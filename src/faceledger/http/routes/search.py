@@ -70,8 +70,11 @@ def create_search(
     face_box: Annotated[
         str,
         Form(
-            description="left,top,right,bottom of one face (from /detect): only that face is "
-            "searched",
+            description="left,top,right,bottom of one face in photo pixels (from /detect, "
+            "or drawn by hand): only that face is searched. A box that picks none of the "
+            "detected faces is searched as a face marked by hand (landmarks fitted inside it; "
+            "picked.marked_by_hand). At least 20 px a side, inside the photo, else 400 "
+            "bad-face-box",
             examples=["318,68,425,175"],
         ),
     ] = "",
@@ -124,8 +127,20 @@ def verify(
     purpose: FormStr = "",
     justification: FormStr = "",
     request_id: FormStr = "",
-    face_box_a: Annotated[str, Form(description="Which face in photo A (else the largest)")] = "",
-    face_box_b: Annotated[str, Form(description="Which face in photo B (else the largest)")] = "",
+    face_box_a: Annotated[
+        str,
+        Form(
+            description="Which face in photo A (else the largest); a box no detected face "
+            "fills is the face, marked by hand"
+        ),
+    ] = "",
+    face_box_b: Annotated[
+        str,
+        Form(
+            description="Which face in photo B (else the largest); a box no detected face "
+            "fills is the face, marked by hand"
+        ),
+    ] = "",
 ) -> dict[str, Any]:
     ctx.limit_search(actor)
     box_a, box_b = parse_box(face_box_a, "face_box_a"), parse_box(face_box_b, "face_box_b")

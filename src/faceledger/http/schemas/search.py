@@ -137,9 +137,14 @@ class PickedOut(BaseModel):
     box: list[int] = Field(description="The face_box asked for: left, top, right, bottom")
     face_index: int | None = Field(
         description="Which of the photo's faces (in /detect's order) it picked; null for a "
-        "region no detector found a face in"
+        "face marked by hand"
     )
     faces_in_photo: int
+    marked_by_hand: bool = Field(
+        False,
+        description="The box picked none of the faces the detector found, so the box itself "
+        "was searched as the face (landmarks fitted inside it): a face marked by hand",
+    )
 
 
 class SearchOut(BaseModel):
@@ -265,6 +270,7 @@ class VerifyOut(BaseModel):
                             "bbox": [68, 68, 175, 175],
                             "quality": 0.93,
                             "warnings": [],
+                            "marked_by_hand": False,
                         }
                     ],
                     "notice": LEADS_NOTICE,

@@ -1,5 +1,6 @@
-// The search page: pick or drop a photo, see its faces, pick one, search; the results are
-// the search's record page (record.js).
+// The search page: pick or drop a photo, see its faces, pick one (or mark one by hand: drag
+// a box on the photo, or type its pixels), search; the results are the search's record page
+// (record.js).
 "use strict";
 
 (() => {
@@ -21,8 +22,14 @@
   const searchStatus = $("search-status");
   const faceBoxInput = $("face_box");
   const picked = $("picked");
+  const stageInner = $("stage-inner");
+  const handBox = $("hand-box");
+  const handDetails = $("hand-details");
+  const HAND_FIELDS = ["hand-left", "hand-top", "hand-right", "hand-bottom"].map($);
 
-  const state = { file: null, faces: [], selected: null, objectUrl: null, busy: false };
+  // selected: a detected face's index, "hand" for a box marked by hand, or null.
+  // size: the photo's pixels as the server decoded it (face boxes are in these).
+  const state = { file: null, faces: [], selected: null, objectUrl: null, busy: false, size: null, drag: null };
 
   function setStatus(node, text, isError = false) {
     node.textContent = text;
@@ -78,6 +85,9 @@
     if (caseField && caseField.value.trim()) data.append("case_number", caseField.value.trim());
     try {
       const found = await api("/api/v1/detect", { method: "POST", body: data });
+      state.size = { width: found.width, height: found.height };
+      $("photo-size").textContent = `${found.width} × ${found.height}`;
+      handDetails.hidden = false;
       showFaces(found);
     } catch (err) {
       setStatus(detectStatus, `${err.message}${err.code ? ` (${err.code})` : ""}`, true);
@@ -86,10 +96,13 @@
 
   function reset() {
     if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
-    Object.assign(state, { file: null, faces: [], selected: null, objectUrl: null });
+    Object.assign(state, { file: null, faces: [], selected: null, objectUrl: null, size: null, drag: null });
     boxes.replaceChildren();
     facesList.replaceChildren();
     facesFieldset.hidden = true;
+    handBox.hidden = true;
+    handDetails.hidden = true;
+    HAND_FIELDS.forEach((f) => { f.value = ""; f.removeAttribute("aria-invalid"); });
     faceBoxInput.value = "";
     picked.textContent = "No face picked yet.";
     updateButton();
@@ -100,7 +113,12 @@
     state.faces = found.faces.slice().sort((a, b) => a.bbox[0] - b.bbox[0]);
     const n = state.faces.length;
     if (!n) {
-      setStatus(detectStatus, "No face was found in this photo. Try a sharper or larger photo.", true);
+      setStatus(
+        detectStatus,
+        "No face was found in this photo. If you can see one, draw a box around it on the photo " +
+          "(or type its box under “Mark a face by hand”) to search it as a face marked by hand.",
+        true,
+      );
       return;
     }
     setStatus(
@@ -165,6 +183,7 @@
 
   function select(i) {
     state.selected = i;
+    handBox.hidden = true;
     const face = state.faces[i];
     faceBoxInput.value = face.bbox.join(",");
     boxes.querySelectorAll(".box").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.face === String(i))));
@@ -177,6 +196,122 @@
   function updateButton() {
     searchBtn.disabled = state.busy || state.selected === null;
   }
+
+  // -- a face marked by hand --------------------------------------------------------------
+  // The server decides: a box that overlaps a detected face enough picks that face, any
+  // other box is searched as a face marked by hand. The page shows which it will be.
+  function iou(a, b) {
+    const ix = Math.max(0, Math.min(a[2], b[2]) - Math.max(a[0], b[0]));
+    const iy = Math.max(0, Math.min(a[3], b[3]) - Math.max(a[1], b[1]));
+    const inter = ix * iy;
+    const union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    return union > 0 ? inter / union : 0;
+  }
+
+  function boxProblem(box) {
+    const { width, height } = state.size;
+    if (box.some((v) => !Number.isFinite(v))) return "Enter all four numbers of the box.";
+    const [l, t, r, b] = box;
+    if (r <= l || b <= t) return "The box needs right > left and bottom > top.";
+    if (l < 0 || t < 0 || r > width || b > height) return `The box must lie inside the photo (${width} × ${height} pixels).`;
+    if (Math.min(r - l, b - t) < config.minBoxSide) return `The box is too small: a face needs at least ${config.minBoxSide} pixels a side.`;
+    return null;
+  }
+
+  function placeHandBox(box) {
+    const { width, height } = state.size;
+    const [l, t, r, b] = box;
+    handBox.style.left = `${(100 * l) / width}%`;
+    handBox.style.top = `${(100 * t) / height}%`;
+    handBox.style.width = `${(100 * (r - l)) / width}%`;
+    handBox.style.height = `${(100 * (b - t)) / height}%`;
+    handBox.hidden = false;
+  }
+
+  function useHandBox(box) {
+    const problem = boxProblem(box);
+    if (problem) {
+      setStatus(detectStatus, problem, true);
+      return false;
+    }
+    HAND_FIELDS.forEach((f, k) => { f.value = String(box[k]); f.removeAttribute("aria-invalid"); });
+    let best = -1;
+    state.faces.forEach((face, i) => {
+      if (iou(face.bbox, box) >= config.pickMinIou && (best < 0 || iou(face.bbox, box) > iou(state.faces[best].bbox, box))) best = i;
+    });
+    if (best >= 0) {
+      select(best);  // the box picks a face the detector found
+      setStatus(detectStatus, `Your box is face ${best + 1}, which the detector found: it is picked.`);
+      return true;
+    }
+    state.selected = "hand";
+    faceBoxInput.value = box.join(",");
+    boxes.querySelectorAll(".box").forEach((el) => el.setAttribute("aria-pressed", "false"));
+    facesList.querySelectorAll("input[type=radio]").forEach((radio) => { radio.checked = false; });
+    placeHandBox(box);
+    picked.textContent = `Face marked by hand (box ${box.join(", ")}): the landmarks will be fitted inside your box.`;
+    setStatus(detectStatus, "Face marked by hand.");
+    updateButton();
+    return true;
+  }
+
+  // The photo pixel under a pointer, inside the photo.
+  function photoPoint(event) {
+    const rect = img.getBoundingClientRect();
+    const { width, height } = state.size;
+    const x = ((event.clientX - rect.left) / rect.width) * width;
+    const y = ((event.clientY - rect.top) / rect.height) * height;
+    return [Math.min(width, Math.max(0, x)), Math.min(height, Math.max(0, y))];
+  }
+
+  // After a click or a refused drag: the box marked before (if any) stays where it was.
+  function restoreHandBox() {
+    if (state.selected === "hand") placeHandBox(faceBoxInput.value.split(",").map(Number));
+    else handBox.hidden = true;
+  }
+
+  function dragBox() {
+    const [x0, y0] = state.drag.start;
+    const [x1, y1] = state.drag.end;
+    return [Math.round(Math.min(x0, x1)), Math.round(Math.min(y0, y1)), Math.round(Math.max(x0, x1)), Math.round(Math.max(y0, y1))];
+  }
+
+  stageInner.addEventListener("pointerdown", (event) => {
+    // a detected face's box is a button: clicking it picks that face
+    if (!state.size || event.button !== 0 || event.target.closest("button")) return;
+    event.preventDefault();
+    try {
+      stageInner.setPointerCapture(event.pointerId);  // keep the drag when it leaves the photo
+    } catch {
+      // a pointer the browser no longer tracks: the drag still works inside the photo
+    }
+    const start = photoPoint(event);
+    state.drag = { id: event.pointerId, start, end: start };
+  });
+  stageInner.addEventListener("pointermove", (event) => {
+    if (!state.drag || event.pointerId !== state.drag.id) return;
+    state.drag.end = photoPoint(event);
+    placeHandBox(dragBox());
+  });
+  stageInner.addEventListener("pointerup", (event) => {
+    if (!state.drag || event.pointerId !== state.drag.id) return;
+    state.drag.end = photoPoint(event);
+    const box = dragBox();
+    state.drag = null;
+    const [l, t, r, b] = box;
+    if ((r - l < 3 && b - t < 3) || !useHandBox(box)) restoreHandBox();  // a click, or refused
+  });
+  stageInner.addEventListener("pointercancel", () => {
+    state.drag = null;
+    restoreHandBox();
+  });
+
+  $("hand-use").addEventListener("click", () => {
+    const box = HAND_FIELDS.map((f) => (f.value.trim() === "" ? NaN : Math.round(Number(f.value))));
+    const ok = useHandBox(box);
+    HAND_FIELDS.forEach((f) => (ok ? f.removeAttribute("aria-invalid") : f.setAttribute("aria-invalid", "true")));
+    if (!ok) HAND_FIELDS[0].focus();
+  });
 
   input.addEventListener("change", () => useFile(input.files[0]));
   ["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (e) => {
@@ -205,7 +340,7 @@
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (state.selected === null || !state.file) {
-      setStatus(searchStatus, "Pick a photo and a face first.", true);
+      setStatus(searchStatus, "Pick a photo and a face (or mark one by hand) first.", true);
       return;
     }
     const missing = ["case_number", "purpose", "justification"].filter((id) => !$(id).value.trim());

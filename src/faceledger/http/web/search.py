@@ -7,9 +7,11 @@ from fastapi.responses import Response
 
 from faceledger.cases.policy import Policy
 from faceledger.core import PolicyTamperedError
+from faceledger.core.searching import PICK_MIN_IOU
 from faceledger.http.searches import record_out
 from faceledger.http.web.deps import User
 from faceledger.http.web.render import render
+from faceledger.vision.probes import MIN_BOX_SIDE
 
 router = APIRouter(include_in_schema=False)
 
@@ -35,6 +37,8 @@ def search_page(request: Request, user: User) -> Response:
         approved=approved,
         max_upload_mb=round(user.ctx.settings.max_upload_bytes / (1024 * 1024)),
         gallery_faces=fl.gallery_size(actor),
+        min_box_side=MIN_BOX_SIDE,
+        pick_min_iou=PICK_MIN_IOU,
     )
 
 
