@@ -8,11 +8,22 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from faceledger.http.routes import accounts, audit, cases, erasure, ingest, policy, search, system
+from faceledger.http.routes import (
+    accounts,
+    audit,
+    cases,
+    compare,
+    erasure,
+    ingest,
+    policy,
+    search,
+    system,
+)
 
 ROUTERS = (
     system.router,
     search.router,
+    compare.router,
     ingest.router,
     erasure.router,
     cases.router,

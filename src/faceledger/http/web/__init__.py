@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from faceledger.http.web import account, admin, audit, cases, erasure, login, search
+from faceledger.http.web import account, admin, audit, cases, compare, erasure, login, search
 
 ROUTERS = (
     login.router,
     search.router,
+    compare.router,
     cases.router,
     audit.router,
     admin.router,
