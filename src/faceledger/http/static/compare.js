@@ -55,7 +55,8 @@
   $("zoom-out").addEventListener("click", () => setZoom(zoom - ZOOM_STEP));
   $("zoom-in").addEventListener("click", () => setZoom(zoom + ZOOM_STEP));
   $("show-landmarks").addEventListener("change", () => {
-    for (const side of SIDES) $(`marks-${side}`).hidden = !$("show-landmarks").checked;
+    // an SVG element has no "hidden" property: the chips' container shows or hides both
+    $("chips").classList.toggle("show-marks", $("show-landmarks").checked);
   });
 
   // -- one side: the chip with its landmarks, the full image with the face boxed ------------
