@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,10 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from conftest import RawDB, lfw_image, side_by_side
 from conftest_api import PW, entries, own_token, seed
 from faceledger.accounts.auth import PermissionDenied
+from faceledger.cli import app as cli_app
 from faceledger.core import Faceledger, SearchRequest
 from faceledger.errors import RefusedError
 from faceledger.http.app import create_app
@@ -295,3 +298,35 @@ def test_api_compares_a_candidate_and_verify_returns_chips(fl: Faceledger, lfw: 
             pts = np.array(f["chip_landmarks"])
             assert pts.shape == (5, 2) and (pts >= 0).all() and (pts < f["chip_size"]).all()
             assert f["image_width"] == 250 and len(f["landmarks"]) == 5
+
+
+def test_cli_writes_the_two_chips_and_the_side_by_side(
+    fl: Faceledger, lfw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#13 item 4: `faceledger compare SEARCH_ID --face FACE_ID [--probe FILE] --out DIR`
+    writes both chips and one side-by-side PNG and prints the score line; a wrong --probe
+    is refused."""
+    ivy = fl.login("ivy", PW)
+    photo_path = lfw_image(lfw, "Adrien_Brody", 3)
+    result = fl.search(ivy, photo_path.read_bytes(), REQ)
+    sid, fid = result["search_id"], top_candidate(result)["face_id"]
+    monkeypatch.setenv("FACELEDGER_TOKEN", own_token(fl, "ivy")[1])
+    runner = CliRunner()
+    data = ["--data-dir", str(fl.data_dir)]
+    base = ["compare", str(sid), "--face", str(fid), "--out", str(tmp_path / "out"), *data]
+    r = runner.invoke(cli_app, base)
+    assert r.exit_code != 0 and "not kept" in r.output
+    wrong = lfw_image(lfw, "Al_Gore", 2)
+    r = runner.invoke(cli_app, [*base, "--probe", str(wrong)])
+    assert r.exit_code != 0 and "not the one" in r.output
+    r = runner.invoke(cli_app, [*base, "--probe", str(photo_path), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["face_id"] == fid and doc["probe_source"] == "supplied"
+    out = tmp_path / "out"
+    probe_size = png_size((out / "probe-chip.png").read_bytes())
+    assert probe_size == png_size((out / "candidate-chip.png").read_bytes())
+    wide = png_size((out / "side-by-side.png").read_bytes())
+    assert wide[1] == 2 * probe_size[1] and wide[0] > 4 * probe_size[0]
+    r = runner.invoke(cli_app, [*base, "--probe", str(photo_path)])
+    assert r.exit_code == 0 and "not identifications" in r.output and "score" in r.output

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from faceledger.cli import audit, cases, evaluation, gallery, search, serve, users
+from faceledger.cli import audit, cases, compare, evaluation, gallery, search, serve, users
 from faceledger.cli.bench import bench_app
 
 __all__ = ["app"]
@@ -57,6 +57,7 @@ for command in (
     users.init,
     gallery.ingest,
     search.search,
+    compare.compare,
     search.embed,
     gallery.stats,
     gallery.erase,

@@ -179,3 +179,18 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarra
     out[: left.shape[0], : left.shape[1]] = left
     out[: right.shape[0], left.shape[1] + gap :] = right
     return out
+
+
+def side_by_side_png(
+    chips: Sequence[tuple[bytes, Sequence[Sequence[float]]]], scale: int = 2
+) -> bytes:
+    """Two chips (PNG bytes and their landmarks), scaled up ``scale`` times with the
+    landmarks drawn, next to each other: one PNG."""
+    drawn = []
+    for png, landmarks in chips:
+        with Image.open(io.BytesIO(png)) as img:
+            pixels = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        chip = AlignedChip(pixels, [list(map(float, p)) for p in landmarks], np.eye(2, 3))
+        drawn.append(with_landmarks(chip, scale))
+    left, right = drawn
+    return encode_png(side_by_side(left, right))
