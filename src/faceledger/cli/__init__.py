@@ -13,7 +13,17 @@ from typing import Annotated
 
 import typer
 
-from faceledger.cli import audit, casefile, cases, evaluation, gallery, search, serve, users
+from faceledger.cli import (
+    audit,
+    casefile,
+    cases,
+    compare,
+    evaluation,
+    gallery,
+    search,
+    serve,
+    users,
+)
 from faceledger.cli.bench import bench_app
 
 __all__ = ["app"]
@@ -57,6 +67,7 @@ for command in (
     users.init,
     gallery.ingest,
     search.search,
+    compare.compare,
     search.embed,
     casefile.review,
     gallery.stats,

@@ -25,6 +25,7 @@ from faceledger.core.base import (
     check_length,
     text_sha256,
 )
+from faceledger.core.compare import CompareDoor
 from faceledger.core.ledger import LedgerDoor
 from faceledger.errors import PolicyTamperedError, RefusedError
 
@@ -49,7 +50,8 @@ __all__ = [
 ]
 
 
-class Faceledger(LedgerDoor):
+class Faceledger(CompareDoor, LedgerDoor):
     """The one door: every entry point holds one of these and calls its methods. Its parts
     are stacked by what they build on (see ARCHITECTURE.md): :class:`CoreBase` (state,
-    ``require``, ``record``), accounts, cases, searching, gallery, ledger."""
+    ``require``, ``record``), accounts, cases, searching, gallery, ledger; and the side-by-side
+    comparison (``core/compare.py``)."""

@@ -13,6 +13,7 @@ from faceledger.http.routes import (
     audit,
     casefile,
     cases,
+    compare,
     erasure,
     ingest,
     policy,
@@ -23,6 +24,7 @@ from faceledger.http.routes import (
 ROUTERS = (
     system.router,
     search.router,
+    compare.router,
     ingest.router,
     erasure.router,
     cases.router,

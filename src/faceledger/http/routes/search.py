@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse, Response
 
 from faceledger.core import SearchRequest
+from faceledger.http.compare import verify_out
 from faceledger.http.deps import Ctx, CurrentActor, DbId, FormStr
 from faceledger.http.files import file_response
 from faceledger.http.parsing import parse_box, parse_request_id
@@ -141,13 +142,21 @@ def verify(
             "fills is the face, marked by hand"
         ),
     ] = "",
+    with_chips: Annotated[
+        bool,
+        Form(
+            description="Also return each face as the model aligned it, for a side-by-side "
+            "view: chip_png (base64 PNG), chip_size, chip_landmarks, landmarks, image_width, "
+            "image_height"
+        ),
+    ] = False,
 ) -> dict[str, Any]:
     ctx.limit_search(actor)
     box_a, box_b = parse_box(face_box_a, "face_box_a"), parse_box(face_box_b, "face_box_b")
     a = read_upload(photo_a, "photo_a")
     b = read_upload(photo_b, "photo_b")
     req = SearchRequest(case_number, purpose, justification, parse_request_id(request_id))
-    return ctx.fl.verify(actor, a, b, req, box_a, box_b)
+    return verify_out(ctx.fl.verify(actor, a, b, req, box_a, box_b, with_chips=with_chips))
 
 
 @router.get(

@@ -11,11 +11,22 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from faceledger.http.web import account, admin, audit, casefile, cases, erasure, login, search
+from faceledger.http.web import (
+    account,
+    admin,
+    audit,
+    casefile,
+    cases,
+    compare,
+    erasure,
+    login,
+    search,
+)
 
 ROUTERS = (
     login.router,
     search.router,
+    compare.router,
     cases.router,
     casefile.router,  # after cases: its /cases/{case_number:path} takes what is left
     audit.router,

@@ -73,6 +73,8 @@ def nav_for(actor: Actor | None) -> list[tuple[str, str]]:
     items = [("/", "Overview")]
     if actor.can("search"):
         items.append(("/search", "Search"))
+    if actor.can("verify"):
+        items.append(("/verify", "Verify"))
     if actor.can("view_search"):
         items.append(("/searches", "Searches"))
     items.append(("/cases", "Cases"))
