@@ -25,7 +25,7 @@ from faceledger.core.base import (
     check_length,
     text_sha256,
 )
-from faceledger.core.ledger import LedgerDoor
+from faceledger.core.disclosure import DisclosureDoor
 from faceledger.errors import PolicyTamperedError, RefusedError
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-class Faceledger(LedgerDoor):
+class Faceledger(DisclosureDoor):
     """The one door: every entry point holds one of these and calls its methods. Its parts
     are stacked by what they build on (see ARCHITECTURE.md): :class:`CoreBase` (state,
-    ``require``, ``record``), accounts, cases, searching, gallery, ledger."""
+    ``require``, ``record``), accounts, cases, searching, gallery, ledger, disclosure."""

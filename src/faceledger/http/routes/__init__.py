@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from faceledger.http.routes import accounts, audit, cases, erasure, ingest, policy, search, system
+from faceledger.http.routes import (
+    accounts,
+    audit,
+    cases,
+    disclosure,
+    erasure,
+    ingest,
+    policy,
+    search,
+    system,
+)
 
 ROUTERS = (
     system.router,
@@ -16,6 +26,7 @@ ROUTERS = (
     ingest.router,
     erasure.router,
     cases.router,
+    disclosure.router,
     audit.router,
     accounts.router,
     policy.router,
