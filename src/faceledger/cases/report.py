@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 
 from faceledger.ledger import audit
 
@@ -69,12 +70,12 @@ _env = Environment(
 )
 
 
-def _sci(x: float) -> str:
+def _sci(x: float) -> Markup:
     mantissa, exp = f"{x:.1e}".split("e")
-    return f"{mantissa}×10^{int(exp)}"
+    return Markup("{}×10<sup>{}</sup>").format(mantissa, int(exp))
 
 
-def rate(x: float | None) -> str:
+def rate(x: float | None) -> str | Markup:
     """A false match rate as the pages show it."""
     if x is None:
         return "n/a (no calibration)"
@@ -83,7 +84,7 @@ def rate(x: float | None) -> str:
     return f"{x:.3f}" if x >= 0.01 else _sci(x)
 
 
-def count(x: float | None) -> str:
+def count(x: float | None) -> str | Markup:
     """An expected number of false candidates."""
     if x is None:
         return "n/a"
@@ -144,14 +145,24 @@ def _action(e: audit.Entry | dict[str, Any]) -> str:
     return e.action if isinstance(e, audit.Entry) else str(e.get("action"))
 
 
-def _candidate_shown(search: dict[str, Any], face_id: int) -> tuple[dict, dict] | None:
-    """(probe face, candidate) of ``face_id`` as the search showed it."""
+def _candidate_shown(
+    search: dict[str, Any], face_id: int, probe_face: int | None = None
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(probe face, candidate) of ``face_id`` as the search showed it (for probe face
+    ``probe_face`` where given, else the first that showed it)."""
     shown = search.get("shown") or {}
     for face in shown.get("faces", []):
+        if probe_face is not None and face.get("face_index") != probe_face:
+            continue
         for c in face.get("candidates", []):
             if c.get("face_id") == face_id:
                 return face, c
-    return None
+    return None if probe_face is None else _candidate_shown(search, face_id)
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not None."""
+    return next((v for v in values if v is not None), None)
 
 
 def _approval(search: dict[str, Any], requests: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -225,15 +236,24 @@ def build(
     sections = []
     for status, title, meaning in SECTIONS:
         items = []
+        seen: set[tuple[int, int]] = set()
         for cand in case.get("candidates", []):
             if cand.get("status") != status or cand.get("search_id") not in by_id:
                 continue
             sid, fid = cand["search_id"], cand["face_id"]
+            if (sid, fid) in seen:  # shown for two probe faces: one review, listed once
+                continue
+            seen.add((sid, fid))
             search = by_id[sid]
-            found = _candidate_shown(search, fid)
+            found = _candidate_shown(search, fid, cand.get("probe_face_index"))
             face, shown = found if found else ({}, {})
+            # one row per decision (a candidate shown for two probe faces is listed twice)
             decisions = sorted(
-                (r for r in reviews if r.get("search_id") == sid and r.get("face_id") == fid),
+                {
+                    (r.get("stage"), r.get("ledger_seq"), r.get("examiner")): r
+                    for r in reviews
+                    if r.get("search_id") == sid and r.get("face_id") == fid
+                }.values(),
                 key=lambda r: (r.get("stage") != "first", r.get("created_at") or ""),
             )
             approval = _approval(search, requests)
@@ -243,11 +263,11 @@ def build(
                 {
                     "search": search,
                     "face_id": fid,
-                    "rank": cand.get("rank", shown.get("rank")),
-                    "score": cand.get("score", shown.get("score")),
-                    "est_fmr": cand.get("est_fmr", shown.get("est_fmr")),
-                    "expected_false": cand.get(
-                        "expected_false", shown.get("expected_false_candidates")
+                    "rank": _first(cand.get("rank"), shown.get("rank")),
+                    "score": _first(cand.get("score"), shown.get("score")),
+                    "est_fmr": _first(cand.get("est_fmr"), shown.get("est_fmr")),
+                    "expected_false": _first(
+                        cand.get("expected_false"), shown.get("expected_false_candidates")
                     ),
                     "extrapolated": shown.get("est_fmr_extrapolated"),
                     "provenance": shown.get("provenance") or [],
@@ -262,7 +282,7 @@ def build(
                     "entries": refs,
                 }
             )
-        sections.append({"status": status, "title": title, "meaning": meaning, "items": items})
+        sections.append({"status": status, "title": title, "meaning": meaning, "cands": items})
     leads_per_search: dict[int, int] = {}
     for cand in case.get("candidates", []):
         if cand.get("status") == "lead":
@@ -278,7 +298,7 @@ def build(
         "head_seq": head.get("seq", 0),
         "head_hash": head.get("hash", audit.GENESIS),
         "sections": sections,
-        "leads": len(sections[0]["items"]),
+        "leads": len(sections[0]["cands"]),
         "searches": [
             {
                 "id": s["id"],
