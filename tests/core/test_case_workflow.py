@@ -204,3 +204,71 @@ def blank_photo() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (200, 200), (128, 140, 150)).save(buf, format="JPEG")
     return buf.getvalue()
+
+
+def test_api_and_cli_review_and_show_the_case(fl: Faceledger, lfw: Path, monkeypatch) -> None:
+    """#13 items 2-3 through the interfaces: POST .../review, GET /api/v1/reviews/queue,
+    GET /api/v1/cases/{case}, POST .../notes; `faceledger review`, `reviews queue`,
+    `cases show [--json]` and `cases note`."""
+    import json
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from conftest_api import own_token
+    from faceledger.cli import app as cli_app
+    from faceledger.http.app import create_app
+    from faceledger.http.settings import ApiSettings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    sid = search(fl, "ivy", lfw, "Al_Gore", 3)
+    fid = top(fl, "ivy", sid)["face_id"]
+    limits = ApiSettings(rate_per_minute=0, search_rate_per_minute=0, login_rate_per_minute=0)
+    app = create_app(fl.data_dir, faceledger=fl, settings=limits)
+    ivy = {"Authorization": f"Bearer {own_token(fl, 'ivy')[1]}"}
+    ivo = {"Authorization": f"Bearer {own_token(fl, 'ivo')[1]}"}
+    with TestClient(app) as client:
+        url = f"/api/v1/searches/{sid}/faces/{fid}/review"
+        r = client.post(url, headers=ivy, json={"decision": "possible-lead", "reason": ""})
+        assert r.status_code == 400 and r.json()["code"] == "missing-reason"
+        r = client.post(url, headers=ivy, json={"decision": "possible-lead", "reason": "ears"})
+        assert r.status_code == 200 and r.json()["status"] == "awaiting-second"
+        r = client.post(url, headers=ivy, json={"decision": "possible-lead", "reason": "ears"})
+        assert r.status_code == 403
+        queue = client.get("/api/v1/reviews/queue", headers=ivo).json()
+        assert [sid, fid] in [[q["search_id"], q["face_id"]] for q in queue]
+        rec = client.get(f"/api/v1/searches/{sid}", headers=ivo).json()
+        blind = rec["shown"]["faces"][0]["candidates"][0]["review"]
+        assert blind["first"] is None and blind["can_decide"] is True
+        r = client.post(f"/api/v1/cases/{CASE}/notes", headers=ivy, json={"text": "ok"})
+        assert r.status_code == 400 and r.json()["code"] == "missing-note"
+        r = client.post(f"/api/v1/cases/{CASE}/notes", headers=ivy, json={"text": "Re-check"})
+        assert r.status_code == 201
+        file = client.get(f"/api/v1/cases/{CASE}", headers=ivy).json()
+        assert sid in [s["id"] for s in file["searches"]] and file["head"]["seq"] > 0
+        assert client.get("/api/v1/cases/NO-SUCH", headers=ivy).status_code == 404
+
+    runner = CliRunner()
+    data = ["--data-dir", str(fl.data_dir)]
+    monkeypatch.setenv("FACELEDGER_TOKEN", ivo["Authorization"].split()[1])
+    r = runner.invoke(cli_app, ["reviews", "queue", *data, "--json"])
+    assert r.exit_code == 0 and sid in [q["search_id"] for q in json.loads(r.stdout)]
+    args = ["review", str(sid), "--face", str(fid), "--decision", "possible-lead"]
+    r = runner.invoke(cli_app, [*args, "--reason", "same mole on the cheek", *data])
+    assert r.exit_code == 0 and "lead" in r.output, r.output
+    r = runner.invoke(cli_app, [*args, "--reason", "again", *data])
+    assert r.exit_code != 0 and "all the decisions" in r.output
+    monkeypatch.setenv("FACELEDGER_TOKEN", ivy["Authorization"].split()[1])
+    r = runner.invoke(cli_app, ["cases", "note", CASE, "Lead passed to the detective", *data])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli_app, ["cases", "show", CASE, *data, "--json"])
+    file = json.loads(r.stdout)
+    assert any(c["search_id"] == sid and c["status"] == "lead" for c in file["candidates"]), file[
+        "candidates"
+    ]
+    r = runner.invoke(cli_app, ["cases", "show", CASE, *data], env={"COLUMNS": "300"})
+    assert r.exit_code == 0 and "not identifications" in r.output
+    assert "same mole on the cheek" in r.output and "Lead passed" in r.output

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from faceledger.cli import audit, cases, evaluation, gallery, search, serve, users
+from faceledger.cli import audit, casefile, cases, evaluation, gallery, search, serve, users
 from faceledger.cli.bench import bench_app
 
 __all__ = ["app"]
@@ -58,6 +58,7 @@ for command in (
     gallery.ingest,
     search.search,
     search.embed,
+    casefile.review,
     gallery.stats,
     gallery.erase,
     gallery.purge,
@@ -76,6 +77,7 @@ for sub, name in (
     (cases.policy_app, "policy"),
     (search.searches_app, "searches"),
     (cases.cases_app, "cases"),
+    (casefile.reviews_app, "reviews"),
     (audit.audit_app, "audit"),
     (users.account_app, "account"),
 ):

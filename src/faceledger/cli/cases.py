@@ -14,7 +14,9 @@ from rich.markup import escape
 from faceledger.cli.common import AsUser, DataDir, JsonOut, dump, err, fail, out
 from faceledger.cli.session import session
 
-cases_app = typer.Typer(help="Case requests and supervisor approval.", no_args_is_help=True)
+cases_app = typer.Typer(
+    help="Cases: requests, supervisor approval, the case file and notes.", no_args_is_help=True
+)
 policy_app = typer.Typer(help="Search policy (admin).", no_args_is_help=True)
 
 

@@ -99,6 +99,8 @@ def print_faces(faces: list[dict[str, Any]]) -> None:
             where = p.get("source_url") or Path(p.get("original_path") or "").name
             label = f"{p.get('subject_label')}: " if p.get("subject_label") else ""
             erased = " [erased since]" if c.get("erased") else ""
+            if c.get("review"):
+                erased += f" [{c['review']['status']}]"
             t.add_row(
                 str(c["rank"]),
                 f"{c['score']:.3f}",

@@ -141,7 +141,7 @@ class CaseFileDoor(ReviewsDoor):
                     "rank": c["rank"],
                     "score": c["score"],
                     "est_fmr": c.get("est_fmr"),
-                    "expected_false": c.get("expected_false"),
+                    "expected_false": c.get("expected_false_candidates"),
                     "erased": c.get("erased", False),
                     "status": c["review"]["status"],
                     "first": c["review"]["first"],

@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from faceledger.http.routes import (
     accounts,
     audit,
+    casefile,
     cases,
     disclosure,
     erasure,
@@ -26,6 +27,7 @@ ROUTERS = (
     ingest.router,
     erasure.router,
     cases.router,
+    casefile.router,
     disclosure.router,
     audit.router,
     accounts.router,

@@ -9,6 +9,29 @@ from pydantic import BaseModel, ConfigDict, Field
 from faceledger.search.searcher import LEADS_NOTICE
 
 
+class DecisionOut(BaseModel):
+    examiner: str
+    decision: str = Field(description="excluded | inconclusive | possible-lead")
+    reason: str
+    created_at: str
+    ledger_seq: int | None = Field(description="The ledger entry that recorded it")
+
+
+class ReviewStateOut(BaseModel):
+    status: str = Field(
+        description="unreviewed | excluded | inconclusive | awaiting-second (a possible-lead "
+        "without its second examination) | lead (two investigators decided possible-lead) | "
+        "disagreement (the second examiner decided otherwise)"
+    )
+    first: DecisionOut | None = Field(
+        description="The first examiner's decision; null while it is hidden from you (you "
+        "may give the blind second decision)"
+    )
+    second: DecisionOut | None
+    blind: bool = Field(description="The first decision is hidden from you until you decide")
+    can_decide: bool | None = Field(None, description="You may record a decision now")
+
+
 class CandidateOut(BaseModel):
     rank: int
     face_id: int
@@ -32,6 +55,9 @@ class CandidateOut(BaseModel):
         None,
         description="In a search record: the face has since been erased from the gallery "
         "(its crop and image are gone; the record keeps what was shown)",
+    )
+    review: ReviewStateOut | None = Field(
+        None, description="In a search record: where the candidate's review stands, for you"
     )
 
 
