@@ -10,7 +10,6 @@ from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
-from faceledger.core import MAX_CASE_NUMBER
 from faceledger.http.deps import Ctx, CurrentActor
 from faceledger.http.parsing import MAX_ID
 from faceledger.http.schemas.common import ERRORS
@@ -18,7 +17,7 @@ from faceledger.http.settings import API
 
 router = APIRouter(prefix=API)
 
-CaseNumber = Annotated[str, PathParam(min_length=1, max_length=MAX_CASE_NUMBER)]
+CaseNumber = Annotated[str, PathParam(min_length=1, max_length=100, description="The case number")]
 # A report page is self-contained: its own styles, pictures as data: URIs, no script at all.
 REPORT_CSP = (
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
