@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from faceledger.cli.common import AsUser, DataDir, dump, out
+from faceledger.cli.common import AsUser, DataDir, JsonOut, dump, err, fail, out
 from faceledger.cli.session import session
 
 cases_app = typer.Typer(
@@ -95,3 +98,98 @@ def cases_list(
 ) -> None:
     with session(data_dir, as_user) as (fl, actor):
         dump(fl.list_case_requests(actor, status))
+
+
+@cases_app.command("report")
+def cases_report(
+    case: Annotated[str, typer.Argument(help="Case number.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the report.")],
+    fmt: Annotated[str, typer.Option("--format", help="pdf or html.")] = "pdf",
+    search_id: Annotated[
+        int | None, typer.Option("--search", min=1, help="Only this search of the case.")
+    ] = None,
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+) -> None:
+    """The lead report of a case (or of one search in it): leads, not identifications; per
+    lead the probe and candidate side by side, scores, both examiners' decisions, the
+    approval and the ledger entries behind it. Recorded (case.report, with its SHA-256)."""
+    if fmt not in ("pdf", "html"):
+        fail("--format must be pdf or html")
+    with session(data_dir, as_user) as (fl, actor):
+        data = fl.case_report(actor, case, fmt, search_id)
+    write_out(out_file, data)
+    out.print(
+        f"lead report of case {escape(case)} written to {escape(str(out_file))} "
+        f"({len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()})"
+    )
+
+
+@cases_app.command("export")
+def cases_export(
+    case: Annotated[str, typer.Argument(help="Case number.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the zip.")],
+    data_dir: DataDir = None,
+    as_user: AsUser = None,
+) -> None:
+    """The case's disclosure export: every search and verification (also those with no
+    lead) and every candidate shown, reviews, approvals, notes, the report, the case's
+    ledger entries and head, and a manifest of SHA-256s. Recorded (case.export); check it
+    with `faceledger cases verify-export`."""
+    with session(data_dir, as_user) as (fl, actor):
+        data, entry = fl.case_export(actor, case)
+    write_out(out_file, data)
+    out.print(
+        f"export of case {escape(case)} written to {escape(str(out_file))}; its ledger entry "
+        f"is {entry.seq}:{entry.hash}"
+    )
+
+
+@cases_app.command("verify-export")
+def cases_verify_export(
+    zip_file: Annotated[Path, typer.Argument(help="A case export (faceledger cases export).")],
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            help="SEQ:HASH of the export's ledger entry as the live ledger has it.",
+        ),
+    ] = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Check a case export offline (no data dir): every file against the manifest, the
+    manifest against the export's ledger entry, that entry's hash and each case entry's
+    hash; with --checkpoint, that the export entry is the ledger's. Exit 1 naming the file
+    at fault."""
+    from faceledger.cases.export import verify
+
+    if not zip_file.is_file():
+        fail(f"{escape(str(zip_file))}: no such file")
+    result = verify(zip_file, checkpoint)
+    if as_json:
+        dump(result.as_dict())
+    else:
+        for p in result.problems:
+            err.print(f"[bold red]FAIL[/] {escape(str(p))}")
+        if result.ok:
+            out.print(
+                f"OK: case {escape(str(result.case_number))}, {result.files} files match the "
+                f"manifest, the manifest matches export entry {result.export_seq}, whose hash "
+                f"and those of the {result.entries} case entries are right"
+                + (
+                    f"; entry {result.export_seq} is the ledger's checkpoint"
+                    if result.anchored
+                    else ""
+                )
+            )
+        for note in result.notes:
+            out.print(escape(note))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def write_out(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        fail(f"{escape(str(path))}: cannot write ({exc.strerror or exc})")

@@ -26,7 +26,7 @@ from faceledger.core.base import (
     text_sha256,
 )
 from faceledger.core.compare import CompareDoor
-from faceledger.core.ledger import LedgerDoor
+from faceledger.core.disclosure import DisclosureDoor
 from faceledger.errors import PolicyTamperedError, RefusedError
 
 __all__ = [
@@ -50,8 +50,8 @@ __all__ = [
 ]
 
 
-class Faceledger(CompareDoor, LedgerDoor):
+class Faceledger(CompareDoor, DisclosureDoor):
     """The one door: every entry point holds one of these and calls its methods. Its parts
     are stacked by what they build on (see ARCHITECTURE.md): :class:`CoreBase` (state,
-    ``require``, ``record``), accounts, cases, searching, gallery, ledger; and the side-by-side
-    comparison (``core/compare.py``)."""
+    ``require``, ``record``), accounts, cases, searching, records, reviews, case file,
+    gallery, ledger, disclosure; and the side-by-side comparison (``core/compare.py``)."""

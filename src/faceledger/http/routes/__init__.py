@@ -14,6 +14,7 @@ from faceledger.http.routes import (
     casefile,
     cases,
     compare,
+    disclosure,
     erasure,
     ingest,
     policy,
@@ -28,6 +29,7 @@ ROUTERS = (
     ingest.router,
     erasure.router,
     cases.router,
+    disclosure.router,  # before casefile: /cases/{case_number:path}/report, /export
     audit.router,
     accounts.router,
     policy.router,

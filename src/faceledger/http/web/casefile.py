@@ -77,6 +77,7 @@ def case_page(request: Request, user: User, case_number: str) -> Response:
         "case.html",
         user,
         file=file,
+        case=file,
         case_number=file["case_number"],
         disagreements=disagreements,
         reviewed=[c for c in file["candidates"] if c["status"] != "unreviewed"],
