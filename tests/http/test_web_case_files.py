@@ -18,20 +18,21 @@ from typing import Any
 
 import pytest
 
-from conftest import need, need_module
-from conftest_api import PW, entries, live_server, own_token
+from conftest_api import entries, live_server, own_token
 from conftest_cases import WorkedCase, worked_case
 from faceledger.cases import export
 from faceledger.http.app import create_app
 from faceledger.http.settings import ApiSettings
+from webkit import (
+    SHOTS,
+    browser_fixture,  # noqa: F401 (the browser fixture)
+    open_as,
+)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 NO_LIMITS = ApiSettings(rate_per_minute=0, search_rate_per_minute=0, login_rate_per_minute=0)
 
 
@@ -51,38 +52,8 @@ def site(lfw: Path, analyzer: Any, tmp_path_factory: pytest.TempPathFactory) -> 
     wc.fl.close()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Any:
-    need(
-        CHROMIUM.exists(),
-        "browser tests need Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
-    )
-    need_module("playwright.sync_api", "pip install -e '.[dev]' (playwright)")
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
-
-
 def bearer(site: Site, user: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {own_token(site.wc.fl, user)[1]}"}
-
-
-def open_as(browser: Any, site: Site, user: str) -> Any:
-    context = browser.new_context(
-        base_url=site.url, viewport={"width": 1280, "height": 900}, accept_downloads=True
-    )
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    page.goto("/login")
-    page.get_by_label("User name").fill(user)
-    page.get_by_label("Password").fill(PW)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_load_state()
-    return page
 
 
 def test_the_api_serves_the_report_and_the_export(site: Site) -> None:
@@ -152,6 +123,12 @@ def test_report_page_prints_without_navigation_and_downloads(
     info.value.save_as(path)
     assert path.read_bytes().startswith(b"%PDF-")
     assert info.value.suggested_filename == f"lead-report-{wc.case}.pdf"
+    # and from the case file's button
+    page.goto(f"/cases/{wc.case}")
+    with page.expect_download() as info:
+        page.locator("#report-pdf").click()
+    info.value.save_as(path)
+    assert path.read_bytes().startswith(b"%PDF-")
     page.context.close()
 
 
@@ -162,13 +139,9 @@ def test_export_downloads_in_the_browser_and_verifies(
     offline against its ledger entry."""
     wc = site.wc
     page = open_as(browser, site, "ada")
-    page.goto("/")
+    page.goto(f"/cases/{wc.case}")
     with page.expect_download() as info:
-        page.evaluate(
-            "url => { const a = document.createElement('a'); a.href = url; a.download = '';"
-            " document.body.append(a); a.click(); }",
-            f"/api/v1/cases/{wc.case}/export",
-        )
+        page.locator("#case-export").click()
     path = tmp_path / "case.zip"
     info.value.save_as(path)
     e = entries(wc.fl, "case.export", "ada")[-1]
