@@ -6,50 +6,29 @@ The screenshot test-artifacts/screenshots/13-compare.png is the comparison page.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import lfw_image, need, need_module
+from conftest import lfw_image
 from conftest_api import PW, entries, live_server, seed
-from faceledger.core import Faceledger, SearchRequest
+from faceledger.core import SearchRequest
 from faceledger.http.app import create_app
 from faceledger.http.settings import ApiSettings
+from webkit import (
+    Site,
+    browser_fixture,  # noqa: F401 (the browser fixture)
+    open_as,
+    shot,
+    wait_until,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CHIPS_LOADED = (
     "['chip-a', 'chip-b', 'full-a', 'full-b'].every(id => {"
     " const i = document.getElementById(id); return i.complete && i.naturalWidth > 0; })"
     " && !document.getElementById('full-box-b').hidden"
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _chromium() -> None:
-    need(
-        CHROMIUM.exists(),
-        "browser tests need Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
-    )
-    need_module("playwright.sync_api", "pip install -e '.[dev]' (playwright)")
-
-
-@dataclass
-class Site:
-    fl: Faceledger
-    url: str
-    lfw: Path
 
 
 @pytest.fixture(scope="module")
@@ -60,43 +39,6 @@ def site(lfw: Path, analyzer: Any, tmp_path_factory: pytest.TempPathFactory) -> 
     app = create_app(fl.data_dir, faceledger=fl, settings=ApiSettings(search_rate_per_minute=0))
     with live_server(app) as url:
         yield Site(fl, url, lfw)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Any:
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
-
-
-def open_as(browser: Any, site: Site, user: str, width: int = 1280, height: int = 900) -> Any:
-    context = browser.new_context(base_url=site.url, viewport={"width": width, "height": height})
-    context.set_default_timeout(20_000)
-    page = context.new_page()
-    page.goto("/login")
-    page.get_by_label("User name").fill(user)
-    page.get_by_label("Password").fill(PW)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_load_state()
-    return page
-
-
-def wait_until(page: Any, expression: str, timeout: float = 20.0) -> None:
-    """Poll a JS expression (the app's Content-Security-Policy forbids string evaluation in
-    wait_for_function)."""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expression):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {expression}")
-        time.sleep(0.1)
-
-
-def shot(page: Any, name: str, full: bool = True) -> None:
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full)
 
 
 def set_retention(site: Site, days: int) -> None:

@@ -51,9 +51,14 @@ class Site:
     lfw: Path
 
 
-def open_as(browser: Any, site: Site, user: str, width: int = 1280, height: int = 900) -> Any:
-    """A new browser context logged in as ``user``, on the page the login leads to."""
-    context = browser.new_context(base_url=site.url, viewport={"width": width, "height": height})
+def open_as(
+    browser: Any, site: Any, user: str, width: int = 1280, height: int = 900, **options: Any
+) -> Any:
+    """A new browser context (``options``: Playwright's, e.g. ``has_touch``) logged in as
+    ``user`` on ``site`` (anything with a ``url``), on the page the login leads to."""
+    context = browser.new_context(
+        base_url=site.url, viewport={"width": width, "height": height}, **options
+    )
     context.set_default_timeout(20_000)
     page = context.new_page()
     page.goto("/login")

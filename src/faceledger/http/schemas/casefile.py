@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, Field
 
+from faceledger.http.schemas.audit import LedgerEntryOut
 from faceledger.http.schemas.cases import CaseRequestOut
 from faceledger.http.schemas.search import DecisionOut, SearchRecordOut
 
@@ -70,17 +69,6 @@ class CaseNoteOut(BaseModel):
     text: str
     created_at: str
     ledger_seq: int | None
-
-
-class LedgerEntryOut(BaseModel):
-    seq: int
-    ts: str
-    actor: str
-    action: str
-    target: str
-    details: dict[str, Any]
-    prev_hash: str
-    hash: str
 
 
 class LedgerHeadOut(BaseModel):

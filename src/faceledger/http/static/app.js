@@ -44,6 +44,27 @@ window.faceledger = (() => {
     return node;
   }
 
+  // Numbers as the pages show them (the same as the templates' rate and count filters).
+  const SUPERSCRIPT = { "-": "⁻", 0: "⁰", 1: "¹", 2: "²", 3: "³", 4: "⁴", 5: "⁵", 6: "⁶", 7: "⁷", 8: "⁸", 9: "⁹" };
+  function sci(x) {
+    const [m, e] = x.toExponential(1).split("e");
+    return `${m}×10${[...String(Number(e))].map((ch) => SUPERSCRIPT[ch]).join("")}`;
+  }
+  function fmtRate(x) {
+    if (x === null || x === undefined) return "n/a";
+    if (x === 0) return "0";
+    return x >= 0.01 ? x.toFixed(3) : sci(x);
+  }
+  function fmtCount(x) {
+    if (x === null || x === undefined) return "n/a";
+    if (x >= 10) return x.toFixed(0);
+    if (x >= 0.01) return x.toFixed(2);
+    return x === 0 ? "0" : sci(x);
+  }
+  function fmtScore(x) {
+    return x === null || x === undefined ? "n/a" : x.toFixed(3);
+  }
+
   // Forms that need a confirmation before they change something irreversible.
   document.addEventListener("submit", (event) => {
     const form = event.target.closest("form[data-confirm]");
@@ -88,5 +109,5 @@ window.faceledger = (() => {
   }
   document.addEventListener("DOMContentLoaded", pollJobs);
 
-  return { api, el, csrf };
+  return { api, el, csrf, fmtRate, fmtCount, fmtScore };
 })();

@@ -3,30 +3,11 @@
 "use strict";
 
 (() => {
-  const { el } = window.faceledger;
+  const { el, fmtRate, fmtCount, fmtScore } = window.faceledger;
   const $ = (id) => document.getElementById(id);
   const record = JSON.parse($("search-record").textContent);
   const dialog = $("candidate-dialog");
 
-  function fmtScore(x) {
-    return x === null || x === undefined ? "n/a" : x.toFixed(3);
-  }
-  const SUPERSCRIPT = { "-": "⁻", 0: "⁰", 1: "¹", 2: "²", 3: "³", 4: "⁴", 5: "⁵", 6: "⁶", 7: "⁷", 8: "⁸", 9: "⁹" };
-  function sci(x) {
-    const [m, e] = x.toExponential(1).split("e");
-    return `${m}×10${[...String(Number(e))].map((ch) => SUPERSCRIPT[ch]).join("")}`;
-  }
-  function fmtRate(x) {
-    if (x === null || x === undefined) return "n/a";
-    if (x === 0) return "0";
-    return x >= 0.01 ? x.toFixed(3) : sci(x);
-  }
-  function fmtCount(x) {
-    if (x === null || x === undefined) return "n/a";
-    if (x >= 10) return x.toFixed(0);
-    if (x >= 0.01) return x.toFixed(2);
-    return x === 0 ? "0" : sci(x);
-  }
   function fmtTime(ts) {
     return ts ? `${ts.replace("T", " ").slice(0, 16)} UTC` : "—";
   }

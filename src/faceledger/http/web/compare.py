@@ -6,11 +6,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from faceledger.cases.policy import Policy
-from faceledger.core import PolicyTamperedError, RefusedError
+from faceledger.core import RefusedError
 from faceledger.http.compare import compare_out
 from faceledger.http.web.deps import User
 from faceledger.http.web.render import render
+from faceledger.http.web.search import case_form
 
 router = APIRouter(include_in_schema=False)
 
@@ -42,20 +42,4 @@ def verify_page(request: Request, user: User) -> Response:
     """Two photos, the case fields, and the two faces side by side."""
     fl, actor = user.ctx.fl, user.actor
     fl.require(actor, "verify", "verify page")
-    try:
-        pol = fl.policy()
-        policy_problem = ""
-    except PolicyTamperedError as exc:
-        pol, policy_problem = Policy(), str(exc)
-    approved = [
-        r for r in fl.list_case_requests(actor, "approved") if r["requested_by"] == actor.user_id
-    ]
-    return render(
-        request,
-        "verify.html",
-        user,
-        policy=pol,
-        policy_problem=policy_problem,
-        approved=approved,
-        max_upload_mb=round(user.ctx.settings.max_upload_bytes / (1024 * 1024)),
-    )
+    return render(request, "verify.html", user, **case_form(user))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -9,33 +11,42 @@ from faceledger.cases.policy import Policy
 from faceledger.core import PolicyTamperedError
 from faceledger.core.searching import PICK_MIN_IOU
 from faceledger.http.searches import record_out
-from faceledger.http.web.deps import User
+from faceledger.http.web.deps import User, WebUser
 from faceledger.http.web.render import render
 from faceledger.vision.probes import MIN_BOX_SIDE
 
 router = APIRouter(include_in_schema=False)
 
 
-@router.get("/search")
-def search_page(request: Request, user: User) -> Response:
+def case_form(user: WebUser) -> dict[str, Any]:
+    """What a page with the case fields shows (search, verify): the policy in force (its
+    defaults and the problem, where the file was tampered with), the user's approved
+    requests, the upload limit."""
     fl, actor = user.ctx.fl, user.actor
-    fl.require(actor, "search", "search page")
     try:
-        pol = fl.policy()
-        policy_problem = ""
+        pol, policy_problem = fl.policy(), ""
     except PolicyTamperedError as exc:
         pol, policy_problem = Policy(), str(exc)
     approved = [
         r for r in fl.list_case_requests(actor, "approved") if r["requested_by"] == actor.user_id
     ]
+    return {
+        "policy": pol,
+        "policy_problem": policy_problem,
+        "approved": approved,
+        "max_upload_mb": round(user.ctx.settings.max_upload_bytes / (1024 * 1024)),
+    }
+
+
+@router.get("/search")
+def search_page(request: Request, user: User) -> Response:
+    fl, actor = user.ctx.fl, user.actor
+    fl.require(actor, "search", "search page")
     return render(
         request,
         "search.html",
         user,
-        policy=pol,
-        policy_problem=policy_problem,
-        approved=approved,
-        max_upload_mb=round(user.ctx.settings.max_upload_bytes / (1024 * 1024)),
+        **case_form(user),
         gallery_faces=fl.gallery_size(actor),
         min_box_side=MIN_BOX_SIDE,
         pick_min_iou=PICK_MIN_IOU,
