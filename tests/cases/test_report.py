@@ -215,3 +215,18 @@ def test_the_cli_writes_the_report(wc: WorkedCase, tmp_path: Path, monkeypatch: 
     )
     assert r.exit_code == 4 and "no-such-case" in r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_making_a_pdf_leaves_truncated_photos_refused(wc: WorkedCase, lfw: Path) -> None:
+    """#13 item 7: WeasyPrint turns on Pillow's process-wide LOAD_TRUNCATED_IMAGES when it
+    is imported; after a PDF report a half-written photo must still be refused, as a probe
+    and at ingest, not padded out with grey."""
+    from conftest import lfw_image
+    from faceledger.vision.decode import DecodeError, decode_image
+
+    fl = wc.fl
+    fl.case_report(fl.login("ivy", PW), wc.case, "pdf")
+    data = lfw_image(lfw, "Al_Gore", 2).read_bytes()
+    with pytest.raises(DecodeError) as err:
+        decode_image(data[: len(data) // 2])
+    assert err.value.reason == "corrupt-image"

@@ -330,8 +330,13 @@ def to_pdf(html: str) -> bytes:
     """The report page printed to PDF by WeasyPrint (the print stylesheet applies)."""
     import logging
 
+    from PIL import ImageFile
     from weasyprint import HTML
 
+    # WeasyPrint turns on Pillow's process-wide LOAD_TRUNCATED_IMAGES at import; faceledger
+    # refuses truncated photos (vision.decode), so it is turned off again at once. The
+    # report's own pictures are whole JPEGs it made.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
     return bytes(HTML(string=html).write_pdf())

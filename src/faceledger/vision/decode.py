@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 64 MP: larger than any phone or DSLR photo
 # Probes: a 124 KB 7999x7999 (64 MP) 16-bit PNG took 1.6 GB to decode. At 32 MP (more than
@@ -87,6 +87,10 @@ def _open(data: bytes, max_pixels: int, limit_name: str) -> tuple[Image.Image, s
     """The image with its header read and checked; no pixel is decoded yet."""
     if not data:
         raise DecodeError("empty-file", "file is empty (0 bytes)")
+    # A truncated file is corrupt, never padded out with grey: Pillow's process-wide switch
+    # for that is off (a library that turns it on at import, as WeasyPrint does, would
+    # otherwise let half-written photos into the gallery and probes).
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftypavif"):
         raise DecodeError(
             "unsupported-format", "HEIC/HEIF/AVIF photos are not supported: convert to JPEG"
