@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import lfw_image
+from conftest import TURNED_FACE_BOX, turned_face
 from conftest_api import entries, live_server, seed
 from faceledger.http.app import create_app
 from faceledger.http.settings import ApiSettings
@@ -28,8 +28,7 @@ from webkit import (
     wait_until,
 )
 
-# Where the face of the turned photo lies (photo pixels), as a person would draw it.
-HAND_BOX = [140, 140, 360, 360]
+HAND_BOX = TURNED_FACE_BOX
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +37,6 @@ def site(lfw: Path, analyzer: Any, tmp_path_factory: pytest.TempPathFactory) -> 
     app = create_app(fl.data_dir, faceledger=fl, settings=ApiSettings(search_rate_per_minute=0))
     with live_server(app) as url:
         yield Site(fl, url, lfw)
-
-
-def turned_face(lfw: Path) -> bytes:
-    """Adrien Brody (not the photo in the gallery), rolled 60 degrees, 500 x 500 px: too
-    turned for the HOG frontal detector, plain to a person."""
-    img = Image.open(lfw_image(lfw, "Adrien_Brody", 3)).convert("RGB")
-    img = img.rotate(60, resample=Image.Resampling.BICUBIC, fillcolor=(128, 128, 128))
-    img = img.resize((500, 500), Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=92)
-    return buf.getvalue()
 
 
 def load_photo_with_no_face_found(page: Any, site: Site) -> bytes:

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import lfw_image, side_by_side
+from conftest import TURNED_FACE_BOX, lfw_image, side_by_side, turned_face
 from conftest_api import PW, entries, own_token, seed
 from faceledger.cli import app as cli_app
 from faceledger.core import Faceledger, SearchRequest
@@ -36,19 +36,7 @@ with warnings.catch_warnings():
 
 REQ = SearchRequest("CASE-5", "violent-crime", "CCTV still, face turned sideways", top_k=3)
 NO_LIMITS = ApiSettings(rate_per_minute=0, search_rate_per_minute=0, login_rate_per_minute=0)
-# Where the face of the turned photo lies (photo pixels), as a person would draw it.
-HAND_BOX = [140, 140, 360, 360]
-
-
-def turned_face(lfw: Path) -> bytes:
-    """Adrien Brody (not the photo in the gallery), rolled 60 degrees and shown at twice
-    the size (500 x 500): too turned for the HOG frontal detector, plain to a person."""
-    img = Image.open(lfw_image(lfw, "Adrien_Brody", 3)).convert("RGB")
-    img = img.rotate(60, resample=Image.Resampling.BICUBIC, fillcolor=(128, 128, 128))
-    img = img.resize((500, 500), Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=92)
-    return buf.getvalue()
+HAND_BOX = TURNED_FACE_BOX
 
 
 def detector_finds(fl: Faceledger, photo: bytes) -> int:
