@@ -78,9 +78,19 @@ def eval_lfw(
             "ef_construction, ef_search, candidate_factor, candidates_min, flush).",
         ),
     ] = None,
+    plots: Annotated[
+        Path | None,
+        typer.Option(
+            "--plots",
+            help="Also write PNG plots into this folder: ROC of the verification, DET of the "
+            "single-photo, subject and multi-photo 1:N searches, genuine/impostor score "
+            "histograms, predicted vs measured FPIR.",
+        ),
+    ] = None,
     as_json: JsonOut = False,
 ) -> None:
-    """LFW View-2 verification and a 1:N identification protocol (see evaluation.py)."""
+    """LFW View-2 verification, the 1:N identification protocol, and the same with subject
+    galleries and multi-photo probes fused by each rule (see faceledger.evaluation)."""
     from faceledger.evaluation.lfw import METRICS, parse_index_list, run_lfw
     from faceledger.gallery.ingest import default_workers
 
@@ -106,6 +116,7 @@ def eval_lfw(
                 set_total=lambda n: bar.update(tid, total=n),
                 indexes=specs,
                 metric=metric,
+                plots=plots,
             )
     except FileNotFoundError as exc:
         fail(str(exc))
@@ -114,10 +125,53 @@ def eval_lfw(
         dump(res)
         return
     by_index = res.pop("indexes", None)
+    fused = res.pop("fusion", None)
     for k, v in res.items():
         out.print(f"{k}: {v}")
+    if fused:
+        _print_fusion_table(res, fused)
     if by_index:
         _print_index_table(res, by_index)
+
+
+def _print_fusion_table(res: dict[str, Any], fused: dict[str, Any]) -> None:
+    t = Table(
+        "protocol",
+        "rule",
+        "rank1",
+        "FNIR@FPIR.003",
+        "FNIR@FPIR.01",
+        "threshold",
+        "non-mated above",
+        "pred/measured FPIR",
+        title=f"1:N with fusion (default rule {fused['default_rule']}, top-k {fused['topk']}; "
+        "single: the same probe photos one by one)",
+    )
+    t.add_row(
+        "single",
+        "",
+        f"{res['rank1']:.4f}",
+        f"{res['fnir_at_fpir_0_003']:.4f}",
+        "",
+        f"{res['fpir_threshold']:.4f}",
+        "",
+        "",
+    )
+    for name, proto in fused["protocols"].items():
+        rows = {"single": proto["single_same_probes"], **proto["rules"]}
+        for rule, r in rows.items():
+            ratio = r.get("calibration_ratio")
+            t.add_row(
+                name,
+                rule,
+                f"{r['rank1']:.4f}",
+                f"{r['fnir_at_fpir_0_003']:.4f}",
+                f"{r['fnir_at_fpir_0_01']:.4f}",
+                f"{r['fpir_threshold']:.4f}",
+                f"{r['nonmated_above_threshold']} of {r['nonmated_probes']}",
+                "" if ratio is None else f"{ratio:.2f}",
+            )
+    out.print(t)
 
 
 def _print_index_table(res: dict[str, Any], by_index: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from faceledger import config
+from faceledger.evaluation.fusion import fusion_evaluation
 from faceledger.evaluation.indexes import (
     INDEX_CHOICES,
     RANK_K,
@@ -188,11 +189,14 @@ def run_lfw(
     set_total: Callable[[int], None] = lambda n: None,
     indexes: Sequence[str] | None = None,
     metric: str = "cosine",
+    plots: Path | None = None,
 ) -> dict[str, Any]:
-    """Verification and 1:N identification on LFW; with ``indexes`` (specs, see
-    :func:`parse_index_spec`) the 1:N searches also run through each of those indexes.
-    ``metric`` applies to verification only; 1:N always searches by cosine, as the product
-    does."""
+    """Verification, 1:N identification and the fused 1:N protocols (subject galleries,
+    multi-photo probes: :mod:`faceledger.evaluation.fusion`) on LFW; with ``indexes`` (specs,
+    see :func:`parse_index_spec`) the 1:N searches also run through each of those indexes;
+    with ``plots`` (a folder) the pictures of :mod:`faceledger.evaluation.plots` are written
+    there. ``metric`` applies to verification only; 1:N always searches by cosine, as the
+    product does."""
     t0 = time.perf_counter()
     ds = LfwDataset.load(lfw_dir)
     folds = parse_pairs(ds.root / "pairs.txt")
@@ -205,7 +209,24 @@ def run_lfw(
         "undetected_images": int((~table.detected).sum()),
     }
     result.update(verification(table, folds, metric))
-    result.update(identification(ds, table, calibration.load(model_id)))
+    calib = calibration.load(model_id)
+    result.update(identification(ds, table, calib))
+    fused = fusion_evaluation(ds, table, model_id, calib)
+    result.update(fused.metrics)
+    if plots is not None:
+        from faceledger.evaluation.plots import write_plots
+
+        pair_scores = np.concatenate(_fold_scores(table, folds))
+        pair_same = np.array([same for fold in folds for _, _, same in fold])
+        paths = write_plots(
+            plots,
+            pair_scores,
+            pair_same,
+            result["verification_accuracy"],
+            fused.det_runs(),
+            fused.calibration_runs(),
+        )
+        result["plots"] = [str(p) for p in paths]
     if indexes:
         result.update(identification_by_index(ds, table, indexes))
     result["seconds"] = time.perf_counter() - t0
