@@ -303,3 +303,45 @@ def test_chance_level_candidates_follow_the_policy_line(fl: Faceledger, lfw: Pat
             fl.policy().with_value("lead_max_expected_false", "0")
     finally:
         fl.save_policy(root, fl.policy().with_value("lead_max_expected_false", "1"))
+
+
+def test_audit_verify_catches_a_rewritten_review_or_note(
+    lfw: Path, analyzer: Any, tmp_path: Path
+) -> None:
+    """#13 item 3: each review and note is vouched for by its ledger entry: a decision or a
+    reason changed in the database, or a review inserted behind faceledger's back, fails
+    `audit verify`, naming the row."""
+    from conftest import RawDB
+
+    core = seed(lfw, tmp_path, analyzer)
+    try:
+        ivy = core.login("ivy", PW)
+        sid = int(core.search(ivy, lfw_image(lfw, "Al_Gore", 2).read_bytes(), REQ)["search_id"])
+        fid = core.get_search(ivy, sid)["shown"]["faces"][0]["candidates"][0]["face_id"]
+        core.review(ivy, sid, fid, "excluded", "different ear shape")
+        core.add_case_note(ivy, CASE, "Checked the CCTV time stamp")
+        ada = core.login("ada", PW)
+        assert core.audit_verify(ada).ok
+
+        db = RawDB(core.data_dir)
+        db.execute("UPDATE reviews SET decision = 'possible-lead'")
+        db.commit()
+        res = core.audit_verify(ada)
+        assert not res.ok and "reviews row 1" in res.problem and "decision" in res.problem
+        db.execute("UPDATE reviews SET decision = 'excluded'")
+        db.execute("UPDATE case_notes SET text = 'Nothing to see'")
+        db.commit()
+        res = core.audit_verify(ada)
+        assert not res.ok and "case_notes row 1" in res.problem
+        db.execute("UPDATE case_notes SET text = 'Checked the CCTV time stamp'")
+        db.execute(
+            "INSERT INTO reviews (search_id, face_id, stage, examiner_id, decision, reason,"
+            " created_at) VALUES (?, ?, 'second', 2, 'possible-lead', 'forged', 'x')",
+            (sid, fid),
+        )
+        db.commit()
+        db.close()
+        res = core.audit_verify(ada)
+        assert not res.ok and "has no 'candidate.review' ledger entry" in res.problem
+    finally:
+        core.close()

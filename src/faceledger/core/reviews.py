@@ -98,12 +98,26 @@ class ReviewsDoor(RecordsDoor):
                     "already-reviewed",
                     f"candidate {face_id} of search {search_id} has all the decisions it needs",
                 )
+            pk = conn.execute(
+                insert(reviews).values(
+                    search_id=search_id,
+                    face_id=face_id,
+                    stage=stage,
+                    examiner_id=actor.user_id,
+                    decision=decision,
+                    reason=reason,
+                    created_at=now_iso(),
+                )
+            ).inserted_primary_key
+            assert pk is not None  # a single-row INSERT always reports its key
+            review_id = int(pk[0])
             entry = audit.append(
                 conn,
                 actor.username,
                 "candidate.review",
                 row["case_number"],
                 {
+                    "review_id": review_id,
                     "search_id": search_id,
                     "face_id": face_id,
                     "stage": stage,
@@ -113,16 +127,7 @@ class ReviewsDoor(RecordsDoor):
                 },
             )
             conn.execute(
-                insert(reviews).values(
-                    search_id=search_id,
-                    face_id=face_id,
-                    stage=stage,
-                    examiner_id=actor.user_id,
-                    decision=decision,
-                    reason=reason,
-                    ledger_seq=entry.seq,
-                    created_at=now_iso(),
-                )
+                reviews.update().where(reviews.c.id == review_id).values(ledger_seq=entry.seq)
             )
         return self._review_states(actor, [search_id])[(search_id, face_id)]
 

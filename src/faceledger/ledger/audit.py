@@ -9,10 +9,11 @@ application only ever inserts. The ledger never holds images or embeddings: only
 ids and counts.
 
 :func:`verify` also recomputes the records the ledger vouches for: every row of
-``searches``, ``verifications`` and ``case_requests`` must have its ledger entry and agree
-with it (case number, purpose, SHA-256 of the justification, probe/photo hashes, request id,
-results; a request's status must be its last decision's), so editing a record in the
-database, or inserting one behind faceledger's back, is detected too.
+``searches``, ``verifications``, ``case_requests``, ``reviews`` and ``case_notes`` must have
+its ledger entry and agree with it (case number, purpose, SHA-256 of the justification,
+probe/photo hashes, request id, results; a request's status must be its last decision's; a
+review's candidate, stage, decision and the SHA-256 of its reason; a note's text's), so
+editing a record in the database, or inserting one behind faceledger's back, is detected too.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 from sqlalchemy import Table, func, insert, or_, select
 from sqlalchemy.engine import Connection, RowMapping
 
-from faceledger.db.schema import case_requests, ledger, searches, verifications
+from faceledger.db.schema import case_notes, case_requests, ledger, reviews, searches, verifications
 from faceledger.db.store import Store, now_iso
 
 GENESIS = "0" * 64
@@ -414,6 +415,17 @@ REQUEST_FIELDS: dict[str, _Field] = {
         lambda r: text_sha256(r["justification"]),
     ),
 }
+REVIEW_FIELDS: dict[str, _Field] = {
+    "search_id": (_detail("search_id"), lambda r: r["search_id"]),
+    "face_id": (_detail("face_id"), lambda r: r["face_id"]),
+    "stage": (_detail("stage"), lambda r: r["stage"]),
+    "decision": (_detail("decision"), lambda r: r["decision"]),
+    "reason_sha256": (_detail("reason_sha256"), lambda r: text_sha256(r["reason"])),
+}
+NOTE_FIELDS: dict[str, _Field] = {
+    "case_number": (_case_of, lambda r: r["case_number"].strip()),
+    "text_sha256": (_detail("text_sha256"), lambda r: text_sha256(r["text"])),
+}
 APPROVAL_FIELDS: dict[str, _Field] = {
     "expires_at": (_detail("expires_at"), lambda r: r["expires_at"]),
     "search_limit": (_detail("search_limit"), lambda r: r["search_limit"]),
@@ -613,6 +625,10 @@ def _check_records(conn: Connection, res: VerifyResult, batch: int) -> None:
     report = _Report(res)
     n = _check_one_to_one(conn, report, searches, "search", "search_id", SEARCH_FIELDS, batch)
     n += _check_one_to_one(conn, report, verifications, "verify", "verify_id", VERIFY_FIELDS, batch)
+    n += _check_one_to_one(
+        conn, report, reviews, "candidate.review", "review_id", REVIEW_FIELDS, batch
+    )
+    n += _check_one_to_one(conn, report, case_notes, "case.note", "note_id", NOTE_FIELDS, batch)
     n += _check_requests(conn, report, batch)
     res.records_checked = n
     if res.mismatch_count > 1 and res.problem:
