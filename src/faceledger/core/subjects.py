@@ -26,6 +26,9 @@ from faceledger.search.subjects import (
     load_subject_calibration,
 )
 
+MIN_EXPECTED_FALSE = 1e-6
+MAX_EXPECTED_FALSE = 10.0
+
 
 def _label_of(key: SubjectKey) -> str | None:
     return key if isinstance(key, str) else None
@@ -40,9 +43,11 @@ class SubjectsDoor(GalleryDoor):
         score at which the whole gallery expects at most ``max_expected_false`` false pairs
         (admin; recorded with the pairs). Reads every stored vector once."""
         self.require(actor, "manage_subjects", "subjects")
-        if not 0 < max_expected_false <= 10:
+        if not MIN_EXPECTED_FALSE <= max_expected_false <= MAX_EXPECTED_FALSE:
             raise RefusedError(
-                "bad-threshold", "max expected false pairs must be above 0 and at most 10"
+                "bad-threshold",
+                f"max expected false pairs must be from {MIN_EXPECTED_FALSE:g} to "
+                f"{MAX_EXPECTED_FALSE:g}",
             )
         model = self.store.model_id()
         calib = None if model is None else load_subject_calibration(model)

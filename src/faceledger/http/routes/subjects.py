@@ -23,7 +23,7 @@ def subject_duplicates(
     max_expected_false: Annotated[
         float,
         Query(
-            gt=0,
+            ge=1e-6,
             le=10,
             description="The threshold: the calibrated score at which the whole gallery "
             "expects at most this many false pairs",
