@@ -31,7 +31,6 @@ without vectors; the count is cached per gallery state (:func:`subject_count`).
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -314,22 +313,3 @@ def subject_count(store: Store) -> int:
     with _count_lock:
         _counts[store.url] = (state, n)
     return n
-
-
-def label_sizes(store: Store) -> dict[SubjectKey, int]:
-    """Faces per subject (a full pass; for reports and tests)."""
-    m = membership(store)
-    counts = np.bincount(m.subject, minlength=len(m.keys))
-    return {k: int(c) for k, c in zip(m.keys, counts, strict=True)}
-
-
-def describe(keys: Iterable[SubjectKey], member_ids: dict[str, list[int]]) -> list[list[int]]:
-    """The face ids of each subject: a label's members, a subject of one's own face."""
-    return [[k] if isinstance(k, int) else member_ids.get(k, []) for k in keys]
-
-
-def by_subject(face_subject: dict[int, SubjectKey]) -> dict[SubjectKey, list[int]]:
-    out: dict[SubjectKey, list[int]] = defaultdict(list)
-    for fid, key in face_subject.items():
-        out[key].append(fid)
-    return dict(out)
