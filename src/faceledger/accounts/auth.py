@@ -35,6 +35,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "manage_users": frozenset({"admin"}),
     "manage_policy": frozenset({"admin"}),
     "manage_index": frozenset({"admin"}),
+    "manage_subjects": frozenset({"admin"}),
     "read_ledger": frozenset({"auditor"}),
     "verify_ledger": frozenset({"auditor", "admin"}),
     "report": frozenset({"auditor", "supervisor"}),

@@ -22,6 +22,7 @@ from faceledger.cli import (
     gallery,
     search,
     serve,
+    subjects,
     users,
 )
 from faceledger.cli.bench import bench_app
@@ -89,6 +90,7 @@ for sub, name in (
     (search.searches_app, "searches"),
     (cases.cases_app, "cases"),
     (casefile.reviews_app, "reviews"),
+    (subjects.subjects_app, "subjects"),
     (audit.audit_app, "audit"),
     (users.account_app, "account"),
 ):

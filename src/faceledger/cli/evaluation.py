@@ -253,6 +253,66 @@ def calibrate_lfw(
         out.print(f"  FMR {fmr:.0e}: score {calib.threshold_for(fmr):.4f}")
 
 
+@calibrate_app.command("lfw-subjects")
+def calibrate_lfw_subjects(
+    lfw_dir: Annotated[Path, typer.Option(help="LFW folder.")],
+    out_file: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Subject calibration JSON to write (ship as <model_id>.subjects.json)."
+        ),
+    ],
+    detector: Detector = "hog+cnn",
+    embedder: Embedder = "default",
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 0,
+    model_dir: ModelDir = None,
+    device: Device = "cpu",
+    data_dir: DataDir = None,
+    no_flip: NoFlip = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Fit the template score->FMR calibration of subjects by size (1x2 ... 3+x3+) on LFW's
+    calibration split, and check each fit on the people outside it."""
+    from faceledger.evaluation.lfw import LfwDataset, embed_lfw
+    from faceledger.evaluation.subjects import check_by_size, fit_lfw
+    from faceledger.gallery.ingest import default_workers
+    from faceledger.search import calibration
+
+    factory, model_id, cache = _lfw_setup(
+        detector, embedder, data_dir, model_dir, device, flip=not no_flip
+    )
+    ds = LfwDataset.load(lfw_dir)
+    with progress_bar("embed LFW", len(ds.all_images()), enabled=not as_json) as bar:
+        table = embed_lfw(
+            ds,
+            factory,
+            cache,
+            workers or default_workers(),
+            advance=lambda n: bar.advance(bar.task_ids[0], n),
+        )
+    calib = fit_lfw(ds, table, model_id, calibration.load(model_id))
+    calib.info["detector"] = detector
+    calib.save(out_file)
+    check = check_by_size(ds, table, calib)
+    if as_json:
+        dump({"out": str(out_file), "version": calib.version, "check": check})
+        return
+    out.print(f"{model_id}: subject calibration -> {out_file}")
+    t = Table("sizes", "impostor pairs", "FMR", "threshold", "measured FMR", "pred/measured")
+    for key, doc in check.items():
+        for p in doc["points"]:
+            ratio = p["ratio"]
+            t.add_row(
+                key,
+                str(doc["impostor_pairs"]),
+                f"{p['fmr']:.0e}",
+                f"{p['threshold']:.4f}",
+                f"{p['measured']:.2e} ({p['pairs_above']})",
+                "" if ratio is None else f"{ratio:.2f}",
+            )
+    out.print(t)
+
+
 @datasets_app.command("fetch")
 def datasets_fetch(
     name: Annotated[str, typer.Argument(help="Dataset name: lfw.")],

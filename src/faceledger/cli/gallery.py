@@ -54,6 +54,14 @@ def ingest(
     expires_at: Annotated[
         str | None, typer.Option(help="Retention: delete these photos after this ISO date.")
     ] = None,
+    subject: Annotated[
+        str | None,
+        typer.Option(
+            help="The person these photos show (their subject label; manifest rows may give "
+            "their own). A photo's face joins the subject only where it is the photo's one "
+            "face; each face of a group photo is a subject of its own."
+        ),
+    ] = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -107,6 +115,12 @@ def ingest(
             fail(escape(str(exc)))
     if not paths and manifest is None:
         fail("give photos to ingest: PATH... and/or --manifest FILE")
+    from faceledger.gallery.subjects import clean_label
+
+    try:
+        subject = clean_label(subject)
+    except ValueError as exc:
+        fail(f"--subject: {exc}")
     embedder = DEFAULT_EMBEDDER if embedder == "default" else embedder
     settings = PipelineSettings(
         detector=detector, embedder=embedder, min_face=min_face, model_dir=model_dir, device=device
@@ -127,14 +141,17 @@ def ingest(
 
         def items() -> Iterator[Any]:
             if paths:
-                yield from iter_paths(list(paths), source, basis or "", expires_at=expiry)
+                yield from iter_paths(
+                    list(paths), source, basis or "", expires_at=expiry, subject_label=subject
+                )
             if manifest is not None:
-                yield from iter_manifest(manifest, source, basis)
+                yield from iter_manifest(manifest, source, basis, subject)
 
         args = {
             "paths": [str(p) for p in paths or []],
             "manifest": str(manifest) if manifest else None,
             "source": source,
+            **({"subject": subject} if subject else {}),
             "detector": detector,
             "embedder": embedder,
             "workers": n_workers,

@@ -97,6 +97,36 @@ def print_picked(picked: dict[str, Any] | None) -> None:
         )
 
 
+def print_subjects(face: dict[str, Any]) -> None:
+    """A probe face's subjects (#14), ranked by template score, as a table."""
+    subjects = face.get("subjects")
+    if not subjects:
+        return
+    t = Table(title=f"face {face['face_index']}: subjects (template of each subject's faces)")
+    for col in ("rank", "subject", "faces", "score", "est. FMR", "expected false ≥ score"):
+        t.add_column(col, overflow="fold")
+    for s in subjects:
+        fmr = (
+            "n/a"
+            if s["est_fmr"] is None
+            else (f"{s['est_fmr']:.1e}" + ("*" if s["est_fmr_extrapolated"] else ""))
+        )
+        exp = (
+            "n/a" if s["expected_false_subjects"] is None else f"{s['expected_false_subjects']:.3g}"
+        )
+        ids = ", ".join(str(i) for i in s["face_ids"][:8])
+        more = f" (+{len(s['face_ids']) - 8})" if len(s["face_ids"]) > 8 else ""
+        t.add_row(
+            str(s["rank"]),
+            escape(s["label"] if s["label"] is not None else f"{s['subject']} (unlabelled)"),
+            f"{s['size']}: {ids}{more}",
+            f"{s['score']:.3f}",
+            fmr,
+            exp + (" (chance level)" if s.get("chance_level") else ""),
+        )
+    out.print(t)
+
+
 def print_faces(faces: list[dict[str, Any]]) -> None:
     """Each probe face and its candidates, as a table (a search, or a search record)."""
     for f in faces:
@@ -135,6 +165,7 @@ def print_faces(faces: list[dict[str, Any]]) -> None:
                 escape(f"{label}{where} ({p.get('source', '')}; {p.get('legal_basis', '')})"),
             )
         out.print(t)
+        print_subjects(f)
     out.print("[dim]* estimated beyond the calibration data (extrapolated tail)[/]")
 
 

@@ -33,6 +33,7 @@ from faceledger.db.store import atomic_write, insert_or_ignore, now_iso
 from faceledger.errors import RefusedError
 from faceledger.ledger import audit
 from faceledger.search.searcher import LEADS_NOTICE, NoFaceError, Searcher
+from faceledger.search.subjects import attach_subjects
 from faceledger.types import Face
 from faceledger.vision import probes
 from faceledger.vision.analysis import FaceAnalyzer
@@ -347,6 +348,10 @@ class SearchDoor(CasesDoor):
                 doc["candidates"] = [c.__dict__ for c in r.candidates]
             doc["warnings"] = probes.quality_warnings(f.size, f.sharpness, f.yaw)
             probe_faces.append(doc)
+        with self.analysis_lock:  # each searched face's subjects, by template (#14)
+            subjects = attach_subjects(
+                searcher, faces, probe_faces, top_k, pol.lead_max_expected_false
+            )
         if region is not None:
             x0, y0 = region[0], region[1]
             for pf in probe_faces:
@@ -379,6 +384,7 @@ class SearchDoor(CasesDoor):
             "lead_max_expected_false": pol.lead_max_expected_false,
             "notice": LEADS_NOTICE,
             "faces": [shown_face(pf) for pf in probe_faces],
+            **subjects,
         }
         shown_json = canonical_json(shown)
         with self.store.writer.begin() as conn:
@@ -434,6 +440,7 @@ class SearchDoor(CasesDoor):
             "model_id": model_id,
             "calibration": shown["calibration"],
             "policy_sha256": shown["policy_sha256"],
+            **subjects,
             "faces": probe_faces,
             "notice": LEADS_NOTICE,
         }

@@ -87,7 +87,8 @@ provenance = Table(
     Column("source_url", Text),
     Column("captured_at", String(40)),
     Column("legal_basis", Text, nullable=False),
-    Column("subject_label", Text),
+    # the person the source says the photo shows (gallery/subjects.py: who is which subject)
+    Column("subject_label", Text, index=True),
     Column("ingest_run_id", Int, ForeignKey("ingest_runs.id")),
     Column("created_at", String(40), nullable=False),
     UniqueConstraint("image_sha", "source_id", "original_path"),
@@ -113,6 +114,24 @@ faces = Table(
     Column("created_at", String(40), nullable=False),
     UniqueConstraint("image_sha", "face_index"),
     sqlite_autoincrement=True,  # never reuse an erased face's id
+)
+
+
+subject_relabels = Table(
+    "subject_relabels",
+    metadata,
+    # Subjects merged by an admin (gallery/subjects.py), never deleted: kind "label" moves
+    # every face of label ``source`` to ``target_label``; kind "face" moves face ``source``
+    # (its id) to ``target_label``. The provenance rows keep what their source said; the
+    # latest row for a (kind, source) wins. Each row is a ledger entry (``subject.merge``).
+    Column("id", Int, primary_key=True),
+    Column("kind", String(10), nullable=False),  # label | face
+    Column("source", Text, nullable=False, index=True),
+    Column("target_label", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("user_id", Int, ForeignKey("users.id"), nullable=False),
+    Column("ledger_seq", Int),
+    Column("created_at", String(40), nullable=False),
 )
 
 

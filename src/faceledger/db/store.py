@@ -553,6 +553,12 @@ def add_missing_columns(conn: Connection) -> list[str]:
             ddl = CreateColumn(col).compile(dialect=conn.dialect)
             conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN {ddl}')
             added.append(f"{table.name}.{col.name}")
+        # indexes later versions gave existing columns (provenance.subject_label)
+        have_idx = {i["name"] for i in insp.get_indexes(table.name)}
+        for idx in table.indexes:
+            if idx.name not in have_idx:
+                idx.create(conn)
+                added.append(f"{table.name}.{idx.name}")
     return added
 
 

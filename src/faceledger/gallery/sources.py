@@ -316,9 +316,14 @@ def _manifest_rows(manifest: Path) -> Iterator[tuple[int, dict[str, str]]]:
 
 
 def iter_manifest(
-    manifest: Path, source: str, default_legal_basis: str | None
+    manifest: Path,
+    source: str,
+    default_legal_basis: str | None,
+    default_subject: str | None = None,
 ) -> Iterator[SourceItem]:
-    """Rows of a CSV/JSONL manifest; paths are relative to the manifest and may not leave it."""
+    """Rows of a CSV/JSONL manifest; paths are relative to the manifest and may not leave it.
+    A row's ``subject_label`` (or ``subject``) names the person it shows, else
+    ``default_subject`` (``ingest --subject``)."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise SourceError(f"{manifest}: manifest not found")
@@ -353,7 +358,8 @@ def iter_manifest(
                 original_path=display_name(target),
                 source_url=row.get("source_url") or None,
                 captured_at=parse_when(row.get("captured_at"), "captured_at"),
-                subject_label=row.get("subject_label") or row.get("subject") or None,
+                subject_label=(row.get("subject_label") or row.get("subject") or "").strip()
+                or default_subject,
                 expires_at=parse_when(row.get("expires_at"), "expires_at"),
             )
         except ItemError as exc:

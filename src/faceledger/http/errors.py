@@ -68,6 +68,10 @@ REFUSAL_STATUS = {
     "same-password": 400,
     "path-not-allowed": 403,
     "no-such-path": 400,
+    "same-subject": 409,
+    "label-needed": 400,
+    "bad-subject": 400,
+    "bad-threshold": 400,
 }
 
 HTTP_CODES = {

@@ -19,6 +19,7 @@ from faceledger.http.routes import (
     ingest,
     policy,
     search,
+    subjects,
     system,
 )
 
@@ -28,6 +29,7 @@ ROUTERS = (
     compare.router,
     ingest.router,
     erasure.router,
+    subjects.router,
     cases.router,
     disclosure.router,  # before casefile: /cases/{case_number:path}/report, /export
     audit.router,

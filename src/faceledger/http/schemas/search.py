@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from faceledger.http.schemas.subjects import SubjectOut
 from faceledger.search.searcher import LEADS_NOTICE
 
 
@@ -79,6 +80,12 @@ class ProbeFaceOut(BaseModel):
         None, description="With face_box: the face that was asked for (others are not searched)"
     )
     candidates: list[CandidateOut]
+    subjects: list[SubjectOut] | None = Field(
+        None,
+        description="The gallery's subjects ranked by the score of their template (every face "
+        "of a labelled person, or a face of its own) against this face; candidates come from "
+        "the best 4 x top_k faces (null in records of searches before subjects)",
+    )
 
 
 SEARCH_EXAMPLE: dict[str, Any] = {
@@ -163,6 +170,12 @@ class SearchOut(BaseModel):
         None, description="Version (fingerprint) of the score calibration behind est_fmr"
     )
     policy_sha256: str | None = Field(None, description="SHA-256 of the policy in force")
+    gallery_subjects: int | None = Field(
+        None, description="Subjects in the gallery when the search ran (labels and faces of one)"
+    )
+    subject_calibration: str | None = Field(
+        None, description="Version of the template calibration behind the subjects' est_fmr"
+    )
     model_config = ConfigDict(json_schema_extra={"examples": [SEARCH_EXAMPLE]})
 
 
@@ -183,6 +196,12 @@ class SearchShownOut(BaseModel):
     )
     notice: str
     faces: list[ProbeFaceOut]
+    gallery_subjects: int | None = Field(
+        None, description="Subjects in the gallery when the search ran (labels and faces of one)"
+    )
+    subject_calibration: str | None = Field(
+        None, description="Version of the template calibration behind the subjects' est_fmr"
+    )
 
 
 class SearchSummaryOut(BaseModel):
