@@ -27,6 +27,7 @@ from faceledger.core.base import (
 )
 from faceledger.core.compare import CompareDoor
 from faceledger.core.disclosure import DisclosureDoor
+from faceledger.core.video import VideoDoor
 from faceledger.errors import PolicyTamperedError, RefusedError
 
 __all__ = [
@@ -50,8 +51,9 @@ __all__ = [
 ]
 
 
-class Faceledger(CompareDoor, DisclosureDoor):
+class Faceledger(CompareDoor, DisclosureDoor, VideoDoor):
     """The one door: every entry point holds one of these and calls its methods. Its parts
     are stacked by what they build on (see ARCHITECTURE.md): :class:`CoreBase` (state,
     ``require``, ``record``), accounts, cases, searching, records, reviews, case file,
-    gallery, ledger, disclosure; and the side-by-side comparison (``core/compare.py``)."""
+    gallery, ledger, disclosure; the side-by-side comparison (``core/compare.py``); and video
+    probes (``core/video.py``)."""
