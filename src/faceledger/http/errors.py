@@ -68,6 +68,7 @@ REFUSAL_STATUS = {
     "same-password": 400,
     "path-not-allowed": 403,
     "no-such-path": 400,
+    "no-such-track": 400,
 }
 
 HTTP_CODES = {
