@@ -167,3 +167,39 @@ def test_long_huge_and_broken_clips_are_refused_with_stable_codes(one_person: by
     with pytest.raises(VideoError) as err:
         list(sample_frames(one_person[: len(one_person) // 2]))
     assert err.value.reason == "corrupt-video"
+
+
+class _Uncopyable:
+    """A detector that refuses to be copied, as dlib's CNN detector does."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        return list(self.inner.detect(image))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        raise TypeError("cannot pickle this detector")
+
+
+def test_frames_are_detected_in_threads_with_the_same_faces(
+    two_people: bytes, analyzer: Any
+) -> None:
+    """#14 item 3 (the 2-core target): with two threads each has its own copy of the
+    detector and the tracks are the very ones one thread finds; a detector that cannot be
+    copied runs alone, with the same result."""
+    from faceledger.vision.analysis import FaceAnalyzer
+    from faceledger.vision.video import _detector_copies
+
+    copies = _detector_copies(analyzer.detector, 2)
+    assert len(copies) == 2 and copies[0] is analyzer.detector and copies[1] is not copies[0]
+
+    def boxes(limits: VideoLimits, a: Any = analyzer) -> list[list[tuple[int, list[int]]]]:
+        found = analyse_video(a, two_people, limits).tracks
+        return [[(tf.frame, tf.face.detection.bbox.as_list()) for tf in t.faces] for t in found]
+
+    one = boxes(VideoLimits(threads=1))
+    assert boxes(VideoLimits(threads=2)) == one and len(one) == 2
+    alone = FaceAnalyzer(_Uncopyable(analyzer.detector), analyzer.embedder)  # type: ignore[arg-type]
+    assert len(_detector_copies(alone.detector, 2)) == 1
+    assert boxes(VideoLimits(threads=2), alone) == one

@@ -22,17 +22,22 @@ Errors are :class:`VideoError`, a :class:`~faceledger.vision.decode.DecodeError`
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import os
+import pickle
+import queue
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from faceledger.types import Face
+from faceledger.types import Detection, Face
 from faceledger.vision import probes
 from faceledger.vision.analysis import FaceAnalyzer
 from faceledger.vision.decode import DecodeError, probe_limits
@@ -42,6 +47,10 @@ DEFAULT_MAX_VIDEO_SECONDS = 120.0
 DEFAULT_MAX_VIDEO_PIXELS = 3840 * 2160  # a 4K frame
 DEFAULT_MAX_VIDEO_FRAMES = 60  # frames sampled at most, whatever the clip's length
 DEFAULT_TRACK_FACES = 5  # best faces fused per track
+# Frames whose faces are detected at once (threads; dlib's HOG releases the GIL). Each thread
+# has its own copy of the detector (dlib's detectors are not safe to share between threads);
+# a detector that cannot be copied (dlib's CNN) runs in one.
+DEFAULT_VIDEO_THREADS = max(1, min(2, os.cpu_count() or 1))
 
 # Tracking. Boxes overlapping at least TRACK_MIN_IOU, of faces alike enough (cosine at least
 # the "near" line), are the same track; faces very alike (the "rejoin" line) are, whatever
@@ -69,17 +78,25 @@ class VideoLimits:
     """How a clip is read as a probe: its budgets (duration, pixels a frame, frames sampled),
     the frames sampled a second and the best faces fused per track. :meth:`from_env` reads
     them from ``FACELEDGER_VIDEO_MAX_SECONDS``, ``FACELEDGER_VIDEO_MAX_MEGAPIXELS``,
-    ``FACELEDGER_VIDEO_MAX_FRAMES``, ``FACELEDGER_VIDEO_FPS`` and
-    ``FACELEDGER_VIDEO_TRACK_FACES``."""
+    ``FACELEDGER_VIDEO_MAX_FRAMES``, ``FACELEDGER_VIDEO_FPS``,
+    ``FACELEDGER_VIDEO_TRACK_FACES`` and ``FACELEDGER_VIDEO_THREADS``."""
 
     max_seconds: float = DEFAULT_MAX_VIDEO_SECONDS
     max_pixels: int = DEFAULT_MAX_VIDEO_PIXELS
     max_frames: int = DEFAULT_MAX_VIDEO_FRAMES
     fps: float = DEFAULT_VIDEO_FPS
     track_faces: int = DEFAULT_TRACK_FACES
+    threads: int = DEFAULT_VIDEO_THREADS
 
     def __post_init__(self) -> None:
-        values = (self.max_seconds, self.max_pixels, self.max_frames, self.fps, self.track_faces)
+        values = (
+            self.max_seconds,
+            self.max_pixels,
+            self.max_frames,
+            self.fps,
+            self.track_faces,
+            self.threads,
+        )
         if not all(math.isfinite(v) and v > 0 for v in values):
             raise ValueError(f"video settings must be positive numbers: {self}")
 
@@ -101,6 +118,7 @@ class VideoLimits:
             max_frames=int(number("FACELEDGER_VIDEO_MAX_FRAMES", d.max_frames)),
             fps=number("FACELEDGER_VIDEO_FPS", d.fps),
             track_faces=int(number("FACELEDGER_VIDEO_TRACK_FACES", d.track_faces)),
+            threads=int(number("FACELEDGER_VIDEO_THREADS", d.threads)),
         )
 
 
@@ -217,8 +235,8 @@ def sample_frames(data: bytes, limits: VideoLimits | None = None) -> Iterator[Sa
     The header is checked before the first frame is decoded. A frame is sampled when its
     time reaches the next sampling time: one every ``1/fps`` seconds, spread wider where the
     clip is longer than ``max_frames / fps``, so at most ``max_frames`` frames are sampled.
-    Frames decode one at a time (a sampled frame is the only one held), inside the
-    process-wide pool of probe decoders that photo probes share."""
+    Frames decode one at a time, each inside the process-wide pool of probe decoders that
+    photo probes share."""
     av = _av()
     limits = limits or VideoLimits()
     container = _open(data)
@@ -232,29 +250,38 @@ def sample_frames(data: bytes, limits: VideoLimits | None = None) -> Iterator[Sa
         stream.thread_type = "AUTO"
         sampled = 0
         next_t = 0.0
-        with probe_limits().pool:
-            try:
-                for number, frame in enumerate(container.decode(stream)):
-                    t = _frame_time(frame, number, info)
-                    if t > limits.max_seconds:
-                        raise VideoError(
-                            "video-too-long",
-                            f"the clip runs past the {limits.max_seconds:g} s limit for video "
-                            "probes: cut the part that shows the person",
-                        )
-                    if frame.width * frame.height > limits.max_pixels:
-                        raise VideoError(
-                            "video-too-large",
-                            f"a frame is {frame.width}x{frame.height}, above the "
-                            f"{limits.max_pixels / 1e6:.1f} MP limit for video probes",
-                        )
-                    if t + 1e-6 < next_t or sampled >= limits.max_frames:
-                        continue
-                    sampled += 1
-                    next_t = max(next_t + step, t + step / 2)
-                    yield SampledFrame(number, t, frame.to_ndarray(format="rgb24"))
-            except av.error.FFmpegError as exc:
-                raise VideoError("corrupt-video", f"video data is corrupt: {exc}") from exc
+        decoded = container.decode(stream)
+        number = -1
+        while True:
+            # the pool of probe decoders is held while a frame decodes, not while the caller
+            # works on the frames yielded
+            with probe_limits().pool:
+                try:
+                    frame = next(decoded, None)
+                except av.error.FFmpegError as exc:
+                    raise VideoError("corrupt-video", f"video data is corrupt: {exc}") from exc
+                if frame is None:
+                    break
+                number += 1
+                t = _frame_time(frame, number, info)
+                if t > limits.max_seconds:
+                    raise VideoError(
+                        "video-too-long",
+                        f"the clip runs past the {limits.max_seconds:g} s limit for video "
+                        "probes: cut the part that shows the person",
+                    )
+                if frame.width * frame.height > limits.max_pixels:
+                    raise VideoError(
+                        "video-too-large",
+                        f"a frame is {frame.width}x{frame.height}, above the "
+                        f"{limits.max_pixels / 1e6:.1f} MP limit for video probes",
+                    )
+                if t + 1e-6 < next_t or sampled >= limits.max_frames:
+                    continue
+                sampled += 1
+                next_t = max(next_t + step, t + step / 2)
+                pixels = frame.to_ndarray(format="rgb24")
+            yield SampledFrame(number, t, pixels)
         if sampled == 0:
             raise VideoError("corrupt-video", "no frame of the video could be decoded")
     finally:
@@ -398,10 +425,55 @@ def analyse_video(
     lines: TrackLines | None = None,
 ) -> VideoAnalysis:
     """Decode the clip within ``limits``, find the faces in each sampled frame and track
-    them (:func:`track_faces` with ``lines``). Raises :class:`VideoError`."""
+    them (:func:`track_faces` with ``lines``). Raises :class:`VideoError`.
+
+    Faces are detected in up to ``limits.threads`` frames at once, each thread with its own
+    copy of the analyzer's detector, while the next frames decode; landmarks, alignment and
+    embedding follow in frame order. At most twice as many sampled frames as threads are
+    held at a time."""
     limits = limits or VideoLimits()
     info = video_info(data, limits)
+    detectors: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    copies = _detector_copies(analyzer.detector, limits.threads)
+    for d in copies:
+        detectors.put(d)
+
+    def detect(pixels: np.ndarray) -> list[Detection]:
+        detector = detectors.get()
+        try:
+            return list(detector.detect(pixels))
+        finally:
+            detectors.put(detector)
+
     found: list[tuple[int, list[Face]]] = []
-    for frame in sample_frames(data, limits):
-        found.append((frame.number, analyzer.analyze(frame.pixels)))
+    pending: deque[tuple[SampledFrame, Future[list[Detection]]]] = deque()
+
+    def finish() -> None:
+        frame, job = pending.popleft()
+        faces = analyzer.faces_from_detections(frame.pixels, job.result())
+        found.append((frame.number, faces))
+
+    with ThreadPoolExecutor(len(copies), thread_name_prefix="video-detect") as pool:
+        try:
+            for frame in sample_frames(data, limits):
+                pending.append((frame, pool.submit(detect, frame.pixels)))
+                while len(pending) > 2 * len(copies):
+                    finish()
+            while pending:
+                finish()
+        finally:
+            for _, job in pending:
+                job.cancel()
     return VideoAnalysis(info, [n for n, _ in found], track_faces(found, lines))
+
+
+def _detector_copies(detector: Any, n: int) -> list[Any]:
+    """``detector`` and up to ``n - 1`` copies of it, one for each thread; fewer where it
+    cannot be copied."""
+    copies = [detector]
+    for _ in range(n - 1):
+        try:
+            copies.append(copy.deepcopy(detector))
+        except (TypeError, copy.Error, pickle.PicklingError):
+            break  # dlib's CNN detector cannot be copied: it runs alone
+    return copies
