@@ -271,3 +271,31 @@ def _jpeg() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (90, 90, 90)).save(buf, format="JPEG")
     return buf.getvalue()
+
+
+def test_a_video_search_is_kept_and_shown_like_a_photo_search(
+    fl: Faceledger, one_person: bytes
+) -> None:
+    """#14 item 3: stored like a photo search: with probes kept, the probe kept is the
+    frame of the track's best face (its thumbnail and the side-by-side comparison work from
+    it, the face's box in that frame); the case file lists the search and the lead report
+    is made with it."""
+    root = fl.login("root", PW)
+    ivy = fl.login("ivy", PW)
+    fl.save_policy(root, fl.policy().with_value("retain_probes_days", "30"))
+    try:
+        req = SearchRequest("CASE-14K", "violent-crime", "CCTV clip from the robbery", top_k=3)
+        result = fl.search_video(ivy, one_person, req)
+    finally:
+        fl.save_policy(root, fl.policy().with_value("retain_probes_days", "0"))
+    sid = result["search_id"]
+    assert fl.get_search(ivy, sid)["probe_kept"] is True
+    thumb = Image.open(io.BytesIO(fl.probe_thumbnail(ivy, sid)))
+    assert thumb.size == (480, 270)  # the 640 x 360 frame
+    top = result["faces"][0]["candidates"][0]["face_id"]
+    side = fl.compare_candidate(ivy, sid, top)
+    assert side["probe"]["bbox"] == result["faces"][0]["bbox"]
+    case = fl.get_case(ivy, "CASE-14K")
+    assert [s["id"] for s in case["searches"]] == [sid]
+    html = fl.case_report(ivy, "CASE-14K", "html").decode()
+    assert "CASE-14K" in html
