@@ -203,3 +203,22 @@ def test_frames_are_detected_in_threads_with_the_same_faces(
     alone = FaceAnalyzer(_Uncopyable(analyzer.detector), analyzer.embedder)  # type: ignore[arg-type]
     assert len(_detector_copies(alone.detector, 2)) == 1
     assert boxes(VideoLimits(threads=2), alone) == one
+
+
+def test_video_settings_come_from_the_environment() -> None:
+    """#14 item 3: the budgets, the frames sampled a second, the faces fused per track and
+    the detection threads are settings (FACELEDGER_VIDEO_*); bad values are refused."""
+    env = {
+        "FACELEDGER_VIDEO_FPS": "1",
+        "FACELEDGER_VIDEO_MAX_SECONDS": "10",
+        "FACELEDGER_VIDEO_MAX_MEGAPIXELS": "0.5",
+        "FACELEDGER_VIDEO_MAX_FRAMES": "8",
+        "FACELEDGER_VIDEO_TRACK_FACES": "3",
+        "FACELEDGER_VIDEO_THREADS": "1",
+    }
+    assert VideoLimits.from_env(env) == VideoLimits(10.0, 500_000, 8, 1.0, 3, 1)
+    assert VideoLimits.from_env({}) == VideoLimits()
+    assert VideoLimits().fps == 2.0 and VideoLimits().track_faces == 5
+    for name, bad in (("FACELEDGER_VIDEO_FPS", "0"), ("FACELEDGER_VIDEO_MAX_FRAMES", "many")):
+        with pytest.raises(ValueError, match=name if bad == "many" else "positive"):
+            VideoLimits.from_env({name: bad})

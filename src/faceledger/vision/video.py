@@ -43,8 +43,10 @@ from faceledger.vision.analysis import FaceAnalyzer
 from faceledger.vision.decode import DecodeError, probe_limits
 
 DEFAULT_VIDEO_FPS = 2.0  # frames sampled a second
-DEFAULT_MAX_VIDEO_SECONDS = 120.0
-DEFAULT_MAX_VIDEO_PIXELS = 3840 * 2160  # a 4K frame
+# Every frame of a clip is decoded (the sampled ones are analysed): a minute of 1440p H.264
+# is about 1500 frames to decode. Longer or larger clips: cut or scale them first.
+DEFAULT_MAX_VIDEO_SECONDS = 60.0
+DEFAULT_MAX_VIDEO_PIXELS = 2560 * 1440  # 3.7 MP: a 4 MP CCTV camera's frame
 DEFAULT_MAX_VIDEO_FRAMES = 60  # frames sampled at most, whatever the clip's length
 DEFAULT_TRACK_FACES = 5  # best faces fused per track
 # Frames whose faces are detected at once (threads; dlib's HOG releases the GIL). Each thread
