@@ -30,6 +30,7 @@ AUTH_EXIT = 3  # who is acting is unknown or not proven
 DENIED_EXIT = 4  # a permission or a rule refuses the command
 TAMPERED_EXIT = 5  # policy.json differs from the version the ledger recorded
 STORAGE_EXIT = 6  # the data dir cannot be written
+CHOOSE_TRACK_EXIT = 7  # a video probe shows several people: choose one with --track
 
 DataDir = Annotated[
     Path | None,

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from faceledger.cli.common import (
+    CHOOSE_TRACK_EXIT,
     NO_FACE_EXIT,
     AsUser,
     DataDir,
@@ -29,7 +30,7 @@ from faceledger.cli.session import session
 
 
 def search(
-    photo: Annotated[Path, typer.Argument(help="Probe photo.")],
+    photo: Annotated[Path, typer.Argument(help="Probe photo, or a video clip.")],
     case: Annotated[str, typer.Option("--case", help="Case number (required).")] = "",
     purpose: Annotated[str, typer.Option(help="Purpose, from the policy's list (required).")] = "",
     justification: Annotated[str, typer.Option(help="Why this search is needed (required).")] = "",
@@ -48,16 +49,30 @@ def search(
             "picks none of the faces the detector finds is searched as a face marked by hand.",
         ),
     ] = None,
+    track: Annotated[
+        int | None,
+        typer.Option(
+            "--track",
+            min=1,
+            help="A video probe showing several people: the track (person) to search, from "
+            "the list a search without --track prints.",
+        ),
+    ] = None,
     model_dir: ModelDir = None,
     device: Device = "cpu",
     data_dir: DataDir = None,
     as_user: AsUser = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Find the faces in PHOTO and list ranked gallery candidates for each (investigator)."""
+    """Find the faces in PHOTO and list ranked gallery candidates for each (investigator).
+
+    PHOTO may be a video clip (MP4, MOV, MKV, WebM, AVI): faces are tracked across sampled
+    frames and a track's best faces are searched as one probe. With several people in the
+    clip the tracks are listed (exit code 7) for a search again with --track N."""
     from faceledger.core import SearchRequest
     from faceledger.search.searcher import LEADS_NOTICE, NoFaceError
     from faceledger.vision.probes import BadBoxError, parse_box
+    from faceledger.vision.video import VideoError
 
     try:
         box = parse_box(face_box, "--face-box")
@@ -69,22 +84,73 @@ def search(
         fail(f"{photo}: cannot read probe ({exc.strerror or exc})")
     req = SearchRequest(case, purpose, justification, request, top_k)
     with session(data_dir, as_user, model_dir=model_dir, device=device) as (fl, actor):
+        video = fl.is_video(data)
+        if video and box is not None:
+            fail("bad-face-box: --face-box picks a face in a photo; in a video, use --track")
+        if not video and track is not None:
+            fail(f"bad-track: --track picks a person in a video; {photo} is no video")
         try:
-            result = fl.search(actor, data, req, box)
+            if video:
+                result = fl.search_video(actor, data, req, track)
+            else:
+                result = fl.search(actor, data, req, box)
         except NoFaceError as exc:
             if as_json:
                 dump({"probe": str(photo), "faces": [], "error": str(exc)})
             fail(f"{photo}: {exc}", code=NO_FACE_EXIT)
+        except VideoError as exc:
+            fail(f"{photo}: {exc.reason}: {exc}")
     if as_json:
         dump(result)
+        if result["search_id"] is None:
+            raise typer.Exit(CHOOSE_TRACK_EXIT)
         return
+    if result["search_id"] is None:
+        print_tracks(photo, result)
+        raise typer.Exit(CHOOSE_TRACK_EXIT)
     out.print(f"[bold yellow]{LEADS_NOTICE}[/]")
     out.print(
         f"search {result['search_id']} for case {result['case_number']} ({result['purpose']}): "
         f"probe {photo}, {len(result['faces'])} face(s), gallery of {result['gallery_faces']} faces"
     )
     print_picked(result["picked"])
+    print_video(result.get("video"))
     print_faces(result["faces"])
+
+
+def print_tracks(clip: Path, result: dict[str, Any]) -> None:
+    """The people (tracks) in a video probe, to choose one with --track."""
+    video = result["video"]
+    t = Table(
+        title=f"{clip}: {len(result['tracks'])} people (tracks) in the frames sampled "
+        f"({len(video['frames_sampled'])} frames, {video['fps_sampled']:g} a second); nothing "
+        "was compared"
+    )
+    for col in ("track", "frames", "faces", "best face (frame, box)", "quality"):
+        t.add_column(col, overflow="fold")
+    for tr in result["tracks"]:
+        low = " [below minimum]" if tr["below_min_quality"] else ""
+        t.add_row(
+            str(tr["track"]),
+            f"{tr['first_frame']}-{tr['last_frame']}",
+            str(tr["faces"]),
+            f"frame {tr['best_frame']} at {tr['bbox']}",
+            f"{tr['quality']:.2f}{low}",
+        )
+    out.print(t)
+    out.print(f"search again with [bold]--track N[/] to search one (video {video['sha256']})")
+
+
+def print_video(video: dict[str, Any] | None) -> None:
+    """Which track of a video probe was searched, and from which frames."""
+    if not video or video.get("track") is None:
+        return
+    used = ", ".join(str(n) for n in video["frames_used"]) or "none"
+    out.print(
+        f"video {video['sha256']}: track {video['track']} of {video['tracks']} (frames "
+        f"{video['track_first_frame']}-{video['track_last_frame']}); faces of frames {used} "
+        "fused into the probe"
+    )
 
 
 def print_picked(picked: dict[str, Any] | None) -> None:
@@ -242,6 +308,7 @@ def searches_show(
         f"{shown['calibration'] or 'none'}, policy {shown['policy_sha256'][:16]}"
     )
     print_picked(shown.get("picked"))
+    print_video(shown.get("video"))
     print_faces(shown["faces"])
 
 

@@ -28,6 +28,7 @@ from faceledger.core.base import (
 from faceledger.core.compare import CompareDoor
 from faceledger.core.disclosure import DisclosureDoor
 from faceledger.core.subjects import SubjectsDoor
+from faceledger.core.video import VideoDoor
 from faceledger.errors import PolicyTamperedError, RefusedError
 
 __all__ = [
@@ -51,9 +52,9 @@ __all__ = [
 ]
 
 
-class Faceledger(CompareDoor, DisclosureDoor, SubjectsDoor):
+class Faceledger(CompareDoor, DisclosureDoor, SubjectsDoor, VideoDoor):
     """The one door: every entry point holds one of these and calls its methods. Its parts
     are stacked by what they build on (see ARCHITECTURE.md): :class:`CoreBase` (state,
     ``require``, ``record``), accounts, cases, searching, records, reviews, case file,
-    gallery, ledger, disclosure; the side-by-side comparison (``core/compare.py``); and
-    subjects' duplicates and merges (``core/subjects.py``)."""
+    gallery, ledger, disclosure; the side-by-side comparison (``core/compare.py``), subjects'
+    duplicates and merges (``core/subjects.py``) and video probes (``core/video.py``)."""

@@ -72,6 +72,7 @@ REFUSAL_STATUS = {
     "label-needed": 400,
     "bad-subject": 400,
     "bad-threshold": 400,
+    "no-such-track": 400,
 }
 
 HTTP_CODES = {

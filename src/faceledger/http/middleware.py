@@ -85,6 +85,7 @@ async def _send_json(send: Send, status: int, doc: dict[str, Any]) -> None:
 
 CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "media-src 'self' blob:; "  # the search page previews a video probe from the file chosen
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
 

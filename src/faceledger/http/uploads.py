@@ -1,4 +1,4 @@
-"""Uploaded image parts: content-type check and bytes."""
+"""Uploaded image (and video probe) parts: content-type check and bytes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from fastapi import UploadFile
 from faceledger.http.errors import ApiError
 
 IMAGE_TYPES = ("image/",)
+VIDEO_TYPES = ("image/", "video/")  # a probe: a photo or a clip (told apart by content)
 GENERIC_TYPES = ("application/octet-stream", "")
 
 
@@ -21,6 +22,7 @@ def read_upload(
         raise ApiError(
             415,
             "unsupported-media-type",
-            f"'{field_name}' is {ctype}; send an image (image/jpeg, image/png, ...)",
+            f"'{field_name}' is {ctype}; send an image (image/jpeg, image/png, ...)"
+            + (" or a video (video/mp4, ...)" if allowed == VIDEO_TYPES else ""),
         )
     return upload.file.read()

@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from faceledger.core import SearchRequest
 from faceledger.http.compare import verify_out
 from faceledger.http.deps import Ctx, CurrentActor, DbId, FormStr
+from faceledger.http.errors import ApiError
 from faceledger.http.files import file_response
 from faceledger.http.parsing import parse_box, parse_request_id
-from faceledger.http.schemas.common import ERRORS, IMAGE_RESPONSES, UPLOAD_ERRORS
+from faceledger.http.schemas.common import ERRORS, IMAGE_RESPONSES, UPLOAD_ERRORS, ErrorOut
 from faceledger.http.schemas.search import (
+    ChooseTrackOut,
     DetectOut,
     SearchOut,
     SearchRecordOut,
@@ -22,7 +24,7 @@ from faceledger.http.schemas.search import (
 )
 from faceledger.http.searches import record_out, search_out
 from faceledger.http.settings import API
-from faceledger.http.uploads import read_upload
+from faceledger.http.uploads import VIDEO_TYPES, read_upload
 
 router = APIRouter(prefix=API)
 
@@ -51,18 +53,41 @@ def detect(
     return ctx.fl.detect(actor, data, case_number)
 
 
+VIDEO_DOC = (
+    " The probe may be a video clip (MP4, MOV, MKV, WebM, AVI; recognised by its content, not "
+    "its name): faces are found in frames sampled a few times a second, tracked across "
+    "frames, and a track's best faces are fused into one probe. With one person in the clip "
+    "it is searched at once; with several and no track, the answer is 409 choose-track with "
+    "the tracks (thumbnails, frame ranges, face counts; recorded as search.video_tracks): "
+    "send the search again with track=N. A clip too long or too large, or not readable, is "
+    "422 video-too-long, video-too-large, not-a-video or corrupt-video."
+)
+SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **UPLOAD_ERRORS,
+    409: {
+        "model": ChooseTrackOut,
+        "description": "A video probe with several people and no track: choose-track, with "
+        "the tracks to choose from; or another conflict (empty gallery, policy changed "
+        "outside faceledger...)",
+    },
+    415: {"model": ErrorOut, "description": "Not an image or video content type"},
+}
+
+
 @router.post(
     "/searches",
     response_model=SearchOut,
-    responses=UPLOAD_ERRORS,
+    responses=SEARCH_RESPONSES,
     tags=["search"],
     description="Search the gallery with a probe photo: ranked candidates per face, as leads "
-    "for human review. " + CASE_FIELDS_DOC,
+    "for human review. " + CASE_FIELDS_DOC + VIDEO_DOC,
 )
 def create_search(
     ctx: Ctx,
     actor: CurrentActor,
-    probe: Annotated[UploadFile | None, File(description="The probe photo")] = None,
+    probe: Annotated[
+        UploadFile | None, File(description="The probe photo, or a video clip")
+    ] = None,
     case_number: Annotated[str, Form(examples=["CASE-2026-114"])] = "",
     purpose: Annotated[str, Form(examples=["violent-crime"])] = "",
     justification: Annotated[str, Form(examples=["CCTV still from the robbery at ..."])] = "",
@@ -79,12 +104,41 @@ def create_search(
             examples=["318,68,425,175"],
         ),
     ] = "",
-) -> dict[str, Any]:
+    track: Annotated[
+        int | None,
+        Form(
+            ge=1,
+            le=100_000,
+            description="A video probe: the track (person) to search, from the choose-track "
+            "answer; 400 no-such-track where the clip has no such track",
+        ),
+    ] = None,
+) -> Any:
     ctx.limit_search(actor)
     box = parse_box(face_box)
-    data = read_upload(probe, "probe")
+    data = read_upload(probe, "probe", VIDEO_TYPES)
     req = SearchRequest(case_number, purpose, justification, parse_request_id(request_id), top_k)
-    return search_out(ctx.fl.search(actor, data, req, box))
+    if not ctx.fl.is_video(data):
+        if track is not None:
+            raise ApiError(400, "bad-track", "track picks a person in a video; this is a photo")
+        return search_out(ctx.fl.search(actor, data, req, box))
+    if box is not None:
+        raise ApiError(
+            400, "bad-face-box", "face_box picks a face in a photo; in a video probe, use track"
+        )
+    result = ctx.fl.search_video(actor, data, req, track)
+    if result["search_id"] is None:
+        n = len(result["tracks"])
+        body = {
+            "code": "choose-track",
+            "message": f"the clip shows {n} people: choose one and search again with track=N",
+            "fields": ["track"],
+            "video": result["video"],
+            "tracks": result["tracks"],
+            "min_probe_quality": result["min_probe_quality"],
+        }
+        return JSONResponse(body, status_code=409)
+    return search_out(result)
 
 
 @router.get("/searches", response_model=list[SearchSummaryOut], responses=ERRORS, tags=["search"])

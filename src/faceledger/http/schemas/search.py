@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from faceledger.http.schemas.subjects import SubjectOut
+from faceledger.http.schemas.common import ErrorOut
 from faceledger.search.searcher import LEADS_NOTICE
 
 
@@ -154,6 +155,59 @@ class PickedOut(BaseModel):
     )
 
 
+class VideoOut(BaseModel):
+    """A video probe: the clip, how it was sampled and (once searched) the track used."""
+
+    sha256: str = Field(description="SHA-256 of the uploaded video")
+    format: str
+    codec: str
+    width: int
+    height: int
+    duration: float | None = Field(description="Seconds, from the container's header")
+    fps_sampled: float = Field(description="Frames sampled a second at most")
+    frames_sampled: list[int] = Field(
+        description="The frames whose faces were found and tracked (numbers in decode order, "
+        "0 = the first frame)"
+    )
+    tracks: int = Field(description="People (tracks) found in the clip")
+    track: int | None = Field(None, description="The track searched (1-based)")
+    track_first_frame: int | None = None
+    track_last_frame: int | None = None
+    track_faces: int | None = Field(None, description="Faces in the track searched")
+    frames_used: list[int] | None = Field(
+        None,
+        description="The frames whose faces were fused into the probe (the track's best by "
+        "quality, each at least the policy's minimum)",
+    )
+    probe_frame: int | None = Field(
+        None, description="The frame of the track's best face: the probe shown and kept"
+    )
+
+
+class TrackOut(BaseModel):
+    track: int = Field(description="Its number, for track=N")
+    first_frame: int
+    last_frame: int
+    faces: int = Field(description="Faces in the track (one per sampled frame it appears in)")
+    best_frame: int
+    bbox: list[int] = Field(description="The best face in its frame: left, top, right, bottom")
+    quality: float = Field(description="The best face's quality")
+    faces_searchable: int = Field(
+        description="Faces that would be fused (the best, at least the policy's minimum)"
+    )
+    below_min_quality: bool
+    thumbnail_jpeg: str = Field(description="The best face's crop, base64 JPEG")
+
+
+class ChooseTrackOut(ErrorOut):
+    """An error; for a video probe with several people and no track (code
+    ``choose-track``), the tracks to choose from: send the search again with track=N."""
+
+    video: VideoOut | None = None
+    tracks: list[TrackOut] | None = None
+    min_probe_quality: float | None = None
+
+
 class SearchOut(BaseModel):
     search_id: int
     probe_sha256: str = Field(description="SHA-256 of the probe compared (the face region)")
@@ -175,6 +229,11 @@ class SearchOut(BaseModel):
     )
     subject_calibration: str | None = Field(
         None, description="Version of the template calibration behind the subjects' est_fmr"
+    )
+    video: VideoOut | None = Field(
+        None,
+        description="A video probe: photo_sha256 is the video's, probe_sha256 the PNG of "
+        "the frame of the track's best face",
     )
     model_config = ConfigDict(json_schema_extra={"examples": [SEARCH_EXAMPLE]})
 
@@ -202,6 +261,7 @@ class SearchShownOut(BaseModel):
     subject_calibration: str | None = Field(
         None, description="Version of the template calibration behind the subjects' est_fmr"
     )
+    video: VideoOut | None = Field(None, description="A video probe (see SearchOut.video)")
 
 
 class SearchSummaryOut(BaseModel):

@@ -23,6 +23,7 @@ window.faceledger = (() => {
       err.code = body.code;
       err.status = response.status;
       err.fields = Array.isArray(body.fields) ? body.fields : [];
+      err.body = body;
       throw err;
     }
     return body;

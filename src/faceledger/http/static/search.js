@@ -1,6 +1,8 @@
 // The search page: pick or drop a photo, see its faces, pick one (or mark one by hand: drag
 // a box on the photo, or type its pixels), search; the results are the search's record page
-// (record.js).
+// (record.js). A video clip is searched as it is; where it shows several people the server
+// answers choose-track with one thumbnail per person (track), and the search runs again with
+// the one picked.
 "use strict";
 
 (() => {
@@ -26,10 +28,15 @@
   const handBox = $("hand-box");
   const handDetails = $("hand-details");
   const HAND_FIELDS = ["hand-left", "hand-top", "hand-right", "hand-bottom"].map($);
+  const video = $("probe-video");
+  const tracksFieldset = $("tracks-fieldset");
+  const tracksList = $("tracks");
+  const SEARCH_FACE = searchBtn.textContent;
 
   // selected: a detected face's index, "hand" for a box marked by hand, or null.
   // size: the photo's pixels as the server decoded it (face boxes are in these).
-  const state = { file: null, faces: [], selected: null, objectUrl: null, busy: false, size: null, drag: null };
+  // video: the file is a clip; track: the person (track) picked in it, once the server listed them.
+  const state = { file: null, faces: [], selected: null, objectUrl: null, busy: false, size: null, drag: null, video: false, track: null };
 
   function setStatus(node, text, isError = false) {
     node.textContent = text;
@@ -63,15 +70,30 @@
   }
 
   // -- the photo --------------------------------------------------------------------------
+  // Whether a file starts like a video container, by its bytes (as the server tells them apart).
+  async function isVideoFile(file) {
+    const head = new Uint8Array(await file.slice(0, 400).arrayBuffer());
+    const text = (a, b) => String.fromCharCode(...head.slice(a, b));
+    if (text(4, 8) === "ftyp") return !["heic", "heix", "mif1", "msf1", "avif", "avis"].includes(text(8, 12));
+    if (["moov", "mdat", "wide", "free", "skip"].includes(text(4, 8))) return true;
+    if (head[0] === 0x1a && head[1] === 0x45 && head[2] === 0xdf && head[3] === 0xa3) return true;
+    if (text(0, 4) === "RIFF" && text(8, 12) === "AVI ") return true;
+    return head.length > 376 && head[0] === 0x47 && head[188] === 0x47 && head[376] === 0x47;
+  }
+
   async function useFile(file) {
     if (!file) return;
     reset();
-    if (file.type && !file.type.startsWith("image/")) {
-      setStatus(detectStatus, `${file.name} is not an image.`, true);
-      return;
-    }
     if (file.size > config.maxUpload) {
       setStatus(detectStatus, `${file.name} is larger than the upload limit.`, true);
+      return;
+    }
+    if (await isVideoFile(file)) {
+      useVideo(file);
+      return;
+    }
+    if (file.type && !file.type.startsWith("image/")) {
+      setStatus(detectStatus, `${file.name} is not an image.`, true);
       return;
     }
     state.file = file;
@@ -94,9 +116,61 @@
     }
   }
 
+  // A clip: nothing is analysed until the search (the case fields come first).
+  function useVideo(file) {
+    Object.assign(state, { file, video: true, selected: "video", objectUrl: URL.createObjectURL(file) });
+    video.src = state.objectUrl;
+    video.hidden = false;
+    stage.hidden = true;
+    setStatus(detectStatus, "Video clip. The people in it are found when you search; if it shows several, you pick one.");
+    picked.textContent = "The person in the clip will be searched (with several people, you pick one).";
+    searchBtn.textContent = "Search this clip";
+    updateButton();
+  }
+
+  function showTracks(body) {
+    const tracks = body.tracks;
+    tracksList.replaceChildren();
+    tracks.forEach((t) => {
+      const label = `Person ${t.track}`;
+      const detail = ` · frames ${t.first_frame}–${t.last_frame} · ${t.faces} face${t.faces === 1 ? "" : "s"} · quality ${t.quality.toFixed(2)}`;
+      const radio = el("input", { type: "radio", name: "track", value: String(t.track), id: `track-${t.track}`, onchange: () => selectTrack(t.track) });
+      const thumb = el("img", { class: "face-thumb", src: `data:image/jpeg;base64,${t.thumbnail_jpeg}`, alt: `${label}: the best face, frame ${t.best_frame}` });
+      const tags = t.below_min_quality
+        ? el("span", { class: "warn-tag", text: "below quality minimum" })
+        : el("span", { class: "ok-tag", text: `${t.faces_searchable} face${t.faces_searchable === 1 ? "" : "s"} to search` });
+      tracksList.append(el("li", {},
+        el("label", { class: "face-option", for: `track-${t.track}`, "data-track": String(t.track) }, radio, thumb,
+          el("span", { class: "face-text" },
+            el("span", {}, el("strong", { text: label }), detail),
+            el("span", { class: "face-warnings" }, tags)))));
+    });
+    tracksFieldset.hidden = false;
+    state.track = null;
+    state.selected = null;
+    picked.textContent = "No person picked yet.";
+    searchBtn.textContent = "Search this person";
+    updateButton();
+    setStatus(searchStatus, `The clip shows ${tracks.length} people: pick the one to search.`);
+    tracksList.querySelector("input")?.focus();
+  }
+
+  function selectTrack(n) {
+    state.track = n;
+    state.selected = "video";
+    picked.textContent = `Person ${n} picked.`;
+    searchBtn.textContent = `Search person ${n}`;
+    updateButton();
+  }
+
   function reset() {
     if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
-    Object.assign(state, { file: null, faces: [], selected: null, objectUrl: null, size: null, drag: null });
+    Object.assign(state, { file: null, faces: [], selected: null, objectUrl: null, size: null, drag: null, video: false, track: null });
+    video.hidden = true;
+    video.removeAttribute("src");
+    tracksList.replaceChildren();
+    tracksFieldset.hidden = true;
+    searchBtn.textContent = SEARCH_FACE;
     boxes.replaceChildren();
     facesList.replaceChildren();
     facesFieldset.hidden = true;
@@ -352,6 +426,7 @@
     markFields([], "");
     const data = new FormData(form);
     data.append("probe", state.file, state.file.name);
+    if (state.video && state.track !== null) data.append("track", String(state.track));
     state.busy = true;
     updateButton();
     setStatus(searchStatus, "Searching…");
@@ -361,6 +436,10 @@
       // The results are the search's record: a page to come back to (refresh, Back, a link).
       window.location.assign(`/searches/${result.search_id}`);
     } catch (err) {
+      if (err.code === "choose-track" && state.video && err.body && Array.isArray(err.body.tracks)) {
+        showTracks(err.body);
+        return;
+      }
       const text = `${err.message}${err.code ? ` (${err.code})` : ""}`;
       const marked = markFields(err.fields || [], text);
       setStatus(searchStatus, marked ? "The search was refused: see the marked field." : text, true);

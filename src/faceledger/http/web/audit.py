@@ -28,6 +28,7 @@ COMMON_ACTIONS = [
     "search.view",
     "verify",
     "probe.detect",
+    "search.video_tracks",
     "authz.denied",
     "login",
     "login.failed",
