@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from faceledger.http.schemas.subjects import SubjectOut
 from faceledger.http.schemas.common import ErrorOut
+from faceledger.http.schemas.subjects import SubjectOut
 from faceledger.search.searcher import LEADS_NOTICE
 
 
