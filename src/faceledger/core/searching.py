@@ -260,6 +260,47 @@ class SearchDoor(CasesDoor):
         audit.append(conn, actor.username, action, case, entry)
         return rid
 
+    def _store_search(
+        self,
+        conn: Any,
+        actor: Actor,
+        req: SearchRequest,
+        pol: Policy,
+        probe_sha: str,
+        probe: bytes | None,
+        faces: int,
+        summary: list[dict[str, Any]],
+        shown_json: str,
+        details: dict[str, Any],
+    ) -> int:
+        """Write a search's row (what it showed, ``shown_json``) and its ledger entry
+        (``details``) in the caller's transaction, and keep the probe (``probe``: the bytes
+        compared) while the policy's ``retain_probes_days`` says so. Returns the search id."""
+        sid = self._insert_comparison(
+            conn,
+            actor,
+            req,
+            searches,
+            {
+                "probe_sha256": probe_sha,
+                "faces": faces,
+                "result_json": json.dumps(summary),
+                "shown_json": shown_json,
+            },
+            details,
+        )
+        if pol.retain_probes_days > 0 and probe:
+            rel = f"probes/{probe_sha}.bin"
+            atomic_write(self.data_dir / rel, probe)
+            expires = (auth.utcnow() + timedelta(days=pol.retain_probes_days)).isoformat(
+                timespec="seconds"
+            )
+            conn.execute(
+                insert_or_ignore(probe_table, conn),
+                {"sha256": probe_sha, "stored_path": rel, "search_id": sid, "expires_at": expires},
+            )
+        return sid
+
     def search(
         self,
         actor: Actor,
@@ -398,34 +439,9 @@ class SearchDoor(CasesDoor):
                 details |= {"photo_sha256": photo_sha, "probe_region": region}
             if by_hand:
                 details["marked_by_hand"] = True
-            sid = self._insert_comparison(
-                conn,
-                actor,
-                req,
-                searches,
-                {
-                    "probe_sha256": probe_sha,
-                    "faces": len(faces),
-                    "result_json": json.dumps(summary),
-                    "shown_json": shown_json,
-                },
-                details,
+            sid = self._store_search(
+                conn, actor, req, pol, probe_sha, probe, len(faces), summary, shown_json, details
             )
-            if pol.retain_probes_days > 0:
-                rel = f"probes/{probe_sha}.bin"
-                atomic_write(self.data_dir / rel, probe)
-                expires = (auth.utcnow() + timedelta(days=pol.retain_probes_days)).isoformat(
-                    timespec="seconds"
-                )
-                conn.execute(
-                    insert_or_ignore(probe_table, conn),
-                    {
-                        "sha256": probe_sha,
-                        "stored_path": rel,
-                        "search_id": sid,
-                        "expires_at": expires,
-                    },
-                )
         if not faces:
             raise NoFaceError(f"no face found in the probe photo (search {sid} recorded)")
         return {

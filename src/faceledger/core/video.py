@@ -13,19 +13,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
 
-from faceledger.accounts import auth
 from faceledger.accounts.auth import Actor
 from faceledger.core.base import SearchRequest
 from faceledger.core.searching import SearchDoor, canonical_json, mark_chance_level, shown_face
-from faceledger.db.schema import probes as probe_table
-from faceledger.db.schema import searches
-from faceledger.db.store import atomic_write, insert_or_ignore
 from faceledger.errors import RefusedError
 from faceledger.search.fusion import Groups, templates
 from faceledger.search.searcher import LEADS_NOTICE, NoFaceError
@@ -277,34 +271,18 @@ class VideoDoor(SearchDoor):
                 "results": summary,
                 "shown_sha256": hashlib.sha256(shown_json.encode()).hexdigest(),
             }
-            sid = self._insert_comparison(
+            sid = self._store_search(
                 conn,
                 actor,
                 req,
-                searches,
-                {
-                    "probe_sha256": probe_sha,
-                    "faces": len(probe_faces),
-                    "result_json": json.dumps(summary),
-                    "shown_json": shown_json,
-                },
+                pol,
+                probe_sha,
+                frame_png,
+                len(probe_faces),
+                summary,
+                shown_json,
                 details,
             )
-            if pol.retain_probes_days > 0 and frame_png:
-                rel = f"probes/{probe_sha}.bin"
-                atomic_write(self.data_dir / rel, frame_png)
-                expires = (auth.utcnow() + timedelta(days=pol.retain_probes_days)).isoformat(
-                    timespec="seconds"
-                )
-                conn.execute(
-                    insert_or_ignore(probe_table, conn),
-                    {
-                        "sha256": probe_sha,
-                        "stored_path": rel,
-                        "search_id": sid,
-                        "expires_at": expires,
-                    },
-                )
         if not probe_faces:
             raise NoFaceError(f"no face found in the video (search {sid} recorded)")
         return {
