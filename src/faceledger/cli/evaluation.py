@@ -206,6 +206,37 @@ def _print_index_table(res: dict[str, Any], by_index: dict[str, Any]) -> None:
     out.print(t)
 
 
+def _embedded_lfw(
+    lfw_dir: Path,
+    detector: str,
+    embedder: str,
+    workers: int,
+    model_dir: str | None,
+    device: str,
+    data_dir: Path | None,
+    no_flip: bool,
+    show_progress: bool = True,
+) -> tuple[Any, Any, str]:
+    """LFW and every image's embedding (from the cache where it has them), with a progress
+    bar: what the calibration commands fit on. Returns the dataset, the table, the model."""
+    from faceledger.evaluation.lfw import LfwDataset, embed_lfw
+    from faceledger.gallery.ingest import default_workers
+
+    factory, model_id, cache = _lfw_setup(
+        detector, embedder, data_dir, model_dir, device, flip=not no_flip
+    )
+    ds = LfwDataset.load(lfw_dir)
+    with progress_bar("embed LFW", len(ds.all_images()), enabled=show_progress) as bar:
+        table = embed_lfw(
+            ds,
+            factory,
+            cache,
+            workers or default_workers(),
+            advance=lambda n: bar.advance(bar.task_ids[0], n),
+        )
+    return ds, table, model_id
+
+
 @calibrate_app.command("lfw")
 def calibrate_lfw(
     lfw_dir: Annotated[Path, typer.Option(help="LFW folder.")],
@@ -219,22 +250,12 @@ def calibrate_lfw(
     no_flip: NoFlip = False,
 ) -> None:
     """Fit the score->FMR calibration on LFW's calibration split (a quarter of the people)."""
-    from faceledger.evaluation.lfw import LfwDataset, calibration_names, embed_lfw, impostor_scores
-    from faceledger.gallery.ingest import default_workers
+    from faceledger.evaluation.lfw import calibration_names, impostor_scores
     from faceledger.search import calibration
 
-    factory, model_id, cache = _lfw_setup(
-        detector, embedder, data_dir, model_dir, device, flip=not no_flip
+    ds, table, model_id = _embedded_lfw(
+        lfw_dir, detector, embedder, workers, model_dir, device, data_dir, no_flip
     )
-    ds = LfwDataset.load(lfw_dir)
-    with progress_bar("embed LFW", len(ds.all_images())) as bar:
-        table = embed_lfw(
-            ds,
-            factory,
-            cache,
-            workers or default_workers(),
-            advance=lambda n: bar.advance(bar.task_ids[0], n),
-        )
     names = calibration_names(ds)
     scores = impostor_scores(table, names)
     calib = calibration.fit(
@@ -273,23 +294,12 @@ def calibrate_lfw_subjects(
 ) -> None:
     """Fit the template score->FMR calibration of subjects by size (1x2 ... 3+x3+) on LFW's
     calibration split, and check each fit on the people outside it."""
-    from faceledger.evaluation.lfw import LfwDataset, embed_lfw
     from faceledger.evaluation.subjects import check_by_size, fit_lfw
-    from faceledger.gallery.ingest import default_workers
     from faceledger.search import calibration
 
-    factory, model_id, cache = _lfw_setup(
-        detector, embedder, data_dir, model_dir, device, flip=not no_flip
+    ds, table, model_id = _embedded_lfw(
+        lfw_dir, detector, embedder, workers, model_dir, device, data_dir, no_flip, not as_json
     )
-    ds = LfwDataset.load(lfw_dir)
-    with progress_bar("embed LFW", len(ds.all_images()), enabled=not as_json) as bar:
-        table = embed_lfw(
-            ds,
-            factory,
-            cache,
-            workers or default_workers(),
-            advance=lambda n: bar.advance(bar.task_ids[0], n),
-        )
     calib = fit_lfw(ds, table, model_id, calibration.load(model_id))
     calib.info["detector"] = detector
     calib.save(out_file)
