@@ -51,6 +51,9 @@ def test_two_investigators_review_a_candidate(browser: Any, site: Site) -> None:
     page.goto(f"/searches/{sid}")
     top = page.locator("#candidates .candidate").first
     assert top.locator(".badge").inner_text() == "unreviewed"
+    # the subjects beside the faces (#14 item 1): here every face is a subject of one
+    subjects = page.locator("#subjects-0 tbody tr")
+    assert subjects.count() >= 1 and "unlabelled face" in subjects.first.inner_text()
     chance = page.locator("details.chance")
     assert chance.count() == 1 and chance.get_attribute("open") is None
     assert "chance matches are expected" in chance.locator(".chance-note").text_content()
