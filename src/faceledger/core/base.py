@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from faceledger.accounts.auth import Actor, PermissionDenied
 from faceledger.cases.policy import Policy, policy_path
@@ -20,7 +20,7 @@ from faceledger.db.schema import (
     verifications,
 )
 from faceledger.db.schema import users as users_table
-from faceledger.db.store import Store, atomic_write
+from faceledger.db.store import Store, atomic_write, now_iso
 from faceledger.errors import PolicyTamperedError, RefusedError
 from faceledger.ledger import audit
 from faceledger.ledger.guards import install_ledger_guards
@@ -130,6 +130,28 @@ class CoreBase:
         self.store.close()
 
     # -- ledger helpers --------------------------------------------------------------------
+    @staticmethod
+    def _insert_recorded(
+        conn: Any,
+        actor: Actor,
+        table: Any,
+        values: dict[str, Any],
+        action: str,
+        target: str,
+        id_key: str,
+        details: dict[str, Any],
+    ) -> int:
+        """Insert a row of ``table`` and, in the caller's transaction, its ledger entry
+        (``details``, with the row's id as ``id_key``); the row keeps the entry's seq
+        (``ledger_seq``). ``audit verify`` checks such rows against their entries. Returns the
+        row's id."""
+        pk = conn.execute(insert(table).values(**values, created_at=now_iso())).inserted_primary_key
+        assert pk is not None  # a single-row INSERT always reports its key
+        rid = int(pk[0])
+        entry = audit.append(conn, actor.username, action, target, {id_key: rid, **details})
+        conn.execute(table.update().where(table.c.id == rid).values(ledger_seq=entry.seq))
+        return rid
+
     def record(self, actor: Actor, action: str, target: str = "", **details: Any) -> None:
         if actor.token_id is not None:
             details.setdefault("token_id", actor.token_id)

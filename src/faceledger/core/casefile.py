@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from faceledger.accounts.auth import Actor
 from faceledger.core.base import MAX_CASE_NUMBER, MAX_NOTE, check_length, text_sha256
 from faceledger.core.reviews import ReviewsDoor
 from faceledger.db.schema import case_notes, ledger, searches, users, verifications
-from faceledger.db.store import now_iso
 from faceledger.errors import RefusedError
 from faceledger.ledger import audit
 
@@ -226,24 +225,13 @@ class CaseFileDoor(ReviewsDoor):
             raise RefusedError("missing-note", "the note is empty", fields=("text",))
         self._case_file(actor, case_number)  # no-such-case unless they work on it
         with self.store.writer.begin() as conn:
-            pk = conn.execute(
-                insert(case_notes).values(
-                    case_number=case_number,
-                    user_id=actor.user_id,
-                    text=text,
-                    created_at=now_iso(),
-                )
-            ).inserted_primary_key
-            assert pk is not None  # a single-row INSERT always reports its key
-            note_id = int(pk[0])
-            entry = audit.append(
+            return self._insert_recorded(
                 conn,
-                actor.username,
+                actor,
+                case_notes,
+                {"case_number": case_number, "user_id": actor.user_id, "text": text},
                 "case.note",
                 case_number,
-                {"note_id": note_id, "case_number": case_number, "text_sha256": text_sha256(text)},
+                "note_id",
+                {"case_number": case_number, "text_sha256": text_sha256(text)},
             )
-            conn.execute(
-                case_notes.update().where(case_notes.c.id == note_id).values(ledger_seq=entry.seq)
-            )
-        return note_id

@@ -14,15 +14,13 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from faceledger.accounts.auth import Actor, PermissionDenied
 from faceledger.core.base import MAX_NOTE, check_length, text_sha256
 from faceledger.core.records import RecordsDoor, second_examinable
 from faceledger.db.schema import reviews, searches, users
-from faceledger.db.store import now_iso
 from faceledger.errors import RefusedError
-from faceledger.ledger import audit
 
 DECISIONS = ("excluded", "inconclusive", "possible-lead")
 MIN_REASON = 3
@@ -98,26 +96,22 @@ class ReviewsDoor(RecordsDoor):
                     "already-reviewed",
                     f"candidate {face_id} of search {search_id} has all the decisions it needs",
                 )
-            pk = conn.execute(
-                insert(reviews).values(
-                    search_id=search_id,
-                    face_id=face_id,
-                    stage=stage,
-                    examiner_id=actor.user_id,
-                    decision=decision,
-                    reason=reason,
-                    created_at=now_iso(),
-                )
-            ).inserted_primary_key
-            assert pk is not None  # a single-row INSERT always reports its key
-            review_id = int(pk[0])
-            entry = audit.append(
+            self._insert_recorded(
                 conn,
-                actor.username,
+                actor,
+                reviews,
+                {
+                    "search_id": search_id,
+                    "face_id": face_id,
+                    "stage": stage,
+                    "examiner_id": actor.user_id,
+                    "decision": decision,
+                    "reason": reason,
+                },
                 "candidate.review",
                 row["case_number"],
+                "review_id",
                 {
-                    "review_id": review_id,
                     "search_id": search_id,
                     "face_id": face_id,
                     "stage": stage,
@@ -125,9 +119,6 @@ class ReviewsDoor(RecordsDoor):
                     "reason_sha256": text_sha256(reason),
                     "case_number": row["case_number"],
                 },
-            )
-            conn.execute(
-                reviews.update().where(reviews.c.id == review_id).values(ledger_seq=entry.seq)
             )
         return self._review_states(actor, [search_id])[(search_id, face_id)]
 

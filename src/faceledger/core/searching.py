@@ -62,6 +62,40 @@ def shown_face(face: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def shown_search(
+    probe_faces: list[dict[str, Any]],
+    pol: Policy,
+    calib: Any,
+    gallery_faces: int,
+    model_id: str,
+    **probe: Any,
+) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+    """What a search (of a photo or a video) showed, as its record keeps it: ``probe`` (the
+    probe's hashes, region, picked face, video...), the gallery size, model, calibration and
+    policy versions, and every probe face with its candidates, each marked at chance level
+    or not. Returns the per-face summary (candidate ids and scores: the ledger's
+    ``results``), the document and its canonical JSON (whose SHA-256 the ledger keeps)."""
+    mark_chance_level(probe_faces, pol.lead_max_expected_false)
+    summary = [
+        {
+            "face": pf["face_index"],
+            "candidates": [[c["face_id"], round(c["score"], 4)] for c in pf["candidates"]],
+        }
+        for pf in probe_faces
+    ]
+    shown = probe | {
+        "gallery_faces": gallery_faces,
+        "model_id": model_id,
+        "calibration": calib.version if calib else None,
+        "policy_sha256": pol.sha256(),
+        "min_probe_quality": pol.min_probe_quality,
+        "lead_max_expected_false": pol.lead_max_expected_false,
+        "notice": LEADS_NOTICE,
+        "faces": [shown_face(pf) for pf in probe_faces],
+    }
+    return summary, shown, canonical_json(shown)
+
+
 def mark_chance_level(faces: list[dict[str, Any]], lead_max_expected_false: float) -> None:
     """Mark each candidate ``chance_level`` when its expected false candidates at the
     gallery's size reaches the policy's ``lead_max_expected_false``: at that score a
@@ -404,30 +438,18 @@ class SearchDoor(CasesDoor):
             best = max(probe_faces, key=lambda pf: probes.iou(pf["bbox"], face_box), default=None)
             for pf in probe_faces:
                 pf["selected"] = pf is best
-        mark_chance_level(probe_faces, pol.lead_max_expected_false)
-        summary = [
-            {
-                "face": pf["face_index"],
-                "candidates": [[c["face_id"], round(c["score"], 4)] for c in pf["candidates"]],
-            }
-            for pf in probe_faces
-        ]
-        shown = {
-            "probe_sha256": probe_sha,
-            "photo_sha256": photo_sha,
-            "probe_region": region,
-            "picked": picked,
-            "gallery_faces": gallery_faces,
-            "model_id": model_id,
-            "calibration": calib.version if calib else None,
-            "policy_sha256": pol.sha256(),
-            "min_probe_quality": pol.min_probe_quality,
-            "lead_max_expected_false": pol.lead_max_expected_false,
-            "notice": LEADS_NOTICE,
-            "faces": [shown_face(pf) for pf in probe_faces],
+        summary, shown, shown_json = shown_search(
+            probe_faces,
+            pol,
+            calib,
+            gallery_faces,
+            model_id,
+            probe_sha256=probe_sha,
+            photo_sha256=photo_sha,
+            probe_region=region,
+            picked=picked,
             **subjects,
-        }
-        shown_json = canonical_json(shown)
+        )
         with self.store.writer.begin() as conn:
             details: dict[str, Any] = {
                 "probe_sha256": probe_sha,

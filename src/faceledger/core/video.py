@@ -19,7 +19,7 @@ import numpy as np
 
 from faceledger.accounts.auth import Actor
 from faceledger.core.base import SearchRequest
-from faceledger.core.searching import SearchDoor, canonical_json, mark_chance_level, shown_face
+from faceledger.core.searching import SearchDoor, shown_search
 from faceledger.errors import RefusedError
 from faceledger.search.fusion import Groups, templates
 from faceledger.search.searcher import LEADS_NOTICE, NoFaceError
@@ -230,35 +230,23 @@ class VideoDoor(SearchDoor):
                 "frames_used": [tf.frame for tf in fused],
                 "probe_frame": best_frame,
             }
-        mark_chance_level(probe_faces, pol.lead_max_expected_false)
         # the probe shown and kept: the frame of the track's best face, as PNG
         frame_png = (
             b"" if best_frame is None else probes.png_bytes(frame_at(clip, best_frame, limits))
         )
         probe_sha = hashlib.sha256(frame_png or clip).hexdigest()
-        summary = [
-            {
-                "face": pf["face_index"],
-                "candidates": [[c["face_id"], round(c["score"], 4)] for c in pf["candidates"]],
-            }
-            for pf in probe_faces
-        ]
-        shown = {
-            "probe_sha256": probe_sha,
-            "photo_sha256": video_sha,
-            "probe_region": None,
-            "picked": None,
-            "video": video_doc,
-            "gallery_faces": gallery_faces,
-            "model_id": model_id,
-            "calibration": calib.version if calib else None,
-            "policy_sha256": pol.sha256(),
-            "min_probe_quality": pol.min_probe_quality,
-            "lead_max_expected_false": pol.lead_max_expected_false,
-            "notice": LEADS_NOTICE,
-            "faces": [shown_face(pf) for pf in probe_faces],
-        }
-        shown_json = canonical_json(shown)
+        summary, shown, shown_json = shown_search(
+            probe_faces,
+            pol,
+            calib,
+            gallery_faces,
+            model_id,
+            probe_sha256=probe_sha,
+            photo_sha256=video_sha,
+            probe_region=None,
+            picked=None,
+            video=video_doc,
+        )
         with self.store.writer.begin() as conn:
             details: dict[str, Any] = {
                 "probe_sha256": probe_sha,
