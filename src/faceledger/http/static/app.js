@@ -66,6 +66,46 @@ window.faceledger = (() => {
     return x === null || x === undefined ? "n/a" : x.toFixed(3);
   }
 
+  // The inputs ``fields`` (ids) at fault among a form's ``all`` inputs: marked (aria-invalid,
+  // described by the message, which stands next to the first); the others cleared. False
+  // when none of them is on the page (the caller shows the message elsewhere).
+  function markFields(all, fields, message, errorId) {
+    const $ = (id) => document.getElementById(id);
+    for (const id of all) {
+      const field = $(id);
+      if (!field || field.type === "hidden") continue;
+      field.removeAttribute("aria-invalid");
+      const described = (field.getAttribute("aria-describedby") || "").split(" ").filter((x) => x && x !== errorId);
+      if (described.length) field.setAttribute("aria-describedby", described.join(" "));
+      else field.removeAttribute("aria-describedby");
+    }
+    $(errorId)?.remove();
+    const marked = fields.filter((id) => $(id) && $(id).type !== "hidden");
+    if (!marked.length) return false;
+    for (const id of marked) {
+      const field = $(id);
+      field.setAttribute("aria-invalid", "true");
+      const described = (field.getAttribute("aria-describedby") || "").split(" ").filter(Boolean);
+      field.setAttribute("aria-describedby", [...described, errorId].join(" "));
+    }
+    const first = $(marked[0]);
+    first.closest(".field").append(el("p", { class: "field-error", id: errorId, role: "alert", text: message }));
+    first.focus();
+    return true;
+  }
+
+  // The case fields (templates/_case_fields.html): an approved request fills in its case
+  // number and purpose.
+  document.addEventListener("change", (event) => {
+    const select = event.target;
+    if (select.id !== "request_id" || select.tagName !== "SELECT") return;
+    const opt = select.selectedOptions[0];
+    if (opt && opt.value) {
+      document.getElementById("case_number").value = opt.dataset.case;
+      document.getElementById("purpose").value = opt.dataset.purpose;
+    }
+  });
+
   // Forms that need a confirmation before they change something irreversible.
   document.addEventListener("submit", (event) => {
     const form = event.target.closest("form[data-confirm]");
@@ -110,5 +150,5 @@ window.faceledger = (() => {
   }
   document.addEventListener("DOMContentLoaded", pollJobs);
 
-  return { api, el, csrf, fmtRate, fmtCount, fmtScore };
+  return { api, el, csrf, fmtRate, fmtCount, fmtScore, markFields };
 })();

@@ -5,7 +5,7 @@
 "use strict";
 
 (() => {
-  const { api, el, fmtRate, fmtCount, fmtScore } = window.faceledger;
+  const { api, el, fmtRate, fmtCount, fmtScore, markFields } = window.faceledger;
   const $ = (id) => document.getElementById(id);
   const SVG = "http://www.w3.org/2000/svg";
   const SIDES = ["a", "b"];
@@ -161,27 +161,7 @@
   if (verifyForm) {
     const FIELDS = ["photo_a", "photo_b", "case_number", "purpose", "justification", "request_id"];
     const status = $("verify-status");
-    const mark = (fields, message) => {
-      for (const id of FIELDS) $(id)?.removeAttribute("aria-invalid");
-      $("verify-error")?.remove();
-      const marked = fields.filter((id) => $(id) && $(id).type !== "hidden");
-      for (const id of marked) $(id).setAttribute("aria-invalid", "true");
-      if (!marked.length) return false;
-      const first = $(marked[0]);
-      first.closest(".field").append(el("p", { class: "field-error", id: "verify-error", role: "alert", text: message }));
-      first.focus();
-      return true;
-    };
-    const requestSelect = $("request_id");
-    if (requestSelect && requestSelect.tagName === "SELECT") {
-      requestSelect.addEventListener("change", () => {
-        const opt = requestSelect.selectedOptions[0];
-        if (opt && opt.value) {
-          $("case_number").value = opt.dataset.case;
-          $("purpose").value = opt.dataset.purpose;
-        }
-      });
-    }
+    const mark = (fields, message) => markFields(FIELDS, fields, message, "verify-error");
     let urls = [];
     verifyForm.addEventListener("submit", async (event) => {
       event.preventDefault();

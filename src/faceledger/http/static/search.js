@@ -6,7 +6,7 @@
 "use strict";
 
 (() => {
-  const { api, el } = window.faceledger;
+  const { api, el, markFields: markAmong } = window.faceledger;
   const $ = (id) => document.getElementById(id);
   const config = JSON.parse($("search-config").textContent);
   const WARNINGS = { small: "small", blurred: "blurred", turned: "turned away" };
@@ -45,29 +45,8 @@
 
   // The case fields at fault: marked (aria-invalid) with the message next to the first one.
   const CASE_FIELDS = ["request_id", "case_number", "purpose", "justification"];
-  function markFields(fields, message) {
-    for (const id of CASE_FIELDS) {
-      const field = $(id);
-      if (!field || field.type === "hidden") continue;
-      field.removeAttribute("aria-invalid");
-      const described = (field.getAttribute("aria-describedby") || "").split(" ").filter((x) => x && x !== "case-error");
-      if (described.length) field.setAttribute("aria-describedby", described.join(" "));
-      else field.removeAttribute("aria-describedby");
-    }
-    $("case-error")?.remove();
-    const marked = fields.filter((id) => $(id) && $(id).type !== "hidden");
-    if (!marked.length) return false;
-    for (const id of marked) {
-      const field = $(id);
-      field.setAttribute("aria-invalid", "true");
-      const described = (field.getAttribute("aria-describedby") || "").split(" ").filter(Boolean);
-      field.setAttribute("aria-describedby", [...described, "case-error"].join(" "));
-    }
-    const first = $(marked[0]);
-    first.closest(".field").append(el("p", { class: "field-error", id: "case-error", role: "alert", text: message }));
-    first.focus();
-    return true;
-  }
+  const markFields = (fields, message) =>
+    markAmong(CASE_FIELDS, fields, message, "case-error");
 
   // -- the photo --------------------------------------------------------------------------
   // Whether a file starts like a video container, by its bytes (as the server tells them apart).
@@ -398,17 +377,6 @@
     if (e.dataTransfer.files.length) useFile(e.dataTransfer.files[0]);
   });
 
-  // An approved request fills in its case and purpose.
-  const requestSelect = $("request_id");
-  if (requestSelect && requestSelect.tagName === "SELECT") {
-    requestSelect.addEventListener("change", () => {
-      const opt = requestSelect.selectedOptions[0];
-      if (opt && opt.value) {
-        $("case_number").value = opt.dataset.case;
-        $("purpose").value = opt.dataset.purpose;
-      }
-    });
-  }
 
   // -- the search -------------------------------------------------------------------------
   form.addEventListener("submit", async (event) => {
