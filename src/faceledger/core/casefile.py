@@ -89,7 +89,7 @@ class CaseFileDoor(ReviewsDoor):
                     .order_by(case_notes.c.id)
                 ).mappings()
             ]
-        requests = [r for r in self.list_case_requests(actor) if r["case_number"] == case_number]
+        requests = self.list_case_requests(actor, case_number=case_number)
         if not (recs or verify_rows or notes or requests):
             raise RefusedError("no-such-case", f"no case {case_number!r} that you may see")
         entries = self._case_entries(actor, case_number, recs, verify_rows, requests, notes)

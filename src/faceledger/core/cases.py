@@ -188,7 +188,9 @@ class CasesDoor(AccountsDoor):
                 },
             )
 
-    def list_case_requests(self, actor: Actor, status: str | None = None) -> list[dict[str, Any]]:
+    def list_case_requests(
+        self, actor: Actor, status: str | None = None, case_number: str | None = None
+    ) -> list[dict[str, Any]]:
         self.require(actor, "list_cases")
         req, dec, wdr = users.alias("req"), users.alias("dec"), users.alias("wdr")
         q = (
@@ -205,6 +207,8 @@ class CasesDoor(AccountsDoor):
         )
         if status:
             q = q.where(case_requests.c.status == status)
+        if case_number is not None:
+            q = q.where(case_requests.c.case_number == case_number)
         if not (actor.roles & {"admin", "auditor"}):
             mine = case_requests.c.requested_by == actor.user_id
             if "supervisor" in actor.roles and actor.unit:
