@@ -28,6 +28,7 @@ from faceledger.errors import RefusedError
 from faceledger.http.app import create_app
 from faceledger.http.settings import ApiSettings
 from faceledger.search.fusion import Groups, templates
+from faceledger.search.subjects import load_subject_calibration
 from faceledger.vision.video import VideoError, VideoLimits, analyse_video
 
 need_module("av", "pip install av (a faceledger dependency)")
@@ -95,6 +96,14 @@ def test_a_clip_of_one_person_is_searched_as_its_fused_best_faces(
     assert by_fused.candidates[0].score == pytest.approx(face["candidates"][0]["score"], abs=1e-4)
     singles = [searcher.search_faces([tf.face], 1)[0].candidates[0].score for tf in best]
     assert face["candidates"][0]["score"] >= np.mean(singles) - 1e-4  # the template's gain
+    # a fused probe's est. FMR comes from the template fit for its size, and it has subjects
+    top = face["candidates"][0]
+    assert result["fused_faces"] == 5
+    calib = load_subject_calibration(searcher.analyzer.model_id)
+    assert calib is not None and result["calibration"] == calib.version
+    fitted = calib.estimate(top["score"], 5, 1)
+    assert fitted is not None and top["est_fmr"] == pytest.approx(fitted.fmr, rel=0.01)
+    assert face["subjects"][0]["face_ids"] == [top["face_id"]]
 
     rec = fl.get_search(ivy, result["search_id"])
     assert rec["shown"]["video"] == video

@@ -15,14 +15,13 @@ import base64
 import hashlib
 from typing import Any
 
-import numpy as np
-
 from faceledger.accounts.auth import Actor
 from faceledger.core.base import SearchRequest
 from faceledger.core.searching import SearchDoor, shown_search
 from faceledger.errors import RefusedError
-from faceledger.search.fusion import Groups, templates
+from faceledger.search.fusion import fused_face
 from faceledger.search.searcher import LEADS_NOTICE, NoFaceError
+from faceledger.search.subjects import attach_subjects
 from faceledger.types import Face
 from faceledger.vision import probes
 from faceledger.vision.video import (
@@ -42,18 +41,7 @@ def fused_probe(faces: list[TrackFace]) -> Face:
     """One probe face for a track: the best of ``faces`` (box, landmarks, quality, crop),
     with the ``template`` fusion of all their vectors as its embedding."""
     best = max(faces, key=lambda tf: (tf.face.quality, tf.face.size, -tf.frame)).face
-    vectors = np.stack([np.asarray(tf.face.embedding, np.float32) for tf in faces])
-    fused = templates(vectors, Groups.of([range(len(faces))]))[0]
-    return Face(
-        detection=best.detection,
-        embedding=fused,
-        model_id=best.model_id,
-        quality=best.quality,
-        size=best.size,
-        sharpness=best.sharpness,
-        yaw=best.yaw,
-        crop_jpeg=best.crop_jpeg,
-    )
+    return fused_face([tf.face for tf in faces], best)
 
 
 def track_summary(track: Track, min_quality: float, k: int) -> dict[str, Any]:
@@ -195,11 +183,12 @@ class VideoDoor(SearchDoor):
             probe_face = fused_probe(fused)
         elif kept:
             probe_face = kept[0].face if len(kept) == 1 else fused_probe(kept)
+        sizes = [max(1, len(fused))]
         with self.analysis_lock:
-            results = searcher.search_faces([probe_face], top_k) if fused else []
+            results = searcher.search_faces([probe_face], top_k, sizes) if fused else []
             gallery_faces = len(searcher.indexes.sync())
             model_id = searcher.analyzer.model_id
-            calib = searcher.calibration
+            calib = searcher.calibration_for(sizes[0])
         probe_faces: list[dict[str, Any]] = []
         best_frame: int | None = None
         if chosen is not None and probe_face is not None:
@@ -230,6 +219,12 @@ class VideoDoor(SearchDoor):
                 "frames_used": [tf.frame for tf in fused],
                 "probe_frame": best_frame,
             }
+        subjects: dict[str, Any] = {}
+        if probe_face is not None:
+            with self.analysis_lock:
+                subjects = attach_subjects(
+                    searcher, [probe_face], probe_faces, top_k, pol.lead_max_expected_false, sizes
+                )
         # the probe shown and kept: the frame of the track's best face, as PNG
         frame_png = (
             b"" if best_frame is None else probes.png_bytes(frame_at(clip, best_frame, limits))
@@ -246,6 +241,8 @@ class VideoDoor(SearchDoor):
             probe_region=None,
             picked=None,
             video=video_doc,
+            fused_faces=sizes[0],
+            **subjects,
         )
         with self.store.writer.begin() as conn:
             details: dict[str, Any] = {
@@ -286,6 +283,8 @@ class VideoDoor(SearchDoor):
             "model_id": model_id,
             "calibration": shown["calibration"],
             "policy_sha256": shown["policy_sha256"],
+            "fused_faces": sizes[0],
+            **subjects,
             "faces": probe_faces,
             "notice": LEADS_NOTICE,
         }

@@ -25,10 +25,12 @@ with NumPy and processed in blocks of probes, so memory stays bounded for large 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 import numpy as np
+
+from faceledger.types import Face
 
 FusionRule = Literal["max", "mean_topk", "template"]
 RULES: tuple[FusionRule, ...] = get_args(FusionRule)
@@ -108,6 +110,16 @@ def templates(vectors: np.ndarray, groups: Groups) -> np.ndarray:
     idx = groups.index
     padded = unit[np.maximum(idx, 0)] * (idx >= 0)[..., None]
     return _unit(padded.sum(axis=1))
+
+
+def fused_face(faces: Sequence[Face], shown: Face) -> Face:
+    """One probe face for several faces of one person (a video track's best faces, the
+    photos of a same-person search): ``shown`` (its box, landmarks, quality and crop: the
+    face a reviewer sees) with the ``template`` of all their vectors as its embedding."""
+    if not faces:
+        raise ValueError("a fused probe needs at least one face")
+    vectors = np.stack([np.asarray(f.embedding, np.float32) for f in faces])
+    return replace(shown, embedding=templates(vectors, Groups.of([range(len(faces))]))[0])
 
 
 def _padded(vectors: np.ndarray, groups: Groups) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ number of false candidates expected at or above that score in a gallery of this 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 from faceledger.db.store import ModelMismatchError, Store
 from faceledger.gallery.index import IndexManager
 from faceledger.search import calibration
+from faceledger.search.subjects import SubjectCalibration, load_subject_calibration
 from faceledger.types import Face
 from faceledger.vision.analysis import FaceAnalyzer
 from faceledger.vision.decode import DEFAULT_MAX_PIXELS, decode_image
@@ -66,6 +68,16 @@ class SearchResult:
         return asdict(self)
 
 
+def _estimate(
+    calib: calibration.Calibration | SubjectCalibration | None, score: float, fused: int
+) -> calibration.Estimate | None:
+    if calib is None:
+        return None
+    if isinstance(calib, SubjectCalibration):
+        return calib.estimate(score, fused, 1)
+    return calib.estimate(score)
+
+
 class NoFaceError(Exception):
     """The probe has no detectable face."""
 
@@ -83,7 +95,21 @@ class Searcher:
         self.indexes = IndexManager(store)
         self.calibration = calibration.load(analyzer.model_id)
 
-    def search_faces(self, faces: list[Face], top_k: int = 10) -> list[ProbeFace]:
+    def calibration_for(self, fused: int) -> calibration.Calibration | SubjectCalibration | None:
+        """The calibration behind a probe's est. FMR: the model's own for one face, and for
+        a probe fused from ``fused`` faces (the ``template`` of a video track or of several
+        photos) the template fit for groups of that size against one face
+        (:class:`~faceledger.search.subjects.SubjectCalibration`: ``1x2``, ``1x3+``): a
+        fused score is not distributed like a single one. None without one."""
+        if fused <= 1:
+            return self.calibration
+        return load_subject_calibration(self.analyzer.model_id)
+
+    def search_faces(
+        self, faces: list[Face], top_k: int = 10, fused: Sequence[int] | None = None
+    ) -> list[ProbeFace]:
+        """Each face's ``top_k`` candidates; ``fused[i]`` is how many faces ``faces[i]``
+        fuses (1, the default: a single face), which picks its calibration."""
         index = self.indexes.sync()
         n = len(index)
         out: list[ProbeFace] = []
@@ -92,6 +118,8 @@ class Searcher:
         wanted = [] if ids is None else [int(i) for i in ids.ravel() if i >= 0]
         records = self.store.candidates(wanted)
         for fi, face in enumerate(faces):
+            size = 1 if fused is None else fused[fi]
+            calib = self.calibration_for(size)
             det = face.detection
             pf = ProbeFace(
                 face_index=fi,
@@ -107,7 +135,7 @@ class Searcher:
                     rec = records.get(int(fid))
                     if rec is None:
                         continue  # erased between index and database read
-                    est = self.calibration.estimate(float(score)) if self.calibration else None
+                    est = _estimate(calib, float(score), size)
                     pf.candidates.append(
                         Candidate(
                             rank=rank,

@@ -189,8 +189,11 @@ def rank_subjects(
     calib: SubjectCalibration | None,
     gallery_subjects: int,
     overfetch: int = OVERFETCH,
+    fused: list[int] | None = None,
 ) -> list[list[SubjectHit]]:
-    """The ``top_k`` best subjects for each probe vector (see the module docstring)."""
+    """The ``top_k`` best subjects for each probe vector (see the module docstring);
+    ``fused[i]`` is how many faces probe vector ``i`` fuses (1 by default), which picks the
+    size-class fit behind its est. FMR."""
     probe_vectors = np.atleast_2d(np.asarray(probe_vectors, np.float32))
     if len(probe_vectors) == 0 or len(index) == 0:
         return [[] for _ in probe_vectors]
@@ -208,7 +211,8 @@ def rank_subjects(
         store, {f for k in set(face_subject.values()) for f in faces_of(k)}
     )
     out: list[list[SubjectHit]] = []
-    for vec, row in zip(probe_vectors, fetched, strict=True):
+    sizes = fused or [1] * len(probe_vectors)
+    for vec, row, size in zip(probe_vectors, fetched, sizes, strict=True):
         keys = list(dict.fromkeys(face_subject[f] for f in row if f in face_subject))
         groups = [[f for f in faces_of(k) if f in vectors] for k in keys]
         keep = [i for i, g in enumerate(groups) if g]
@@ -230,7 +234,7 @@ def rank_subjects(
         hits = []
         for rank, i in enumerate(order, 1):
             key, g, s = keys[i], groups[i], float(scores[i])
-            est = None if calib is None else calib.estimate(s, 1, len(g))
+            est = None if calib is None else calib.estimate(s, size, len(g))
             hits.append(
                 SubjectHit(
                     rank=rank,
@@ -254,11 +258,13 @@ def attach_subjects(
     probe_faces: list[dict[str, Any]],
     top_k: int,
     lead_max_expected_false: float,
+    fused: list[int] | None = None,
 ) -> dict[str, Any]:
     """Give each searched probe face (``probe_faces[i]``, the doc of ``faces[i]``; those
     ``below_min_quality`` get an empty list) its ``subjects``, ranked by template score,
-    each marked ``chance_level`` as candidates are. Returns what the record keeps beside:
-    the gallery's number of subjects and the subject calibration's version."""
+    each marked ``chance_level`` as candidates are; ``fused[i]``: how many faces
+    ``faces[i]`` fuses (1 by default). Returns what the record keeps beside: the gallery's
+    number of subjects and the subject calibration's version."""
     store = searcher.store
     calib = load_subject_calibration(searcher.analyzer.model_id)
     n_subjects = gsubjects.subject_count(store)
@@ -270,6 +276,7 @@ def attach_subjects(
         top_k,
         calib,
         n_subjects,
+        fused=None if fused is None else [fused[i] for i in wanted],
     )
     for doc in probe_faces:
         doc["subjects"] = []
