@@ -30,7 +30,14 @@ from faceledger.cli.session import session
 
 
 def search(
-    photo: Annotated[Path, typer.Argument(help="Probe photo, or a video clip.")],
+    photos: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Probe photo, or a video clip; or 2 to 10 photos of one person with "
+            "--same-person.",
+            show_default=False,
+        ),
+    ],
     case: Annotated[str, typer.Option("--case", help="Case number (required).")] = "",
     purpose: Annotated[str, typer.Option(help="Purpose, from the policy's list (required).")] = "",
     justification: Annotated[str, typer.Option(help="Why this search is needed (required).")] = "",
@@ -41,14 +48,22 @@ def search(
         int, typer.Option("--top-k", min=1, max=1000, help="Candidates per face.")
     ] = 10,
     face_box: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--face-box",
-            metavar="X0,Y0,X1,Y1",
+            metavar="[N:]X0,Y0,X1,Y1",
             help="Search only this face (photo pixels: left,top,right,bottom). A box that "
-            "picks none of the faces the detector finds is searched as a face marked by hand.",
+            "picks none of the faces the detector finds is searched as a face marked by hand. "
+            "With several photos, N: names the photo (1-based), once per photo that needs one.",
         ),
     ] = None,
+    same_person: Annotated[
+        bool,
+        typer.Option(
+            "--same-person",
+            help="Several photos show one person: their faces are fused into one probe.",
+        ),
+    ] = False,
     track: Annotated[
         int | None,
         typer.Option(
@@ -68,54 +83,105 @@ def search(
 
     PHOTO may be a video clip (MP4, MOV, MKV, WebM, AVI): faces are tracked across sampled
     frames and a track's best faces are searched as one probe. With several people in the
-    clip the tracks are listed (exit code 7) for a search again with --track N."""
+    clip the tracks are listed (exit code 7) for a search again with --track N. Several
+    photos of one person (--same-person): one face from each (its only face, or the one
+    --face-box N:... picks) fused into one probe."""
     from faceledger.core import SearchRequest
     from faceledger.search.searcher import LEADS_NOTICE, NoFaceError
-    from faceledger.vision.probes import BadBoxError, parse_box
     from faceledger.vision.video import VideoError
 
-    try:
-        box = parse_box(face_box, "--face-box")
-    except BadBoxError as exc:
-        fail(f"bad-face-box: {exc}")
-    try:
-        data = photo.read_bytes()
-    except OSError as exc:
-        fail(f"{photo}: cannot read probe ({exc.strerror or exc})")
+    if len(photos) > 1 and not same_person:
+        fail(
+            f"several-probes: {len(photos)} photos; add --same-person to search them as one "
+            "person's photos fused, or search each on its own"
+        )
+    boxes = photo_boxes(face_box or [], len(photos))
+    datas = []
+    for photo in photos:
+        try:
+            datas.append(photo.read_bytes())
+        except OSError as exc:
+            fail(f"{photo}: cannot read probe ({exc.strerror or exc})")
     req = SearchRequest(case, purpose, justification, request, top_k)
+    probe = photos[0] if len(photos) == 1 else ", ".join(str(p) for p in photos)
     with session(data_dir, as_user, model_dir=model_dir, device=device) as (fl, actor):
-        video = fl.is_video(data)
+        video = len(datas) == 1 and fl.is_video(datas[0])
+        box = boxes[0] if len(boxes) == 1 else None
         if video and box is not None:
             fail("bad-face-box: --face-box picks a face in a photo; in a video, use --track")
         if not video and track is not None:
-            fail(f"bad-track: --track picks a person in a video; {photo} is no video")
+            fail(f"bad-track: --track picks a person in a video; {probe} is no video")
         try:
-            if video:
-                result = fl.search_video(actor, data, req, track)
+            if len(datas) > 1:
+                result = fl.search_photos(actor, datas, req, boxes)
+            elif video:
+                result = fl.search_video(actor, datas[0], req, track)
             else:
-                result = fl.search(actor, data, req, box)
+                result = fl.search(actor, datas[0], req, box)
         except NoFaceError as exc:
             if as_json:
-                dump({"probe": str(photo), "faces": [], "error": str(exc)})
-            fail(f"{photo}: {exc}", code=NO_FACE_EXIT)
+                dump({"probe": str(probe), "faces": [], "error": str(exc)})
+            fail(f"{probe}: {exc}", code=NO_FACE_EXIT)
         except VideoError as exc:
-            fail(f"{photo}: {exc.reason}: {exc}")
+            fail(f"{probe}: {exc.reason}: {exc}")
     if as_json:
         dump(result)
         if result["search_id"] is None:
             raise typer.Exit(CHOOSE_TRACK_EXIT)
         return
     if result["search_id"] is None:
-        print_tracks(photo, result)
+        print_tracks(photos[0], result)
         raise typer.Exit(CHOOSE_TRACK_EXIT)
     out.print(f"[bold yellow]{LEADS_NOTICE}[/]")
     out.print(
         f"search {result['search_id']} for case {result['case_number']} ({result['purpose']}): "
-        f"probe {photo}, {len(result['faces'])} face(s), gallery of {result['gallery_faces']} faces"
+        f"probe {probe}, {len(result['faces'])} face(s), gallery of {result['gallery_faces']} faces"
     )
     print_picked(result["picked"])
     print_video(result.get("video"))
+    print_photos(result.get("photos"))
     print_faces(result["faces"])
+
+
+def photo_boxes(texts: list[str], photos: int) -> list[list[int] | None]:
+    """One face box (or None) per photo from ``--face-box`` values: ``X0,Y0,X1,Y1`` for one
+    photo, ``N:X0,Y0,X1,Y1`` (photo N, 1-based) with several."""
+    from faceledger.vision.probes import BadBoxError, parse_box
+
+    boxes: list[list[int] | None] = [None] * photos
+    for text in texts:
+        number, sep, rest = text.partition(":")
+        if not sep and photos > 1:
+            fail(f"bad-face-box: with several photos, write --face-box N:X0,Y0,X1,Y1 ({text!r})")
+        n = int(number) if sep and number.strip().isdigit() else 1 if not sep else 0
+        if not 1 <= n <= photos:
+            fail(f"bad-face-box: {text!r} names no photo (1 to {photos})")
+        if boxes[n - 1] is not None:
+            fail(f"bad-face-box: photo {n} has two face boxes")
+        try:
+            boxes[n - 1] = parse_box(rest if sep else text, "--face-box")
+        except BadBoxError as exc:
+            fail(f"bad-face-box: {exc}")
+    return boxes
+
+
+def print_photos(photos: list[dict[str, Any]] | None) -> None:
+    """The photos of a same-person probe: the face each gave, and whether it was fused."""
+    if not photos:
+        return
+    t = Table(title=f"{len(photos)} photos of one person, fused into one probe")
+    for col in ("photo", "SHA-256", "face", "quality", "fused"):
+        t.add_column(col, overflow="fold")
+    for p in photos:
+        how = " (marked by hand)" if p["marked_by_hand"] else ""
+        t.add_row(
+            str(p["photo"]),
+            p["sha256"][:16],
+            f"{p['bbox']} of {p['faces_in_photo']} found{how}",
+            f"{p['quality']:.2f}",
+            "yes" if p["fused"] else "no: below the minimum quality",
+        )
+    out.print(t)
 
 
 def print_tracks(clip: Path, result: dict[str, Any]) -> None:
@@ -309,6 +375,7 @@ def searches_show(
     )
     print_picked(shown.get("picked"))
     print_video(shown.get("video"))
+    print_photos(shown.get("photos"))
     print_faces(shown["faces"])
 
 

@@ -27,8 +27,8 @@ from faceledger.core.base import (
 )
 from faceledger.core.compare import CompareDoor
 from faceledger.core.disclosure import DisclosureDoor
+from faceledger.core.multiphoto import MAX_PROBE_PHOTOS, MultiPhotoDoor
 from faceledger.core.subjects import SubjectsDoor
-from faceledger.core.video import VideoDoor
 from faceledger.errors import PolicyTamperedError, RefusedError
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "MAX_CASE_NUMBER",
     "MAX_JUSTIFICATION",
     "MAX_NOTE",
+    "MAX_PROBE_PHOTOS",
     "MAX_PURPOSE",
     "MAX_TOKEN_NAME",
     "MAX_UNIT",
@@ -52,9 +53,10 @@ __all__ = [
 ]
 
 
-class Faceledger(CompareDoor, DisclosureDoor, SubjectsDoor, VideoDoor):
+class Faceledger(CompareDoor, DisclosureDoor, SubjectsDoor, MultiPhotoDoor):
     """The one door: every entry point holds one of these and calls its methods. Its parts
     are stacked by what they build on (see ARCHITECTURE.md): :class:`CoreBase` (state,
     ``require``, ``record``), accounts, cases, searching, records, reviews, case file,
     gallery, ledger, disclosure; the side-by-side comparison (``core/compare.py``), subjects'
-    duplicates and merges (``core/subjects.py``) and video probes (``core/video.py``)."""
+    duplicates and merges (``core/subjects.py``), video probes (``core/video.py``) and
+    multi-photo probes (``core/multiphoto.py``)."""

@@ -21,6 +21,22 @@ def parse_box(text: str, field_name: str = "face_box") -> list[int] | None:
         raise ApiError(400, "bad-face-box", str(exc)) from exc
 
 
+def parse_boxes(text: str, photos: int) -> list[list[int] | None]:
+    """One face box (or None) per photo from ``a;b;...`` (empty: no box for any); a wrong
+    count or a bad box is a 400 ``bad-face-box``."""
+    if not text.strip():
+        return [None] * photos
+    parts = text.split(";")
+    if len(parts) != photos:
+        raise ApiError(
+            400,
+            "bad-face-box",
+            f"face_boxes has {len(parts)} entries for {photos} photos: give one per photo "
+            "(empty for a photo with one face)",
+        )
+    return [parse_box(p, f"face_boxes[{i}]") for i, p in enumerate(parts, 1)]
+
+
 def parse_request_id(text: str) -> int | None:
     text = (text or "").strip()
     if not text:

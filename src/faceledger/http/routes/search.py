@@ -12,7 +12,7 @@ from faceledger.http.compare import verify_out
 from faceledger.http.deps import Ctx, CurrentActor, DbId, FormStr
 from faceledger.http.errors import ApiError
 from faceledger.http.files import file_response
-from faceledger.http.parsing import parse_box, parse_request_id
+from faceledger.http.parsing import parse_box, parse_boxes, parse_request_id
 from faceledger.http.schemas.common import ERRORS, IMAGE_RESPONSES, UPLOAD_ERRORS, ErrorOut
 from faceledger.http.schemas.search import (
     ChooseTrackOut,
@@ -86,7 +86,11 @@ def create_search(
     ctx: Ctx,
     actor: CurrentActor,
     probe: Annotated[
-        UploadFile | None, File(description="The probe photo, or a video clip")
+        list[UploadFile] | None,
+        File(
+            description="The probe photo, or a video clip; or 2 to 10 photos of one person "
+            "with same_person=true"
+        ),
     ] = None,
     case_number: Annotated[str, Form(examples=["CASE-2026-114"])] = "",
     purpose: Annotated[str, Form(examples=["violent-crime"])] = "",
@@ -113,11 +117,49 @@ def create_search(
             "answer; 400 no-such-track where the clip has no such track",
         ),
     ] = None,
+    same_person: Annotated[
+        bool,
+        Form(
+            description="Several probe photos: you state they show one person; their faces "
+            "are fused into one probe (required with more than one probe file)"
+        ),
+    ] = False,
+    face_boxes: Annotated[
+        str,
+        Form(
+            description="Several probe photos: one face box per photo, in the order sent, "
+            "separated by ';' (empty for a photo whose only face is meant), e.g. "
+            "'318,68,425,175;;10,12,90,95'. A photo with several faces needs one (400 "
+            "choose-face); one with no face found is refused (400 no-face-in-photo)",
+            examples=[""],
+        ),
+    ] = "",
 ) -> Any:
     ctx.limit_search(actor)
     box = parse_box(face_box)
-    data = read_upload(probe, "probe", VIDEO_TYPES)
     req = SearchRequest(case_number, purpose, justification, parse_request_id(request_id), top_k)
+    files = probe or []
+    if len(files) > 1:
+        if not same_person:
+            raise ApiError(
+                400,
+                "several-probes",
+                f"{len(files)} probe files: set same_person=true to search them as one "
+                "person's photos fused, or search each on its own",
+            )
+        if box is not None or track is not None:
+            raise ApiError(
+                400,
+                "bad-face-box" if box is not None else "bad-track",
+                "several photos pick their faces with face_boxes (one per photo); face_box "
+                "and track are for one photo or one video",
+            )
+        photos = [read_upload(f, "probe", VIDEO_TYPES) for f in files]
+        boxes = parse_boxes(face_boxes, len(photos))
+        return search_out(ctx.fl.search_photos(actor, photos, req, boxes))
+    if face_boxes.strip():
+        raise ApiError(400, "bad-face-box", "face_boxes is for several photos; use face_box")
+    data = read_upload(files[0] if files else None, "probe", VIDEO_TYPES)
     if not ctx.fl.is_video(data):
         if track is not None:
             raise ApiError(400, "bad-track", "track picks a person in a video; this is a photo")

@@ -81,6 +81,9 @@ class ProbeFaceOut(BaseModel):
         None, description="With face_box: the face that was asked for (others are not searched)"
     )
     candidates: list[CandidateOut]
+    photo: int | None = Field(
+        None, description="A same-person probe: the photo whose face is shown (1-based)"
+    )
     subjects: list[SubjectOut] | None = Field(
         None,
         description="The gallery's subjects ranked by the score of their template (every face "
@@ -184,6 +187,23 @@ class VideoOut(BaseModel):
     )
 
 
+class ProbePhotoOut(BaseModel):
+    """One photo of a same-person (multi-photo) probe: the face it gave."""
+
+    photo: int = Field(description="Its place among the photos sent (1-based)")
+    sha256: str = Field(description="SHA-256 of the photo")
+    faces_in_photo: int = Field(description="Faces the detector found in it")
+    face_box: list[int] | None = Field(description="The face box sent for it, if any")
+    face_index: int | None = Field(description="Which detected face was used; null if by hand")
+    marked_by_hand: bool
+    bbox: list[int] = Field(description="The face used: left, top, right, bottom")
+    quality: float
+    size: int
+    warnings: list[str]
+    fused: bool = Field(description="Fused into the probe (at least the minimum quality)")
+    below_min_quality: bool
+
+
 class TrackOut(BaseModel):
     track: int = Field(description="Its number, for track=N")
     first_frame: int
@@ -235,6 +255,16 @@ class SearchOut(BaseModel):
         description="A video probe: photo_sha256 is the video's, probe_sha256 the PNG of "
         "the frame of the track's best face",
     )
+    photos: list[ProbePhotoOut] | None = Field(
+        None,
+        description="A same-person probe of several photos: each photo and its face; the "
+        "faces fused are searched as one (faces[0]), probe_sha256 is the best face's photo",
+    )
+    fused_faces: int | None = Field(
+        None,
+        description="Faces fused into the probe (a video track's or the photos'); its est_fmr "
+        "comes from the template calibration for that many faces",
+    )
     model_config = ConfigDict(json_schema_extra={"examples": [SEARCH_EXAMPLE]})
 
 
@@ -262,6 +292,15 @@ class SearchShownOut(BaseModel):
         None, description="Version of the template calibration behind the subjects' est_fmr"
     )
     video: VideoOut | None = Field(None, description="A video probe (see SearchOut.video)")
+    photos: list[ProbePhotoOut] | None = Field(
+        None,
+        description="A same-person probe (see SearchOut.photos)",
+    )
+    fused_faces: int | None = Field(
+        None,
+        description="Faces fused into the probe (a video track's or the photos'); its est_fmr "
+        "comes from the template calibration for that many faces",
+    )
 
 
 class SearchSummaryOut(BaseModel):
