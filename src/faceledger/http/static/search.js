@@ -2,7 +2,9 @@
 // a box on the photo, or type its pixels), search; the results are the search's record page
 // (record.js). A video clip is searched as it is; where it shows several people the server
 // answers choose-track with one thumbnail per person (track), and the search runs again with
-// the one picked.
+// the one picked. Several photos of one person (2 to maxPhotos) are searched together: each
+// photo's faces are found, the user picks the face in each and states that the photos show
+// the same person; the faces are fused into one probe on the server.
 "use strict";
 
 (() => {
@@ -32,11 +34,15 @@
   const tracksFieldset = $("tracks-fieldset");
   const tracksList = $("tracks");
   const SEARCH_FACE = searchBtn.textContent;
+  const photosFieldset = $("photos-fieldset");
+  const photosList = $("photos");
+  const samePerson = $("same_person");
 
   // selected: a detected face's index, "hand" for a box marked by hand, or null.
   // size: the photo's pixels as the server decoded it (face boxes are in these).
   // video: the file is a clip; track: the person (track) picked in it, once the server listed them.
-  const state = { file: null, faces: [], selected: null, objectUrl: null, busy: false, size: null, drag: null, video: false, track: null };
+  // photos: several photos of one person, each {file, n, url, img, faces, selected, list, status}; else null.
+  const state = { file: null, faces: [], selected: null, objectUrl: null, busy: false, size: null, drag: null, video: false, track: null, photos: null };
 
   function setStatus(node, text, isError = false) {
     node.textContent = text;
@@ -142,9 +148,115 @@
     updateButton();
   }
 
+  // -- several photos of one person ------------------------------------------------------
+  async function useFiles(files) {
+    const list = Array.from(files || []);
+    if (list.length <= 1) {
+      await useFile(list[0]);
+      return;
+    }
+    reset();
+    stage.hidden = true;
+    if (list.length > config.maxPhotos) {
+      setStatus(detectStatus, `At most ${config.maxPhotos} photos of one person are searched together; ${list.length} were chosen.`, true);
+      return;
+    }
+    for (const file of list) {
+      let problem = null;
+      if (file.size > config.maxUpload) problem = "is larger than the upload limit";
+      else if (await isVideoFile(file)) problem = "is a video clip: a clip is searched on its own, not among photos";
+      else if (file.type && !file.type.startsWith("image/")) problem = "is not an image";
+      if (problem) {
+        setStatus(detectStatus, `${file.name} ${problem}.`, true);
+        return;
+      }
+    }
+    state.photos = list.map((file, k) => ({ file, n: k + 1, url: URL.createObjectURL(file), faces: [], selected: null }));
+    state.photos.forEach((p) => photosList.append(photoItem(p)));
+    photosFieldset.hidden = false;
+    searchBtn.textContent = `Search ${list.length} photos as one person`;
+    picked.textContent = "Pick the face in each photo.";
+    setStatus(detectStatus, `Finding faces in ${list.length} photos…`);
+    for (const p of state.photos) await detectPhoto(p);  // one at a time: each is recorded
+    const without = state.photos.filter((p) => !p.faces.length).map((p) => p.n);
+    setStatus(
+      detectStatus,
+      without.length
+        ? `No face was found in photo ${without.join(", ")}: choose the photos again without ${without.length === 1 ? "it" : "them"}.`
+        : "Pick the face in each photo, and confirm that the photos show the same person.",
+      without.length > 0,
+    );
+    updatePhotos();
+  }
+
+  function photoItem(p) {
+    p.img = el("img", { src: p.url, alt: `Photo ${p.n}: ${p.file.name}` });
+    p.status = el("span", { class: "hint", text: "Finding faces…" });
+    p.list = el("ul", { class: "face-list", "aria-label": `Faces in photo ${p.n}` });
+    return el("li", { class: "photo-item", id: `photo-${p.n}` }, p.img,
+      el("div", {}, el("p", {}, el("strong", { text: `Photo ${p.n}` }), ` · ${p.file.name} · `, p.status), p.list));
+  }
+
+  async function detectPhoto(p) {
+    const data = new FormData();
+    data.append("photo", p.file, p.file.name);
+    const caseField = $("case_number");
+    if (caseField && caseField.value.trim()) data.append("case_number", caseField.value.trim());
+    try {
+      const found = await api("/api/v1/detect", { method: "POST", body: data });
+      p.faces = found.faces.slice().sort((a, b) => a.bbox[0] - b.bbox[0]);
+    } catch (err) {
+      p.status.textContent = `${err.message}${err.code ? ` (${err.code})` : ""}`;
+      p.status.classList.add("error");
+      return;
+    }
+    const n = p.faces.length;
+    p.status.textContent = n === 0 ? "no face found" : n === 1 ? "1 face" : `${n} faces: pick one`;
+    p.status.classList.toggle("error", n === 0);
+    p.faces.forEach((face, i) => {
+      const id = `photo-${p.n}-face-${i}`;
+      const radio = el("input", { type: "radio", name: `photo-${p.n}-face`, value: String(i), id, onchange: () => pickPhotoFace(p, i) });
+      const tags = face.warnings.map((w) => el("span", { class: "warn-tag", text: WARNINGS[w] || w }));
+      if (face.below_min_quality) tags.push(el("span", { class: "warn-tag", text: "below quality minimum: not fused" }));
+      p.list.append(el("li", {},
+        el("label", { class: "face-option", for: id }, radio, thumbnail(face.bbox, p.img),
+          el("span", { class: "face-text" },
+            el("span", {}, el("strong", { text: `Photo ${p.n}, face ${i + 1}` }), ` · quality ${face.quality.toFixed(2)}`),
+            el("span", { class: "face-warnings" }, tags)))));
+    });
+    if (n === 1) {
+      p.list.querySelector("input").checked = true;
+      pickPhotoFace(p, 0);
+    }
+  }
+
+  function pickPhotoFace(p, i) {
+    p.selected = i;
+    updatePhotos();
+  }
+
+  function updatePhotos() {
+    const missing = state.photos.filter((p) => p.selected === null).map((p) => p.n);
+    state.selected = missing.length ? null : "photos";
+    picked.textContent = missing.length
+      ? `Pick the face in photo ${missing.join(", ")}.`
+      : samePerson.checked
+        ? `One face picked in each of the ${state.photos.length} photos.`
+        : `One face picked in each of the ${state.photos.length} photos; confirm that they show the same person.`;
+    updateButton();
+  }
+
+  samePerson.addEventListener("change", () => {
+    if (state.photos) updatePhotos();
+  });
+
   function reset() {
     if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
-    Object.assign(state, { file: null, faces: [], selected: null, objectUrl: null, size: null, drag: null, video: false, track: null });
+    (state.photos || []).forEach((p) => URL.revokeObjectURL(p.url));
+    photosList.replaceChildren();
+    photosFieldset.hidden = true;
+    samePerson.checked = false;
+    Object.assign(state, { file: null, faces: [], selected: null, objectUrl: null, size: null, drag: null, video: false, track: null, photos: null });
     video.hidden = true;
     video.removeAttribute("src");
     tracksList.replaceChildren();
@@ -220,17 +332,17 @@
   }
 
   // A small picture of one face, cut from the photo in the browser (nothing is uploaded).
-  function thumbnail(bbox) {
+  function thumbnail(bbox, source = img) {
     const canvas = el("canvas", { class: "face-thumb", width: "112", height: "112", "aria-hidden": "true" });
     const draw = () => {
       const [l, t, r, b] = bbox;
       const side = Math.max(r - l, b - t) * 1.3;
       const cx = (l + r) / 2;
       const cy = (t + b) / 2;
-      canvas.getContext("2d").drawImage(img, cx - side / 2, cy - side / 2, side, side, 0, 0, 112, 112);
+      canvas.getContext("2d").drawImage(source, cx - side / 2, cy - side / 2, side, side, 0, 0, 112, 112);
     };
-    if (img.complete && img.naturalWidth) draw();
-    else img.addEventListener("load", draw, { once: true });
+    if (source.complete && source.naturalWidth) draw();
+    else source.addEventListener("load", draw, { once: true });
     return canvas;
   }
 
@@ -247,7 +359,7 @@
   }
 
   function updateButton() {
-    searchBtn.disabled = state.busy || state.selected === null;
+    searchBtn.disabled = state.busy || state.selected === null || (state.photos !== null && !samePerson.checked);
   }
 
   // -- a face marked by hand --------------------------------------------------------------
@@ -366,7 +478,7 @@
     if (!ok) HAND_FIELDS[0].focus();
   });
 
-  input.addEventListener("change", () => useFile(input.files[0]));
+  input.addEventListener("change", () => useFiles(input.files));
   ["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (e) => {
     e.preventDefault();
     drop.classList.add("dragover");
@@ -374,15 +486,19 @@
   ["dragleave", "drop"].forEach((type) => drop.addEventListener(type, () => drop.classList.remove("dragover")));
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
-    if (e.dataTransfer.files.length) useFile(e.dataTransfer.files[0]);
+    if (e.dataTransfer.files.length) useFiles(e.dataTransfer.files);
   });
 
 
   // -- the search -------------------------------------------------------------------------
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    if (state.selected === null || !state.file) {
+    if (state.selected === null || (!state.file && !state.photos)) {
       setStatus(searchStatus, "Pick a photo and a face (or mark one by hand) first.", true);
+      return;
+    }
+    if (state.photos && !samePerson.checked) {
+      setStatus(searchStatus, "Confirm that the photos show the same person.", true);
       return;
     }
     const missing = ["case_number", "purpose", "justification"].filter((id) => !$(id).value.trim());
@@ -393,7 +509,13 @@
     }
     markFields([], "");
     const data = new FormData(form);
-    data.append("probe", state.file, state.file.name);
+    if (state.photos) {
+      state.photos.forEach((p) => data.append("probe", p.file, p.file.name));
+      data.append("same_person", "true");
+      data.append("face_boxes", state.photos.map((p) => p.faces[p.selected].bbox.join(",")).join(";"));
+    } else {
+      data.append("probe", state.file, state.file.name);
+    }
     if (state.video && state.track !== null) data.append("track", String(state.track));
     state.busy = true;
     updateButton();

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from faceledger.cases.policy import Policy
-from faceledger.core import PolicyTamperedError
+from faceledger.core import MAX_PROBE_PHOTOS, PolicyTamperedError
 from faceledger.core.searching import PICK_MIN_IOU
 from faceledger.http.searches import record_out
 from faceledger.http.web.deps import User, WebUser
@@ -50,6 +50,7 @@ def search_page(request: Request, user: User) -> Response:
         gallery_faces=fl.gallery_size(actor),
         min_box_side=MIN_BOX_SIDE,
         pick_min_iou=PICK_MIN_IOU,
+        max_photos=MAX_PROBE_PHOTOS,
     )
 
 
