@@ -161,6 +161,11 @@
       setStatus(detectStatus, `At most ${config.maxPhotos} photos of one person are searched together; ${list.length} were chosen.`, true);
       return;
     }
+    const total = list.reduce((sum, f) => sum + f.size, 0);
+    if (total > config.maxUpload) {
+      setStatus(detectStatus, `The ${list.length} photos together are larger than the upload limit.`, true);
+      return;
+    }
     for (const file of list) {
       let problem = null;
       if (file.size > config.maxUpload) problem = "is larger than the upload limit";
