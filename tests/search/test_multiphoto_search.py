@@ -105,6 +105,11 @@ def test_photos_of_one_person_are_searched_as_their_fused_faces(
     assert [p["sha256"] for p in entry.details["photos"]] == shas
     assert all(p["fused"] for p in entry.details["photos"])
 
+    # the lead report names every photo the probe was fused from
+    html = fl.case_report(ivy, REQ.case_number, "html").decode()
+    assert "3 photos the investigator said show one person" in html
+    assert all(sha in html for sha in shas)
+
 
 def test_each_photo_must_give_one_face_before_anything_is_compared(
     fl: Faceledger, lfw: Path, analyzer: Any

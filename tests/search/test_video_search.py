@@ -308,3 +308,5 @@ def test_a_video_search_is_kept_and_shown_like_a_photo_search(
     assert [s["id"] for s in case["searches"]] == [sid]
     html = fl.case_report(ivy, "CASE-14K", "html").decode()
     assert "CASE-14K" in html
+    video = result["video"]
+    assert f"video {video['sha256']}: person (track) 1 of 1" in html  # what was compared

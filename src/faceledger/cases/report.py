@@ -307,6 +307,7 @@ def build(
                 "purpose": s.get("purpose"),
                 "request_id": s.get("request_id"),
                 "faces": s.get("faces"),
+                "probe": probe_text(s),
                 "candidates": sum(
                     len(f.get("candidates", [])) for f in (s.get("shown") or {}).get("faces", [])
                 )
@@ -319,6 +320,34 @@ def build(
         "verifications": [] if search_id is not None else case.get("verifications", []),
         "requests": requests,
     }
+
+
+def probe_text(search: dict[str, Any]) -> str:
+    """What a search compared, in words, with the SHA-256 of everything it was made from: a
+    photo (or a region of one, or a face marked by hand), several photos of one person fused,
+    or a video track's faces fused."""
+    shown = search.get("shown") or {}
+    if shown.get("photos"):
+        photos = shown["photos"]
+        used = [str(p["photo"]) for p in photos if p.get("fused")]
+        return (
+            f"{len(photos)} photos the investigator said show one person; the faces of photos "
+            f"{', '.join(used) or 'none'} fused. SHA-256: "
+            + "; ".join(f"{p['photo']}: {p['sha256']}" for p in photos)
+        )
+    video = shown.get("video")
+    if video:
+        if video.get("track") is None:
+            return f"video {video['sha256']} (no person searched)"
+        frames = ", ".join(str(n) for n in video.get("frames_used") or []) or "none"
+        return (
+            f"video {video['sha256']}: person (track) {video['track']} of {video['tracks']}, "
+            f"the faces of frames {frames} fused"
+        )
+    picked = shown.get("picked") or {}
+    sha = shown.get("photo_sha256") or search.get("probe_sha256")
+    how = "; face marked by hand" if picked.get("marked_by_hand") else ""
+    return f"photo {sha}{how}"
 
 
 def to_html(report: dict[str, Any]) -> str:
