@@ -58,6 +58,14 @@ def search(
         str | None,
         typer.Option(help="also time these IVF nprobe values on the same build, e.g. 40,80,160"),
     ] = None,
+    probes: Annotated[
+        int,
+        typer.Option(
+            "--probes",
+            help="photos per query: K > 1 also times the fused K-photo probe (template fusion "
+            "+ one search) against one of its photos",
+        ),
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Build an index over N synthetic faces; recall, latency and memory vs brute force."""
@@ -69,6 +77,10 @@ def search(
 
     if kind != "auto" and kind not in KINDS:
         raise typer.BadParameter(f"unknown kind {kind!r}", param_hint="--kind")
+    if probes < 1:
+        raise typer.BadParameter(
+            f"a probe needs at least 1 photo per query, got {probes}", param_hint="--probes"
+        )
     params = AnnParams(nlist=nlist, nprobe=nprobe)
     if ef_search is not None:
         params = replace(params, ef_search=ef_search)
@@ -100,6 +112,7 @@ def search(
         exact_max=EXACT_MAX_FACES if exact_max is None else exact_max,
         log=log,
         sweep_nprobe=tuple(int(x) for x in sweep_nprobe.split(",")) if sweep_nprobe else None,
+        probes=probes,
     )
     if calibration is not None:
         result["calibration"] = calibration
@@ -109,7 +122,7 @@ def search(
     table = Table(title=f"search benchmark: {faces:,} faces, {dim}-d, kind {result['kind']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in (
+    keys: tuple[str, ...] = (
         "recall_at_1",
         "recall_at_10",
         "candidate_recall_at_10",
@@ -123,7 +136,21 @@ def search(
         "mapped_bytes_per_face",
         "rss_bytes",
         "peak_rss_bytes",
-    ):
+    )
+    if probes > 1:
+        keys += (
+            "probes",
+            "fused_p50_ms",
+            "fused_p99_ms",
+            "single_p50_ms",
+            "fused_per_photo_ratio",
+            "fused_ratio",
+            "fused_recall_at_1",
+            "fused_recall_at_10",
+            "rank1_identity_single",
+            "rank1_identity_fused",
+        )
+    for key in keys:
         value = result.get(key)
         table.add_row(key, "-" if value is None else f"{value:,.4g}")
     Console().print(table)

@@ -33,6 +33,12 @@ Benchmark (:func:`run_search_bench`): the gallery goes through the same
 file, chosen kind built over them); exact top-k of every probe is computed by brute force
 in the same run, and recall@1/@10, single-query p50/p99 latency of the index and of exact
 search, build time, bytes per face and process memory are reported.
+
+Fused probes (``probes`` K > 1, issue #14): each query is then K fresh faces of one gallery
+identity, fused into one vector by the product's ``template`` rule and searched once; its
+latency is reported next to the single-photo search's on the same index and queries, with
+its recall against exact search of the fused vector and the rank-1 identity hit rate of
+both (:func:`_fused_probe_bench`).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from faceledger.gallery.index import (
     auto_nprobe,
     choose_kind,
 )
+from faceledger.search.fusion import Groups, templates
 
 # --- calibration constants ---------------------------------------------------------------
 # Real faces: dlib_resnet_v1 embeddings (HOG detector, CNN fallback) of the 13,233 LFW images
@@ -396,13 +403,29 @@ class Chunk:
     labels: np.ndarray  # identity of each gallery face
     probes: np.ndarray  # fresh faces of gallery identities in this chunk
     probe_labels: np.ndarray
+    # (queries, K - 1, dim): each probe's further fresh faces of the same identity, for a
+    # K-photo probe; None when K = 1
+    more_probes: np.ndarray | None = None
 
 
 def generate(
-    model: FaceModel, faces: int, queries: int, seed: int = 0, chunk_faces: int = 1 << 18
+    model: FaceModel,
+    faces: int,
+    queries: int,
+    seed: int = 0,
+    chunk_faces: int = 1 << 18,
+    probes_per_query: int = 1,
 ) -> Iterator[Chunk]:
-    """Gallery faces in chunks, with probes spread over the chunks in proportion."""
+    """Gallery faces in chunks, with probes spread over the chunks in proportion.
+
+    With ``probes_per_query`` K > 1 every probe also gets K - 1 further fresh faces of its
+    identity (``Chunk.more_probes``), drawn from a stream of their own: the gallery and each
+    query's first face are the same as with K = 1.
+    """
+    if probes_per_query < 1:
+        raise ValueError("probes_per_query must be at least 1")
     rng = np.random.default_rng(seed)
+    more_rng = np.random.default_rng([seed, probes_per_query, 104729])
     p = 1.0 / max(model.faces_per_identity, 1.0)
     done, next_label, probes_done = 0, 0, 0
     while done < faces:
@@ -420,11 +443,17 @@ def generate(
         q = round(queries * done / faces) - probes_done
         probes_done += q
         who = rng.integers(0, n_id, size=q)
+        more = None
+        if probes_per_query > 1:
+            extra = probes_per_query - 1
+            more = model.faces(more_rng, np.repeat(centres[who], extra, axis=0))
+            more = more.reshape(q, extra, model.dim)
         yield Chunk(
             vectors=vectors,
             labels=(local + next_label).astype(np.int64),
             probes=model.faces(rng, centres[who]),
             probe_labels=(who + next_label).astype(np.int64),
+            more_probes=more,
         )
         next_label += n_id
 
@@ -461,8 +490,15 @@ def run_search_bench(
     exact_max: int = EXACT_MAX_FACES,
     log: Any = None,
     sweep_nprobe: tuple[int, ...] | None = None,
+    probes: int = 1,
 ) -> dict[str, Any]:
-    """Build an index over ``faces`` synthetic faces and measure it against brute force."""
+    """Build an index over ``faces`` synthetic faces and measure it against brute force.
+
+    ``probes`` K > 1 adds the fused K-photo probe (:func:`_fused_probe_bench`); every other
+    figure is the single-photo search, as with K = 1.
+    """
+    if probes < 1:
+        raise ValueError(f"a probe needs at least 1 photo, got probes={probes}")
     say = log or (lambda msg: None)
     model = model or default_face_model(dim)
     if model.dim != dim:
@@ -475,11 +511,12 @@ def run_search_bench(
     try:
         rows = RowStore.create(tmp / "faces.f32", dim)
         index = FaceIndex(rows, "flat", None, params)
-        probes, probe_labels, labels = [], [], []
+        probe_faces, probe_labels, labels = [], [], []
+        more_faces: list[np.ndarray] = []
         t_gen = t_add = 0.0
         next_id = 1
         t0 = time.perf_counter()
-        for chunk in generate(model, faces, queries, seed=seed):
+        for chunk in generate(model, faces, queries, seed=seed, probes_per_query=probes):
             t1 = time.perf_counter()
             t_gen += t1 - t0
             ids = np.arange(next_id, next_id + len(chunk.vectors), dtype=np.int64)
@@ -487,14 +524,16 @@ def run_search_bench(
             next_id += len(ids)
             t0 = time.perf_counter()
             t_add += t0 - t1
-            probes.append(chunk.probes)
+            probe_faces.append(chunk.probes)
+            if chunk.more_probes is not None:
+                more_faces.append(chunk.more_probes)
             probe_labels.append(chunk.probe_labels)
             labels.append(chunk.labels)
         say(f"generated {faces} faces in {t_gen:.1f}s, stored in {t_add:.1f}s")
-        q = np.ascontiguousarray(np.concatenate(probes))
+        q = np.ascontiguousarray(np.concatenate(probe_faces))
         probe_labels_a = np.concatenate(probe_labels)
         labels_a = np.concatenate(labels)
-        del probes, labels
+        del probe_faces, labels
         t1 = time.perf_counter()
         index.build_ann(kind)
         t_build = time.perf_counter() - t1
@@ -509,6 +548,9 @@ def run_search_bench(
             true_s[s : s + 256], true_i[s : s + 256] = exact.search(q[s : s + 256], k)
         t_truth = time.perf_counter() - t1
         say(f"ground truth in {t_truth:.1f}s")
+        photos = None
+        if probes > 1:  # (queries, K, dim): each query's first face and its K - 1 others
+            photos = np.concatenate([q[:, None, :], np.concatenate(more_faces)], axis=1)
 
         faiss.omp_set_num_threads(threads)
 
@@ -556,6 +598,14 @@ def run_search_bench(
             ex_lat.append(time.perf_counter_ns() - t)
             if i >= 9 and time.perf_counter() > deadline:
                 break
+        fused: dict[str, Any] = {}
+        if photos is not None:
+            faiss.omp_set_num_threads(all_threads)  # the fused vectors' ground truth
+            fused = _fused_probe_bench(index, exact, photos, labels_a, probe_labels_a, k, threads)
+            say(
+                f"fused {probes}-photo probe: p50 {fused['fused_p50_ms']:.3f} ms vs single "
+                f"{fused['single_p50_ms']:.3f} ms, recall@10 {fused['fused_recall_at_10']:.4f}"
+            )
         faiss.omp_set_num_threads(all_threads)
 
         cand_recall = None
@@ -606,9 +656,92 @@ def run_search_bench(
         }
         if sweep:
             out["nprobe_sweep"] = sweep
+        out.update(fused)
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fused_probe_bench(
+    index: FaceIndex,
+    exact: FaceIndex,
+    photos: np.ndarray,
+    labels: np.ndarray,
+    probe_labels: np.ndarray,
+    k: int,
+    threads: int,
+) -> dict[str, Any]:
+    """The fused K-photo probe against the single photo, on the same index and queries.
+
+    ``photos`` is (queries, K, dim), K >= 2, every row K fresh faces of the identity
+    ``probe_labels[i]``; gallery face id ``j + 1`` is of identity ``labels[j]``. A fused query
+    is timed as the product runs one (:mod:`faceledger.core.video`): the ``template`` fusion
+    of its K vectors (:func:`faceledger.search.fusion.templates`) and one index search of
+    the fused vector. The single-photo query is the index search of the first photo. The two
+    are timed one after the other for each query, the order alternating, so that both meet
+    the same machine state. Not timed: the subject ranking that follows either search
+    (:func:`faceledger.search.subjects.rank_subjects` reads subjects and their vectors from
+    the database), which is the same work for one fused vector as for one photo's.
+
+    Recall is the fused query's index results against exact search of the same fused
+    vector (computed with the threads in force when called; timing uses ``threads``);
+    rank-1 identity is whether the index's first face is of the probe's identity.
+    """
+    n, n_photos, _ = photos.shape
+    group = Groups.of([range(n_photos)])
+    fused_q = np.concatenate([templates(p, group) for p in photos])
+    true_i = np.empty((n, k), np.int64)
+    for s in range(0, n, 256):
+        true_i[s : s + 256] = exact.search(fused_q[s : s + 256], k)[1]
+    faiss.omp_set_num_threads(threads)
+
+    def single(i: int) -> tuple[int, np.ndarray]:
+        t = time.perf_counter_ns()
+        _, ids = index.search(photos[i, :1], k)
+        return time.perf_counter_ns() - t, ids[0]
+
+    def fused(i: int) -> tuple[int, int, np.ndarray]:
+        t = time.perf_counter_ns()
+        vector = templates(photos[i], group)
+        t_fuse = time.perf_counter_ns()
+        _, ids = index.search(vector, k)
+        t_end = time.perf_counter_ns()
+        return t_end - t, t_fuse - t, ids[0]
+
+    for i in range(min(20, n)):  # warm-up
+        single(i)
+        fused(i)
+    got_single = np.empty((n, k), np.int64)
+    got_fused = np.empty((n, k), np.int64)
+    single_ns: list[int] = []
+    fused_ns: list[int] = []
+    fuse_ns: list[int] = []
+    for i in range(n):
+        if i % 2:
+            f_ns, fu_ns, got_fused[i] = fused(i)
+            s_ns, got_single[i] = single(i)
+        else:
+            s_ns, got_single[i] = single(i)
+            f_ns, fu_ns, got_fused[i] = fused(i)
+        single_ns.append(s_ns)
+        fused_ns.append(f_ns)
+        fuse_ns.append(fu_ns)
+    fused_p50, single_p50 = _percentile_ms(fused_ns, 50), _percentile_ms(single_ns, 50)
+    r10 = np.mean([np.isin(true_i[j], got_fused[j]).mean() for j in range(n)])
+    return {
+        "probes": n_photos,
+        "fused_p50_ms": fused_p50,
+        "fused_p99_ms": _percentile_ms(fused_ns, 99),
+        "fuse_p50_ms": _percentile_ms(fuse_ns, 50),
+        "single_p50_ms": single_p50,
+        "single_p99_ms": _percentile_ms(single_ns, 99),
+        "fused_per_photo_ratio": fused_p50 / n_photos / single_p50 if single_p50 > 0 else None,
+        "fused_ratio": fused_p50 / single_p50 if single_p50 > 0 else None,
+        "fused_recall_at_1": float(np.mean(got_fused[:, 0] == true_i[:, 0])),
+        "fused_recall_at_10": float(r10),
+        "rank1_identity_single": float(np.mean(labels[got_single[:, 0] - 1] == probe_labels)),
+        "rank1_identity_fused": float(np.mean(labels[got_fused[:, 0] - 1] == probe_labels)),
+    }
 
 
 def _effective_params(index: FaceIndex, params: AnnParams) -> dict[str, Any]:
