@@ -152,6 +152,30 @@ def test_a_clip_of_two_people_lists_the_tracks_then_searches_the_one_chosen(
     assert entries(fl, "search.refused")[-1].details["reason"] == "no-such-track"
 
 
+def test_listing_the_people_in_a_clip_counts_against_the_detection_quota(
+    fl: Faceledger, two_people: bytes
+) -> None:
+    """#14 item 3: listing a clip's people shows their faces without comparing anything, as
+    /detect does, so it counts against daily_detect_quota: at the quota the list is refused
+    (quota-exceeded, recorded) and no thumbnail is returned; a search of a chosen track is a
+    search (the search quota) and still runs."""
+    ivy, root = fl.login("ivy", PW), fl.login("root", PW)
+    listed = fl.search_video(ivy, two_people, REQ)
+    assert listed["search_id"] is None
+    used = fl._detects_today(ivy)
+    assert used >= 1  # the list just made counts
+    fl.save_policy(root, fl.policy().with_value("daily_detect_quota", str(used)))
+    try:
+        with pytest.raises(RefusedError) as refused:
+            fl.search_video(ivy, two_people, REQ)
+        assert refused.value.code == "quota-exceeded"
+        assert "clip" in str(refused.value)
+        assert entries(fl, "search.quota_refused")[-1].details["video_sha256"]
+        assert fl.search_video(ivy, two_people, REQ, track=1)["search_id"] is not None
+    finally:
+        fl.save_policy(root, fl.policy().with_value("daily_detect_quota", "200"))
+
+
 def test_video_searches_follow_the_rules_of_photo_searches(
     fl: Faceledger, one_person: bytes
 ) -> None:

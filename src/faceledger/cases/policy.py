@@ -45,7 +45,7 @@ class Policy:
     # how long the searcher (and those who may read the search) can open its candidates'
     # crops and source images; afterwards the record keeps ids and scores only
     result_view_days: int = 30
-    daily_detect_quota: int = 200  # face detections on probe photos per user per UTC day
+    daily_detect_quota: int = 200  # face detections (and clips' people listed) per user per UTC day
     # Candidates whose expected false candidates at the gallery's size is at least this are
     # at chance level: shown apart, collapsed, under a sentence saying chance matches are
     # expected at their scores (they can still be reviewed).

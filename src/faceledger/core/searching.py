@@ -615,11 +615,23 @@ class SearchDoor(CasesDoor):
                     select(func.count())
                     .select_from(ledger)
                     .where(
-                        ledger.c.action == "probe.detect",
+                        # a clip's people listed (thumbnails, nothing compared) is a detection
+                        ledger.c.action.in_(("probe.detect", "search.video_tracks")),
                         ledger.c.actor == actor.username,
                         ledger.c.ts >= start.isoformat(timespec="seconds"),
                     )
                 ).scalar_one()
+            )
+
+    def _check_detect_quota(self, actor: Actor, pol: Policy, case: str, **what: Any) -> None:
+        """Refuse (``quota-exceeded``, recorded) once ``actor`` has used the policy's
+        ``daily_detect_quota`` (face detections and video people listed today)."""
+        if pol.daily_detect_quota and self._detects_today(actor) >= pol.daily_detect_quota:
+            self.record(actor, "search.quota_refused", case, quota=pol.daily_detect_quota, **what)
+            raise RefusedError(
+                "quota-exceeded",
+                f"daily quota of {pol.daily_detect_quota} face detections reached (listing the "
+                "people in a clip counts as one)",
             )
 
     def detect(self, actor: Actor, photo: bytes, case_number: str = "") -> dict[str, Any]:
@@ -632,11 +644,7 @@ class SearchDoor(CasesDoor):
         case = case_number.strip()
         self.require(actor, "search", case or "detect")
         pol = self.policy()
-        if pol.daily_detect_quota and self._detects_today(actor) >= pol.daily_detect_quota:
-            self.record(actor, "search.quota_refused", case, quota=pol.daily_detect_quota)
-            raise RefusedError(
-                "quota-exceeded", f"daily quota of {pol.daily_detect_quota} face detections reached"
-            )
+        self._check_detect_quota(actor, pol, case)
         sha = hashlib.sha256(photo).hexdigest()
         img = self._decode_probe(actor, photo, "search.bad_probe", case, probe_sha256=sha)
         with self.analysis_lock:

@@ -149,6 +149,8 @@ class VideoDoor(SearchDoor):
             )
             raise RefusedError("no-such-track", message, ("track",))
         if len(tracks) > 1 and track is None:
+            # the people listed (thumbnails, nothing compared) count as a detection
+            self._check_detect_quota(actor, pol, req.case_number, video_sha256=video_sha)
             listed = [track_summary(t, pol.min_probe_quality, limits.track_faces) for t in tracks]
             self.record(
                 actor,
