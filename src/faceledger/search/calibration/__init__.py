@@ -114,8 +114,23 @@ class Calibration:
         path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
 
 
-def fit(impostor_scores: np.ndarray, model_id: str, info: dict[str, Any]) -> Calibration:
-    """Fit a calibration from impostor scores (any order)."""
+def fit(
+    impostor_scores: np.ndarray,
+    model_id: str,
+    info: dict[str, Any],
+    weights: np.ndarray | None = None,
+) -> Calibration:
+    """Fit a calibration from impostor scores (any order).
+
+    ``weights`` (one per score, positive; default all 1) make the fit estimate a weighted
+    rate: ``FMR(s)`` is the weight of the scores at or above ``s`` over the total weight, the
+    anchor is the highest score with ``MIN_TAIL_COUNT`` *effective* pairs at or above it
+    (``(sum w)^2 / sum w^2``, Kish's effective sample size: the plain count when the weights
+    are equal), and the tail's rate is the weighted mean excess's inverse. Used to count
+    every gallery person once where the pairs would otherwise count each person once per
+    photo (:mod:`faceledger.evaluation.fusion`, :mod:`faceledger.search.subjects`)."""
+    if weights is not None:
+        return _fit_weighted(np.asarray(impostor_scores), np.asarray(weights), model_id, info)
     s = np.sort(np.asarray(impostor_scores, dtype=np.float64))
     n = len(s)
     if n < 10 * MIN_TAIL_COUNT:
@@ -137,6 +152,51 @@ def fit(impostor_scores: np.ndarray, model_id: str, info: dict[str, Any]) -> Cal
         {
             "impostor_pairs": int(n),
             "min_reliable_fmr": MIN_TAIL_COUNT / n,
+            "tail_fit_scores": len(excess),
+            "tail_threshold": tail_start,
+        }
+    )
+    return Calibration(model_id, grid, fmrs, tail_start, tail_fmr, rate, info)
+
+
+def _fit_weighted(
+    scores: np.ndarray, weights: np.ndarray, model_id: str, info: dict[str, Any]
+) -> Calibration:
+    """:func:`fit` with weights (see there); equal weights give the unweighted fit."""
+    if scores.shape != weights.shape or scores.ndim != 1:
+        raise ValueError("impostor scores and weights: one weight per score")
+    if not np.all(np.isfinite(weights)) or (weights <= 0).any():
+        raise ValueError("impostor score weights must be positive and finite")
+    n = len(scores)
+    if n < 10 * MIN_TAIL_COUNT:
+        raise ValueError(f"need at least {10 * MIN_TAIL_COUNT} impostor scores, got {n}")
+    order = np.argsort(scores, kind="stable")
+    s = scores[order].astype(np.float64)
+    w = weights[order].astype(np.float64)
+    # weight and effective number of pairs at or above each sorted score, from the top
+    top_w = np.cumsum(w[::-1])[::-1]
+    top_w2 = np.cumsum((w * w)[::-1])[::-1]
+    effective = top_w * top_w / top_w2
+    if effective[0] < 10 * MIN_TAIL_COUNT:
+        raise ValueError(
+            f"need at least {10 * MIN_TAIL_COUNT} effective impostor scores, got {effective[0]:.0f}"
+        )
+    # the anchor: the highest score with MIN_TAIL_COUNT effective pairs at or above it
+    anchor = int(np.flatnonzero(effective >= MIN_TAIL_COUNT)[-1])
+    tail_start = float(s[anchor])
+    lo = np.floor(s[0] / GRID_STEP) * GRID_STEP
+    grid = np.append(np.arange(lo, tail_start, GRID_STEP), tail_start)
+    above = np.append(top_w, 0.0)
+    fmrs = above[np.searchsorted(s, grid, side="left")] / top_w[0]
+    excess, excess_w = s[anchor + 1 :] - tail_start, w[anchor + 1 :]
+    rate = 1.0 / max(float((excess * excess_w).sum() / excess_w.sum()), 1e-9)
+    tail_fmr = float(fmrs[-1])
+    info = dict(info)
+    info.update(
+        {
+            "impostor_pairs": int(n),
+            "effective_impostor_pairs": round(float(effective[0]), 1),
+            "min_reliable_fmr": tail_fmr,
             "tail_fit_scores": len(excess),
             "tail_threshold": tail_start,
         }
