@@ -89,8 +89,9 @@ def test_photos_of_one_person_are_searched_as_their_fused_faces(
 
     calib = load_subject_calibration(fl.searcher().analyzer.model_id)
     assert calib is not None
-    expected = calib.estimate(top["score"], 3, 1)
-    assert expected is not None and top["est_fmr"] == pytest.approx(expected.fmr, rel=0.01)
+    fit = calib.for_probe(3)
+    assert fit is not None and fit is calib.probe_fits["3+x1"]  # the fit for fused probes
+    assert top["est_fmr"] == pytest.approx(fit.estimate(top["score"]).fmr, rel=0.01)
     single = fl.searcher().calibration
     assert single is not None
     assert single.estimate(top["score"]).fmr != pytest.approx(top["est_fmr"], rel=0.1)

@@ -167,6 +167,27 @@ def test_each_template_size_has_its_own_calibration(model_id: str) -> None:
     assert calib.fit_for(2, 1) is calib.fits["1x2"]
 
 
+@pytest.mark.parametrize("model_id", ["dlib_resnet_v1", "dlib_resnet_v1+flip"])
+def test_fused_probes_have_their_own_fits_counting_each_gallery_person_once(
+    model_id: str,
+) -> None:
+    """#14 items 1-3: a fused probe (a video track, several photos) against one gallery face
+    has its own shipped fit per size (2, 3+), fitted with each gallery person counted once
+    (a gallery holds each person's photos; counted per photo, prolific people with light
+    impostor tails set the fit too low); one face uses the model's own calibration."""
+    calib = load_subject_calibration(model_id)
+    assert calib is not None and set(calib.probe_fits) == {"2x1", "3+x1"}
+    assert calib.for_probe(1) is calib.single
+    assert calib.for_probe(2) is calib.probe_fits["2x1"]
+    assert calib.for_probe(7) is calib.probe_fits["3+x1"]
+    for fit in calib.probe_fits.values():
+        assert fit.info["weights"] == "each gallery person counted once (1 / their photos)"
+        assert fit.info["split"] == "people with sha256(name) % 4 == 0"
+    # without the probe fits, the symmetric template fit of the two sizes
+    bare = type(calib)(calib.model_id, calib.single, calib.fits, calib.info)
+    assert bare.for_probe(2) is calib.fits["1x2"]
+
+
 _SIZES = {"1x1": (1, 1), "1x2": (1, 2), "1x3+": (1, 3), "2x2": (2, 2), "2x3+": (2, 3)}
 _SIZES["3+x3+"] = (3, 3)
 

@@ -101,8 +101,9 @@ def test_a_clip_of_one_person_is_searched_as_its_fused_best_faces(
     assert result["fused_faces"] == 5
     calib = load_subject_calibration(searcher.analyzer.model_id)
     assert calib is not None and result["calibration"] == calib.version
-    fitted = calib.estimate(top["score"], 5, 1)
-    assert fitted is not None and top["est_fmr"] == pytest.approx(fitted.fmr, rel=0.01)
+    fit = calib.for_probe(5)
+    assert fit is not None and fit is calib.probe_fits["3+x1"]  # the fit for fused probes
+    assert top["est_fmr"] == pytest.approx(fit.estimate(top["score"]).fmr, rel=0.01)
     assert face["subjects"][0]["face_ids"] == [top["face_id"]]
 
     rec = fl.get_search(ivy, result["search_id"])

@@ -430,7 +430,11 @@ def _size_fits_fpir(
     None where a size pair has no fit."""
     p_sizes, p_counts = np.unique(probe_sizes, return_counts=True)
     g_sizes, g_counts = np.unique(gallery_sizes, return_counts=True)
-    fits = {(int(a), int(b)): calib.fit_for(int(a), int(b)) for a in p_sizes for b in g_sizes}
+    fits = {
+        (int(a), int(b)): calib.for_probe(int(a)) if b == 1 else calib.fit_for(int(a), int(b))
+        for a in p_sizes
+        for b in g_sizes
+    }
     if any(f is None for f in fits.values()):
         return None
 

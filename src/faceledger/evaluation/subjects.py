@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from faceledger.evaluation.fusion import subject_protocol
+from faceledger.evaluation.fusion import PROBE_SIZES, fused_impostor_pairs, subject_protocol
 from faceledger.evaluation.lfw_data import EmbeddingTable, LfwDataset, in_calibration_split
 from faceledger.gallery.subjects import Membership
-from faceledger.search import fusion
+from faceledger.search import calibration, fusion
 from faceledger.search.calibration import Calibration
 from faceledger.search.fusion import Groups
 from faceledger.search.subjects import (
@@ -48,6 +48,7 @@ from faceledger.search.subjects import (
     duplicate_pairs,
     fit_subject_calibration,
     impostor_template_scores,
+    size_class,
 )
 
 CHECK_FMRS = (1e-3, 1e-4, 1e-5, 1e-6)
@@ -87,7 +88,24 @@ def fit_lfw(
         "people": len(people),
         "groups": "each person's photos in LFW's order, consecutive disjoint groups of 1, 2, 3",
     }
-    return fit_subject_calibration(class_templates(table, people), model_id, info, single)
+    calib = fit_subject_calibration(class_templates(table, people), model_id, info, single)
+    for p in PROBE_SIZES:  # fused probes of 2 and 3+ faces against one gallery face
+        scores, weights = fused_impostor_pairs(ds, table, "template", f"multi_probe_{p}")
+        key = f"{size_class(p)}x1"
+        calib.probe_fits[key] = calibration.fit(
+            scores,
+            f"{model_id}:template:probe:{key}",
+            info
+            | {
+                "rule": "template",
+                "sizes": key,
+                "pairs": f"each group of {p} consecutive photos of a person against every "
+                "photo of every other person",
+                "weights": "each gallery person counted once (1 / their photos)",
+            },
+            weights=weights,
+        )
+    return calib
 
 
 def check_by_size(

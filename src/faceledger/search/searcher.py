@@ -74,7 +74,8 @@ def _estimate(
     if calib is None:
         return None
     if isinstance(calib, SubjectCalibration):
-        return calib.estimate(score, fused, 1)
+        fit = calib.for_probe(fused)
+        return None if fit is None else fit.estimate(score)
     return calib.estimate(score)
 
 
@@ -98,9 +99,9 @@ class Searcher:
     def calibration_for(self, fused: int) -> calibration.Calibration | SubjectCalibration | None:
         """The calibration behind a probe's est. FMR: the model's own for one face, and for
         a probe fused from ``fused`` faces (the ``template`` of a video track or of several
-        photos) the template fit for groups of that size against one face
-        (:class:`~faceledger.search.subjects.SubjectCalibration`: ``1x2``, ``1x3+``): a
-        fused score is not distributed like a single one. None without one."""
+        photos) the subject calibration, whose probe fit for that size
+        (:meth:`~faceledger.search.subjects.SubjectCalibration.for_probe`) gives the est.
+        FMR: a fused score is not distributed like a single one. None without one."""
         if fused <= 1:
             return self.calibration
         return load_subject_calibration(self.analyzer.model_id)

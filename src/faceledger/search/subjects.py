@@ -78,10 +78,23 @@ class SubjectCalibration:
     single: Calibration | None
     fits: dict[str, Calibration]
     info: dict[str, Any] = field(default_factory=dict)
+    # a fused probe (a video track's faces, several photos of one person) against one gallery
+    # face, with every gallery person counted once: "2x1", "3+x1" (see :meth:`for_probe`)
+    probe_fits: dict[str, Calibration] = field(default_factory=dict)
 
     def fit_for(self, a: int, b: int) -> Calibration | None:
         key = pair_key(a, b)
         return self.single if key == "1x1" else self.fits.get(key)
+
+    def for_probe(self, fused: int) -> Calibration | None:
+        """The fit behind the est. FMR of a probe of ``fused`` faces against one gallery
+        face: the model's own for one face; for more, the probe fit of its size class
+        (fitted with each gallery person counted once, as a gallery holds each person's
+        photos: :func:`faceledger.evaluation.fusion.fused_impostor_pairs`), else the
+        symmetric template fit of the two sizes."""
+        if fused <= 1:
+            return self.single
+        return self.probe_fits.get(f"{size_class(fused)}x1") or self.fit_for(fused, 1)
 
     def estimate(self, score: float, a: int, b: int) -> Estimate | None:
         fit = self.fit_for(a, b)
@@ -96,6 +109,11 @@ class SubjectCalibration:
             "model_id": self.model_id,
             "rule": "template",
             "fits": {k: v.to_json() for k, v in self.fits.items()},
+            **(
+                {"probe_fits": {k: v.to_json() for k, v in self.probe_fits.items()}}
+                if self.probe_fits
+                else {}
+            ),
             "info": self.info,
         }
 
@@ -113,7 +131,8 @@ class SubjectCalibration:
     @classmethod
     def from_json(cls, doc: dict[str, Any], single: Calibration | None) -> SubjectCalibration:
         fits = {k: Calibration.from_json(v) for k, v in doc["fits"].items()}
-        return cls(doc["model_id"], single, fits, doc.get("info", {}))
+        probe = {k: Calibration.from_json(v) for k, v in doc.get("probe_fits", {}).items()}
+        return cls(doc["model_id"], single, fits, doc.get("info", {}), probe)
 
 
 @lru_cache(maxsize=8)
