@@ -23,12 +23,11 @@ from typing import Any
 
 from faceledger.accounts.auth import Actor
 from faceledger.core.base import SearchRequest
-from faceledger.core.searching import picked_face, shown_search
+from faceledger.core.searching import shown_search
 from faceledger.core.video import VideoDoor
 from faceledger.errors import RefusedError
 from faceledger.search.fusion import fused_face
 from faceledger.search.searcher import LEADS_NOTICE
-from faceledger.search.subjects import attach_subjects
 from faceledger.types import Face
 from faceledger.vision import probes
 
@@ -36,7 +35,7 @@ MIN_PROBE_PHOTOS = 2
 MAX_PROBE_PHOTOS = 10
 
 
-def face_doc(face: Face) -> dict[str, Any]:
+def photo_face_doc(face: Face) -> dict[str, Any]:
     """A face as a probe photo's entry shows it."""
     return {
         "bbox": face.detection.bbox.as_list(),
@@ -79,24 +78,10 @@ class MultiPhotoDoor(VideoDoor):
         )
         if box is not None:
             self._check_face_box(actor, req.case_number, f"face_boxes[{number}]", box, img)
-        with self.analysis_lock:
-            analyzer = self.searcher().analyzer
-            found = analyzer.analyze(img.pixels)
-            near = (
-                None
-                if box is None
-                else picked_face([f.detection.bbox.as_list() for f in found], box)
-            )
-            by_hand = box is not None and near is None
-            if by_hand:
-                assert box is not None
-                face = analyzer.face_in_box(img.pixels, box)
-            elif near is not None:
-                face = found[near]
-            elif len(found) == 1:
-                face = found[0]
-            else:
-                face = None
+        found, near, face = self._face_in_photo(img, box)
+        by_hand = box is not None and near is None
+        if face is None and len(found) == 1:
+            face = found[0]
         if face is None:
             code = "no-face-in-photo" if not found else "choose-face"
             message = (
@@ -116,7 +101,7 @@ class MultiPhotoDoor(VideoDoor):
             "face_box": box,
             "face_index": near if box is not None else 0,
             "marked_by_hand": by_hand,
-            **face_doc(face),
+            **photo_face_doc(face),
         }
         return face, entry, data
 
@@ -173,50 +158,23 @@ class MultiPhotoDoor(VideoDoor):
         # the face shown (and its photo kept): the best by quality, then size
         best = max(range(len(faces)), key=lambda i: (faces[i].quality, faces[i].size, -i))
         probe_face = fused_face(fused or faces, faces[best])
-        sizes = [len(fused) or len(faces)]
-        with self.analysis_lock:
-            searcher = self.searcher()
-            results = searcher.search_faces([probe_face], top_k, sizes) if fused else []
-            gallery_faces = len(searcher.indexes.sync())
-            model_id = searcher.analyzer.model_id
-            calib = searcher.calibration_for(sizes[0])
-        if results:
-            doc = results[0].__dict__ | {"face_index": 0, "below_min_quality": False}
-            doc["candidates"] = [c.__dict__ for c in results[0].candidates]
-        else:
-            doc = {
-                "face_index": 0,
-                "bbox": probe_face.detection.bbox.as_list(),
-                "quality": probe_face.quality,
-                "size": probe_face.size,
-                "sharpness": round(probe_face.sharpness, 2),
-                "yaw": round(probe_face.yaw, 3),
-                "below_min_quality": True,
-                "candidates": [],
-            }
-        doc["warnings"] = probes.quality_warnings(
-            probe_face.size, probe_face.sharpness, probe_face.yaw
-        )
-        doc["photo"] = best + 1
-        probe_faces = [doc]
-        with self.analysis_lock:
-            subjects = attach_subjects(
-                searcher, [probe_face], probe_faces, top_k, pol.lead_max_expected_false, sizes
-            )
+        found = self._search_fused(probe_face, len(fused), top_k, pol)
+        probe_faces, subjects = found.faces, found.subjects
+        probe_faces[0]["photo"] = best + 1
         probe = datas[best]
         probe_sha = entries[best]["sha256"]
         summary, shown, shown_json = shown_search(
             probe_faces,
             pol,
-            calib,
-            gallery_faces,
-            model_id,
+            found.calibration,
+            found.gallery_faces,
+            found.model_id,
             probe_sha256=probe_sha,
             photo_sha256=probe_sha,
             probe_region=None,
             picked=None,
             photos=entries,
-            fused_faces=sizes[0] if fused else 0,
+            fused_faces=found.fused,
             **subjects,
         )
         with self.store.writer.begin() as conn:
@@ -249,8 +207,8 @@ class MultiPhotoDoor(VideoDoor):
             "fused_faces": shown["fused_faces"],
             "case_number": req.case_number,
             "purpose": req.purpose,
-            "gallery_faces": gallery_faces,
-            "model_id": model_id,
+            "gallery_faces": found.gallery_faces,
+            "model_id": found.model_id,
             "calibration": shown["calibration"],
             "policy_sha256": shown["policy_sha256"],
             **subjects,

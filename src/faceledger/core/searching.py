@@ -53,6 +53,29 @@ def picked_face(boxes: list[list[int]], face_box: list[int]) -> int | None:
     return near if near is not None and overlaps[near] >= PICK_MIN_IOU else None
 
 
+def face_doc(index: int, face: Face, searched: Any | None) -> dict[str, Any]:
+    """A probe face as a search shows it: ``searched`` (its
+    :class:`~faceledger.search.searcher.ProbeFace`, with candidates) or, where it was not
+    compared (below the policy's minimum quality), its box and quality alone."""
+    if searched is None:
+        d = face.detection
+        doc: dict[str, Any] = {
+            "face_index": index,
+            "bbox": d.bbox.as_list(),
+            "quality": face.quality,
+            "size": face.size,
+            "sharpness": round(face.sharpness, 2),
+            "yaw": round(face.yaw, 3),
+            "below_min_quality": True,
+            "candidates": [],
+        }
+    else:
+        doc = searched.__dict__ | {"face_index": index, "below_min_quality": False}
+        doc["candidates"] = [c.__dict__ for c in searched.candidates]
+    doc["warnings"] = probes.quality_warnings(face.size, face.sharpness, face.yaw)
+    return doc
+
+
 def shown_face(face: dict[str, Any]) -> dict[str, Any]:
     """A probe face as a search record keeps it: everything shown, no server paths."""
     doc = dict(face)
@@ -256,6 +279,23 @@ class SearchDoor(CasesDoor):
         )
         raise RefusedError("bad-face-box", message, (field_name,))
 
+    def _face_in_photo(
+        self, img: Any, box: list[int] | None
+    ) -> tuple[list[Face], int | None, Face | None]:
+        """(the faces found, which one ``box`` picks (:func:`picked_face`), the face): with a
+        box that picks none, the box itself is the face, marked by hand (then the index is
+        None and the face is not among those found); without a box, the face is None."""
+        with self.analysis_lock:
+            analyzer = self.searcher().analyzer
+            found = analyzer.analyze(img.pixels)
+            if box is None:
+                return found, None, None
+            near = picked_face([f.detection.bbox.as_list() for f in found], box)
+            if near is not None:
+                return found, near, found[near]
+            # no detected face is the one asked for: the box itself is the face
+            return found, None, analyzer.face_in_box(img.pixels, box)
+
     def _insert_comparison(
         self,
         conn: Any,
@@ -403,26 +443,7 @@ class SearchDoor(CasesDoor):
             calib = searcher.calibration
         probe_sha = hashlib.sha256(probe).hexdigest()
         by_index = {id(f): r for f, r in zip(searchable, results, strict=True)}
-        probe_faces: list[dict[str, Any]] = []
-        for i, f in enumerate(faces):
-            r = by_index.get(id(f))
-            if r is None:
-                d = f.detection
-                doc: dict[str, Any] = {
-                    "face_index": i,
-                    "bbox": d.bbox.as_list(),
-                    "quality": f.quality,
-                    "size": f.size,
-                    "sharpness": round(f.sharpness, 2),
-                    "yaw": round(f.yaw, 3),
-                    "below_min_quality": True,
-                    "candidates": [],
-                }
-            else:
-                doc = r.__dict__ | {"face_index": i, "below_min_quality": False}
-                doc["candidates"] = [c.__dict__ for c in r.candidates]
-            doc["warnings"] = probes.quality_warnings(f.size, f.sharpness, f.yaw)
-            probe_faces.append(doc)
+        probe_faces = [face_doc(i, f, by_index.get(id(f))) for i, f in enumerate(faces)]
         with self.analysis_lock:  # each searched face's subjects, by template (#14)
             subjects = attach_subjects(
                 searcher, faces, probe_faces, top_k, pol.lead_max_expected_false
@@ -516,22 +537,12 @@ class SearchDoor(CasesDoor):
             )
             if box is not None:
                 self._check_face_box(actor, req.case_number, f"face_box_{label.lower()}", box, img)
-            with self.analysis_lock:
-                analyzer = self.searcher().analyzer
-                found = analyzer.analyze(img.pixels)
-                near = (
-                    None
-                    if box is None
-                    else picked_face([f.detection.bbox.as_list() for f in found], box)
-                )
-                if box is not None and near is None:
-                    # no detected face is the one asked for: the box itself is the face
-                    hand.append(label)
-                    chosen.append(analyzer.face_in_box(img.pixels, box))
-                elif near is not None:
-                    chosen.append(found[near])
-                else:
-                    chosen.append(max(found, key=lambda f: f.size) if found else None)
+            found, near, face = self._face_in_photo(img, box)
+            if box is not None and near is None:
+                hand.append(label)
+            if face is None:  # no box: the largest face
+                face = max(found, key=lambda f: f.size) if found else None
+            chosen.append(face)
             del img
             counts.append(len(found))
         searcher = self.searcher()

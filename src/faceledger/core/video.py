@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from faceledger.accounts.auth import Actor
+from faceledger.cases.policy import Policy
 from faceledger.core.base import SearchRequest
-from faceledger.core.searching import SearchDoor, shown_search
+from faceledger.core.searching import SearchDoor, face_doc, shown_search
 from faceledger.errors import RefusedError
 from faceledger.search.fusion import fused_face
 from faceledger.search.searcher import LEADS_NOTICE, NoFaceError
@@ -62,8 +64,47 @@ def track_summary(track: Track, min_quality: float, k: int) -> dict[str, Any]:
     }
 
 
+@dataclass
+class FusedSearch:
+    """What a fused probe's search showed: its face (none, or one with its candidates and
+    subjects), the subjects' record fields, and the calibration, gallery size and model."""
+
+    faces: list[dict[str, Any]]
+    subjects: dict[str, Any]
+    calibration: Any
+    gallery_faces: int
+    model_id: str
+    fused: int  # faces fused into the probe (0: none at the minimum quality, not compared)
+
+
 class VideoDoor(SearchDoor):
     _video_limits: VideoLimits | None = None
+
+    def _search_fused(
+        self, probe_face: Face | None, fused: int, top_k: int, pol: Policy
+    ) -> FusedSearch:
+        """Search one fused probe face (of a video track, of several photos), made of
+        ``fused`` faces at least the policy's minimum quality (0: shown, not compared), with
+        the est. FMR of its size (:meth:`Searcher.calibration_for`) and its subjects."""
+        sizes = [max(1, fused)]
+        with self.analysis_lock:
+            searcher = self.searcher()
+            docs: list[dict[str, Any]] = []
+            subjects: dict[str, Any] = {}
+            if probe_face is not None:
+                results = searcher.search_faces([probe_face], top_k, sizes) if fused else []
+                docs.append(face_doc(0, probe_face, results[0] if results else None))
+                subjects = attach_subjects(
+                    searcher, [probe_face], docs, top_k, pol.lead_max_expected_false, sizes
+                )
+            return FusedSearch(
+                docs,
+                subjects,
+                searcher.calibration_for(sizes[0]),
+                len(searcher.indexes.sync()),
+                searcher.analyzer.model_id,
+                fused,
+            )
 
     @property
     def video_limits(self) -> VideoLimits:
@@ -83,15 +124,14 @@ class VideoDoor(SearchDoor):
 
     def _analyse_clip(
         self, actor: Actor, clip: bytes, req: SearchRequest, video_sha: str
-    ) -> tuple[VideoAnalysis, Any]:
-        """(analysis, searcher) under the analysis lock; a clip that cannot be read is
+    ) -> VideoAnalysis:
+        """The clip's analysis, under the analysis lock; a clip that cannot be read is
         recorded (``search.bad_probe``) before the error goes up."""
         try:
             with self.analysis_lock:
                 searcher = self.searcher()
                 lines = TrackLines.from_calibration(searcher.calibration)
-                analysis = analyse_video(searcher.analyzer, clip, self.video_limits, lines)
-                return analysis, searcher
+                return analyse_video(searcher.analyzer, clip, self.video_limits, lines)
         except VideoError as exc:
             self.record(
                 actor,
@@ -121,7 +161,7 @@ class VideoDoor(SearchDoor):
         pol = self.authorise_search(actor, req)
         top_k = max(1, min(req.top_k, pol.max_candidates))
         video_sha = hashlib.sha256(clip).hexdigest()
-        analysis, searcher = self._analyse_clip(actor, clip, req, video_sha)
+        analysis = self._analyse_clip(actor, clip, req, video_sha)
         tracks = analysis.tracks
         limits = self.video_limits
         info = analysis.info
@@ -185,34 +225,13 @@ class VideoDoor(SearchDoor):
             probe_face = fused_probe(fused)
         elif kept:
             probe_face = kept[0].face if len(kept) == 1 else fused_probe(kept)
-        sizes = [max(1, len(fused))]
-        with self.analysis_lock:
-            results = searcher.search_faces([probe_face], top_k, sizes) if fused else []
-            gallery_faces = len(searcher.indexes.sync())
-            model_id = searcher.analyzer.model_id
-            calib = searcher.calibration_for(sizes[0])
-        probe_faces: list[dict[str, Any]] = []
+        if chosen is None:
+            probe_face = None
+        found = self._search_fused(probe_face, len(fused), top_k, pol)
+        probe_faces, subjects = found.faces, found.subjects
         best_frame: int | None = None
         if chosen is not None and probe_face is not None:
             best_frame = max(kept, key=lambda tf: (tf.face.quality, tf.face.size, -tf.frame)).frame
-            f = probe_face
-            if results:
-                doc = results[0].__dict__ | {"face_index": 0, "below_min_quality": False}
-                doc["candidates"] = [c.__dict__ for c in results[0].candidates]
-            else:
-                d = f.detection
-                doc = {
-                    "face_index": 0,
-                    "bbox": d.bbox.as_list(),
-                    "quality": f.quality,
-                    "size": f.size,
-                    "sharpness": round(f.sharpness, 2),
-                    "yaw": round(f.yaw, 3),
-                    "below_min_quality": True,
-                    "candidates": [],
-                }
-            doc["warnings"] = probes.quality_warnings(f.size, f.sharpness, f.yaw)
-            probe_faces.append(doc)
             video_doc |= {
                 "track": chosen.index,
                 "track_first_frame": chosen.frames[0],
@@ -221,12 +240,6 @@ class VideoDoor(SearchDoor):
                 "frames_used": [tf.frame for tf in fused],
                 "probe_frame": best_frame,
             }
-        subjects: dict[str, Any] = {}
-        if probe_face is not None:
-            with self.analysis_lock:
-                subjects = attach_subjects(
-                    searcher, [probe_face], probe_faces, top_k, pol.lead_max_expected_false, sizes
-                )
         # the probe shown and kept: the frame of the track's best face, as PNG
         frame_png = (
             b"" if best_frame is None else probes.png_bytes(frame_at(clip, best_frame, limits))
@@ -235,15 +248,15 @@ class VideoDoor(SearchDoor):
         summary, shown, shown_json = shown_search(
             probe_faces,
             pol,
-            calib,
-            gallery_faces,
-            model_id,
+            found.calibration,
+            found.gallery_faces,
+            found.model_id,
             probe_sha256=probe_sha,
             photo_sha256=video_sha,
             probe_region=None,
             picked=None,
             video=video_doc,
-            fused_faces=sizes[0],
+            fused_faces=found.fused,
             **subjects,
         )
         with self.store.writer.begin() as conn:
@@ -281,11 +294,11 @@ class VideoDoor(SearchDoor):
             "video": video_doc,
             "case_number": req.case_number,
             "purpose": req.purpose,
-            "gallery_faces": gallery_faces,
-            "model_id": model_id,
+            "gallery_faces": found.gallery_faces,
+            "model_id": found.model_id,
             "calibration": shown["calibration"],
             "policy_sha256": shown["policy_sha256"],
-            "fused_faces": sizes[0],
+            "fused_faces": found.fused,
             **subjects,
             "faces": probe_faces,
             "notice": LEADS_NOTICE,
