@@ -23,11 +23,9 @@ from typing import Any
 
 from faceledger.accounts.auth import Actor
 from faceledger.core.base import SearchRequest
-from faceledger.core.searching import shown_search
 from faceledger.core.video import VideoDoor
 from faceledger.errors import RefusedError
 from faceledger.search.fusion import fused_face
-from faceledger.search.searcher import LEADS_NOTICE
 from faceledger.types import Face
 from faceledger.vision import probes
 
@@ -161,14 +159,20 @@ class MultiPhotoDoor(VideoDoor):
         found = self._search_fused(probe_face, len(fused), top_k, pol)
         probe_faces, subjects = found.faces, found.subjects
         probe_faces[0]["photo"] = best + 1
-        probe = datas[best]
         probe_sha = entries[best]["sha256"]
-        summary, shown, shown_json = shown_search(
-            probe_faces,
+        return self._record_search(
+            actor,
+            req,
             pol,
-            found.calibration,
-            found.gallery_faces,
-            found.model_id,
+            probe_faces,
+            (found.calibration, found.gallery_faces, found.model_id),
+            datas[best],
+            {
+                "photos": [
+                    {k: e[k] for k in ("sha256", "face_box", "bbox", "fused", "marked_by_hand")}
+                    for e in entries
+                ]
+            },
             probe_sha256=probe_sha,
             photo_sha256=probe_sha,
             probe_region=None,
@@ -177,41 +181,3 @@ class MultiPhotoDoor(VideoDoor):
             fused_faces=found.fused,
             **subjects,
         )
-        with self.store.writer.begin() as conn:
-            details: dict[str, Any] = {
-                "probe_sha256": probe_sha,
-                "photos": [
-                    {
-                        "sha256": e["sha256"],
-                        "face_box": e["face_box"],
-                        "bbox": e["bbox"],
-                        "fused": e["fused"],
-                        "marked_by_hand": e["marked_by_hand"],
-                    }
-                    for e in entries
-                ],
-                "faces": 1,
-                "results": summary,
-                "shown_sha256": hashlib.sha256(shown_json.encode()).hexdigest(),
-            }
-            sid = self._store_search(
-                conn, actor, req, pol, probe_sha, probe, 1, summary, shown_json, details
-            )
-        return {
-            "search_id": sid,
-            "probe_sha256": probe_sha,
-            "photo_sha256": probe_sha,
-            "probe_region": None,
-            "picked": None,
-            "photos": entries,
-            "fused_faces": shown["fused_faces"],
-            "case_number": req.case_number,
-            "purpose": req.purpose,
-            "gallery_faces": found.gallery_faces,
-            "model_id": found.model_id,
-            "calibration": shown["calibration"],
-            "policy_sha256": shown["policy_sha256"],
-            **subjects,
-            "faces": probe_faces,
-            "notice": LEADS_NOTICE,
-        }

@@ -13,7 +13,8 @@ from sqlalchemy import case, exists, or_, select, true
 from faceledger.accounts import auth
 from faceledger.accounts.auth import Actor, PermissionDenied
 from faceledger.cases.policy import Policy
-from faceledger.core.searching import SearchDoor, mark_chance_level
+from faceledger.core.searching import SearchDoor
+from faceledger.core.shown import mark_chance_level
 from faceledger.db.schema import case_requests, probes, reviews, searches, users
 from faceledger.errors import PolicyTamperedError, RefusedError
 from faceledger.vision.decode import decode_image

@@ -22,6 +22,7 @@ from faceledger.core.base import (
     check_length,
 )
 from faceledger.core.cases import CasesDoor
+from faceledger.core.shown import face_doc, shown_search
 from faceledger.db.schema import (
     blocklist,
     case_requests,
@@ -39,7 +40,6 @@ from faceledger.vision import probes
 from faceledger.vision.analysis import FaceAnalyzer
 from faceledger.vision.decode import DecodeError, decode_probe
 
-SERVER_PATHS = ("crop_path", "image_path")  # where files live on this server: never shown
 # A face_box picks the detected face it overlaps by at least this (intersection over union);
 # where none does, the box itself is the face, marked by hand.
 PICK_MIN_IOU = 0.3
@@ -51,88 +51,6 @@ def picked_face(boxes: list[list[int]], face_box: list[int]) -> int | None:
     overlaps = [probes.iou(b, face_box) for b in boxes]
     near = max(range(len(boxes)), key=overlaps.__getitem__, default=None)
     return near if near is not None and overlaps[near] >= PICK_MIN_IOU else None
-
-
-def face_doc(index: int, face: Face, searched: Any | None) -> dict[str, Any]:
-    """A probe face as a search shows it: ``searched`` (its
-    :class:`~faceledger.search.searcher.ProbeFace`, with candidates) or, where it was not
-    compared (below the policy's minimum quality), its box and quality alone."""
-    if searched is None:
-        d = face.detection
-        doc: dict[str, Any] = {
-            "face_index": index,
-            "bbox": d.bbox.as_list(),
-            "quality": face.quality,
-            "size": face.size,
-            "sharpness": round(face.sharpness, 2),
-            "yaw": round(face.yaw, 3),
-            "below_min_quality": True,
-            "candidates": [],
-        }
-    else:
-        doc = searched.__dict__ | {"face_index": index, "below_min_quality": False}
-        doc["candidates"] = [c.__dict__ for c in searched.candidates]
-    doc["warnings"] = probes.quality_warnings(face.size, face.sharpness, face.yaw)
-    return doc
-
-
-def shown_face(face: dict[str, Any]) -> dict[str, Any]:
-    """A probe face as a search record keeps it: everything shown, no server paths."""
-    doc = dict(face)
-    doc["candidates"] = [
-        {k: v for k, v in c.items() if k not in SERVER_PATHS} for c in face["candidates"]
-    ]
-    return doc
-
-
-def shown_search(
-    probe_faces: list[dict[str, Any]],
-    pol: Policy,
-    calib: Any,
-    gallery_faces: int,
-    model_id: str,
-    **probe: Any,
-) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
-    """What a search (of a photo or a video) showed, as its record keeps it: ``probe`` (the
-    probe's hashes, region, picked face, video...), the gallery size, model, calibration and
-    policy versions, and every probe face with its candidates, each marked at chance level
-    or not. Returns the per-face summary (candidate ids and scores: the ledger's
-    ``results``), the document and its canonical JSON (whose SHA-256 the ledger keeps)."""
-    mark_chance_level(probe_faces, pol.lead_max_expected_false)
-    summary = [
-        {
-            "face": pf["face_index"],
-            "candidates": [[c["face_id"], round(c["score"], 4)] for c in pf["candidates"]],
-        }
-        for pf in probe_faces
-    ]
-    shown = probe | {
-        "gallery_faces": gallery_faces,
-        "model_id": model_id,
-        "calibration": calib.version if calib else None,
-        "policy_sha256": pol.sha256(),
-        "min_probe_quality": pol.min_probe_quality,
-        "lead_max_expected_false": pol.lead_max_expected_false,
-        "notice": LEADS_NOTICE,
-        "faces": [shown_face(pf) for pf in probe_faces],
-    }
-    return summary, shown, canonical_json(shown)
-
-
-def mark_chance_level(faces: list[dict[str, Any]], lead_max_expected_false: float) -> None:
-    """Mark each candidate ``chance_level`` when its expected false candidates at the
-    gallery's size reaches the policy's ``lead_max_expected_false``: at that score a
-    different person is expected among the candidates by chance. Without a calibration
-    nothing can be said (False; the page says the scores are uncalibrated)."""
-    for face in faces:
-        for c in face["candidates"]:
-            expected = c.get("expected_false_candidates")
-            c["chance_level"] = expected is not None and expected >= lead_max_expected_false
-
-
-def canonical_json(doc: Any) -> str:
-    """The one text form of a stored document, so its SHA-256 can be recomputed."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class SearchDoor(CasesDoor):
@@ -375,6 +293,59 @@ class SearchDoor(CasesDoor):
             )
         return sid
 
+    def _record_search(
+        self,
+        actor: Actor,
+        req: SearchRequest,
+        pol: Policy,
+        probe_faces: list[dict[str, Any]],
+        compared: tuple[Any, int, str],
+        probe: bytes | None,
+        details: dict[str, Any],
+        **shown_fields: Any,
+    ) -> dict[str, Any]:
+        """Store a search (of a photo, a video or several photos) as it was shown and return
+        its result: ``compared`` is (calibration, gallery faces, model), ``probe`` the bytes
+        kept under retention, ``details`` what the ledger entry adds for this kind of probe,
+        ``shown_fields`` what the record and the result add (``probe_sha256`` first among
+        them; see :func:`shown_search`)."""
+        calib, gallery_faces, model_id = compared
+        summary, shown, shown_json = shown_search(
+            probe_faces, pol, calib, gallery_faces, model_id, **shown_fields
+        )
+        probe_sha = shown_fields["probe_sha256"]
+        entry = details | {
+            "probe_sha256": probe_sha,
+            "faces": len(probe_faces),
+            "results": summary,
+            "shown_sha256": hashlib.sha256(shown_json.encode()).hexdigest(),
+        }
+        with self.store.writer.begin() as conn:
+            sid = self._store_search(
+                conn,
+                actor,
+                req,
+                pol,
+                probe_sha,
+                probe,
+                len(probe_faces),
+                summary,
+                shown_json,
+                entry,
+            )
+        return {
+            "search_id": sid,
+            **shown_fields,
+            "case_number": req.case_number,
+            "purpose": req.purpose,
+            "gallery_faces": gallery_faces,
+            "model_id": model_id,
+            "calibration": shown["calibration"],
+            "policy_sha256": shown["policy_sha256"],
+            "faces": probe_faces,
+            "notice": LEADS_NOTICE,
+        }
+
     def search(
         self,
         actor: Actor,
@@ -459,50 +430,30 @@ class SearchDoor(CasesDoor):
             best = max(probe_faces, key=lambda pf: probes.iou(pf["bbox"], face_box), default=None)
             for pf in probe_faces:
                 pf["selected"] = pf is best
-        summary, shown, shown_json = shown_search(
-            probe_faces,
+        details: dict[str, Any] = {}
+        if region is not None:
+            details |= {"photo_sha256": photo_sha, "probe_region": region}
+        if by_hand:
+            details["marked_by_hand"] = True
+        result = self._record_search(
+            actor,
+            req,
             pol,
-            calib,
-            gallery_faces,
-            model_id,
+            probe_faces,
+            (calib, gallery_faces, model_id),
+            probe,
+            details,
             probe_sha256=probe_sha,
             photo_sha256=photo_sha,
             probe_region=region,
             picked=picked,
             **subjects,
         )
-        with self.store.writer.begin() as conn:
-            details: dict[str, Any] = {
-                "probe_sha256": probe_sha,
-                "faces": len(faces),
-                "results": summary,
-                "shown_sha256": hashlib.sha256(shown_json.encode()).hexdigest(),
-            }
-            if region is not None:
-                details |= {"photo_sha256": photo_sha, "probe_region": region}
-            if by_hand:
-                details["marked_by_hand"] = True
-            sid = self._store_search(
-                conn, actor, req, pol, probe_sha, probe, len(faces), summary, shown_json, details
-            )
         if not faces:
-            raise NoFaceError(f"no face found in the probe photo (search {sid} recorded)")
-        return {
-            "search_id": sid,
-            "probe_sha256": probe_sha,
-            "photo_sha256": photo_sha,
-            "probe_region": region,
-            "picked": picked,
-            "case_number": req.case_number,
-            "purpose": req.purpose,
-            "gallery_faces": gallery_faces,
-            "model_id": model_id,
-            "calibration": shown["calibration"],
-            "policy_sha256": shown["policy_sha256"],
-            **subjects,
-            "faces": probe_faces,
-            "notice": LEADS_NOTICE,
-        }
+            raise NoFaceError(
+                f"no face found in the probe photo (search {result['search_id']} recorded)"
+            )
+        return result
 
     def verify(
         self,

@@ -19,7 +19,8 @@ from typing import Any
 from faceledger.accounts.auth import Actor
 from faceledger.cases.policy import Policy
 from faceledger.core.base import SearchRequest
-from faceledger.core.searching import SearchDoor, face_doc, shown_search
+from faceledger.core.searching import SearchDoor
+from faceledger.core.shown import face_doc
 from faceledger.errors import RefusedError
 from faceledger.search.fusion import fused_face
 from faceledger.search.searcher import LEADS_NOTICE, NoFaceError
@@ -245,12 +246,20 @@ class VideoDoor(SearchDoor):
             b"" if best_frame is None else probes.png_bytes(frame_at(clip, best_frame, limits))
         )
         probe_sha = hashlib.sha256(frame_png or clip).hexdigest()
-        summary, shown, shown_json = shown_search(
-            probe_faces,
+        result = self._record_search(
+            actor,
+            req,
             pol,
-            found.calibration,
-            found.gallery_faces,
-            found.model_id,
+            probe_faces,
+            (found.calibration, found.gallery_faces, found.model_id),
+            frame_png,
+            {
+                "video_sha256": video_sha,
+                "frames_sampled": analysis.frames,
+                "frames_used": video_doc.get("frames_used", []),
+                "track": video_doc.get("track"),
+                "tracks": len(tracks),
+            },
             probe_sha256=probe_sha,
             photo_sha256=video_sha,
             probe_region=None,
@@ -259,47 +268,6 @@ class VideoDoor(SearchDoor):
             fused_faces=found.fused,
             **subjects,
         )
-        with self.store.writer.begin() as conn:
-            details: dict[str, Any] = {
-                "probe_sha256": probe_sha,
-                "video_sha256": video_sha,
-                "frames_sampled": analysis.frames,
-                "frames_used": video_doc.get("frames_used", []),
-                "track": video_doc.get("track"),
-                "tracks": len(tracks),
-                "faces": len(probe_faces),
-                "results": summary,
-                "shown_sha256": hashlib.sha256(shown_json.encode()).hexdigest(),
-            }
-            sid = self._store_search(
-                conn,
-                actor,
-                req,
-                pol,
-                probe_sha,
-                frame_png,
-                len(probe_faces),
-                summary,
-                shown_json,
-                details,
-            )
         if not probe_faces:
-            raise NoFaceError(f"no face found in the video (search {sid} recorded)")
-        return {
-            "search_id": sid,
-            "probe_sha256": probe_sha,
-            "photo_sha256": video_sha,
-            "probe_region": None,
-            "picked": None,
-            "video": video_doc,
-            "case_number": req.case_number,
-            "purpose": req.purpose,
-            "gallery_faces": found.gallery_faces,
-            "model_id": found.model_id,
-            "calibration": shown["calibration"],
-            "policy_sha256": shown["policy_sha256"],
-            "fused_faces": found.fused,
-            **subjects,
-            "faces": probe_faces,
-            "notice": LEADS_NOTICE,
-        }
+            raise NoFaceError(f"no face found in the video (search {result['search_id']} recorded)")
+        return result
