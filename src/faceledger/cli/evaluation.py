@@ -292,8 +292,9 @@ def calibrate_lfw_subjects(
     no_flip: NoFlip = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Fit the template score->FMR calibration of subjects by size (1x2 ... 3+x3+) on LFW's
-    calibration split, and check each fit on the people outside it."""
+    """Fit the template score->FMR calibration of subjects by size (1x2 ... 3+x3+), and of
+    fused probes against one face (2x1, 3+x1: each gallery person counted once), on LFW's
+    calibration split, and check each subject fit on the people outside it."""
     from faceledger.evaluation.subjects import check_by_size, fit_lfw
     from faceledger.search import calibration
 

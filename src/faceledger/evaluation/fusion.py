@@ -452,24 +452,35 @@ def _size_fits_fpir(
     return predict
 
 
+def fit_fused(
+    ds: LfwDataset,
+    table: EmbeddingTable,
+    rule: FusionRule,
+    shape: str,
+    name: str,
+    info: dict[str, Any],
+) -> calibration.Calibration:
+    """The calibration of ``rule``'s fused scores in ``shape`` on the calibration split,
+    every gallery person counted once (:func:`fused_impostor_pairs`' weights): what the
+    evaluation fits per protocol and the product ships for fused probes
+    (:func:`faceledger.evaluation.subjects.fit_lfw`). ValueError with too few impostors."""
+    scores, weights = fused_impostor_pairs(ds, table, rule, shape)
+    return calibration.fit(scores, name, info, weights=weights)
+
+
 def _fit(
     ds: LfwDataset, table: EmbeddingTable, rule: FusionRule, shape: str, model_id: str
 ) -> calibration.Calibration | None:
-    """The rule's calibration for ``shape``, every gallery person counted once (see
-    :func:`fused_impostor_pairs`); None where the split has too few impostors."""
-    scores, weights = fused_impostor_pairs(ds, table, rule, shape)
+    """The rule's calibration for ``shape`` (:func:`fit_fused`); None where the split has
+    too few impostors."""
+    info = {
+        "split": "people with sha256(name) % 4 == 0",
+        "rule": rule,
+        "shape": shape,
+        "weights": "each gallery person counted once",
+    }
     try:
-        return calibration.fit(
-            scores,
-            f"{model_id}:{rule}:{shape}",
-            {
-                "split": "people with sha256(name) % 4 == 0",
-                "rule": rule,
-                "shape": shape,
-                "weights": "each gallery person counted once",
-            },
-            weights=weights,
-        )
+        return fit_fused(ds, table, rule, shape, f"{model_id}:{rule}:{shape}", info)
     except ValueError:
         return None
 

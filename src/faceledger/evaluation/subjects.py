@@ -2,7 +2,8 @@
 people it never saw, how often the over-fetched face search misses the best subject, and
 duplicate identities found at the default threshold.
 
-* **Calibration** (:func:`fit_lfw`): on the calibration split (people with
+* **Calibration** (:func:`fit_lfw`; with the probe fits ``2x1``, ``3+x1`` for fused probes,
+  :func:`faceledger.evaluation.fusion.fit_fused`): on the calibration split (people with
   ``sha256(name) % 4 == 0``, as ``calibrate lfw``), each person's photos in LFW's order cut
   into consecutive disjoint groups of 1, 2 and 3 (an incomplete last group dropped); each
   group's template; for each pair of size classes (``1x2`` ... ``3+x3+``) the scores of every
@@ -32,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from faceledger.evaluation.fusion import PROBE_SIZES, fused_impostor_pairs, subject_protocol
+from faceledger.evaluation.fusion import PROBE_SIZES, fit_fused, subject_protocol
 from faceledger.evaluation.lfw_data import EmbeddingTable, LfwDataset, in_calibration_split
 from faceledger.gallery.subjects import Membership
-from faceledger.search import calibration, fusion
+from faceledger.search import fusion
 from faceledger.search.calibration import Calibration
 from faceledger.search.fusion import Groups
 from faceledger.search.subjects import (
@@ -90,10 +91,12 @@ def fit_lfw(
     }
     calib = fit_subject_calibration(class_templates(table, people), model_id, info, single)
     for p in PROBE_SIZES:  # fused probes of 2 and 3+ faces against one gallery face
-        scores, weights = fused_impostor_pairs(ds, table, "template", f"multi_probe_{p}")
         key = f"{size_class(p)}x1"
-        calib.probe_fits[key] = calibration.fit(
-            scores,
+        calib.probe_fits[key] = fit_fused(
+            ds,
+            table,
+            "template",
+            f"multi_probe_{p}",
             f"{model_id}:template:probe:{key}",
             info
             | {
@@ -103,7 +106,6 @@ def fit_lfw(
                 "photo of every other person",
                 "weights": "each gallery person counted once (1 / their photos)",
             },
-            weights=weights,
         )
     return calib
 
