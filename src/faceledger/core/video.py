@@ -221,17 +221,12 @@ class VideoDoor(SearchDoor):
         chosen = tracks[(track or 1) - 1] if tracks else None
         kept = [] if chosen is None else chosen.best(limits.track_faces)
         fused = [tf for tf in kept if tf.face.quality >= pol.min_probe_quality]
-        probe_face: Face | None = None
-        if fused:
-            probe_face = fused_probe(fused)
-        elif kept:
-            probe_face = kept[0].face if len(kept) == 1 else fused_probe(kept)
-        if chosen is None:
-            probe_face = None
+        # below the minimum quality, the best faces are shown fused but not compared
+        probe_face = fused_probe(fused or kept) if kept else None
         found = self._search_fused(probe_face, len(fused), top_k, pol)
         probe_faces, subjects = found.faces, found.subjects
         best_frame: int | None = None
-        if chosen is not None and probe_face is not None:
+        if chosen is not None and kept:
             best_frame = max(kept, key=lambda tf: (tf.face.quality, tf.face.size, -tf.frame)).frame
             video_doc |= {
                 "track": chosen.index,
