@@ -93,6 +93,18 @@ def progress_bar(label: str, total: int | None, enabled: bool = True) -> Iterato
         yield progress
 
 
+def fmr_text(doc: dict[str, Any]) -> str:
+    """``doc``'s est. FMR as the tables print it: ``*`` where extrapolated, n/a without one."""
+    if doc["est_fmr"] is None:
+        return "n/a"
+    return f"{doc['est_fmr']:.1e}" + ("*" if doc["est_fmr_extrapolated"] else "")
+
+
+def count_text(x: float | None) -> str:
+    """An expected count (false candidates, subjects) as the tables print it."""
+    return "n/a" if x is None else f"{x:.3g}"
+
+
 def dump(doc: Any) -> None:
     """Print ``doc`` as one JSON document on stdout."""
     sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")

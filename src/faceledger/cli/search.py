@@ -21,8 +21,10 @@ from faceledger.cli.common import (
     JsonOut,
     MinFace,
     ModelDir,
+    count_text,
     dump,
     fail,
+    fmr_text,
     make_analyzer,
     out,
 )
@@ -151,15 +153,19 @@ def photo_boxes(texts: list[str], photos: int) -> list[list[int] | None]:
     boxes: list[list[int] | None] = [None] * photos
     for text in texts:
         number, sep, rest = text.partition(":")
-        if not sep and photos > 1:
-            fail(f"bad-face-box: with several photos, write --face-box N:X0,Y0,X1,Y1 ({text!r})")
-        n = int(number) if sep and number.strip().isdigit() else 1 if not sep else 0
+        if not sep:
+            if photos > 1:
+                fail(
+                    f"bad-face-box: with several photos, write --face-box N:X0,Y0,X1,Y1 ({text!r})"
+                )
+            number, rest = "1", text
+        n = int(number) if number.strip().isdigit() else 0
         if not 1 <= n <= photos:
             fail(f"bad-face-box: {text!r} names no photo (1 to {photos})")
         if boxes[n - 1] is not None:
             fail(f"bad-face-box: photo {n} has two face boxes")
         try:
-            boxes[n - 1] = parse_box(rest if sep else text, "--face-box")
+            boxes[n - 1] = parse_box(rest, "--face-box")
         except BadBoxError as exc:
             fail(f"bad-face-box: {exc}")
     return boxes
@@ -238,14 +244,6 @@ def print_subjects(face: dict[str, Any]) -> None:
     for col in ("rank", "subject", "faces", "score", "est. FMR", "expected false ≥ score"):
         t.add_column(col, overflow="fold")
     for s in subjects:
-        fmr = (
-            "n/a"
-            if s["est_fmr"] is None
-            else (f"{s['est_fmr']:.1e}" + ("*" if s["est_fmr_extrapolated"] else ""))
-        )
-        exp = (
-            "n/a" if s["expected_false_subjects"] is None else f"{s['expected_false_subjects']:.3g}"
-        )
         ids = ", ".join(str(i) for i in s["face_ids"][:8])
         more = f" (+{len(s['face_ids']) - 8})" if len(s["face_ids"]) > 8 else ""
         t.add_row(
@@ -253,8 +251,9 @@ def print_subjects(face: dict[str, Any]) -> None:
             escape(s["label"] if s["label"] is not None else f"{s['subject']} (unlabelled)"),
             f"{s['size']}: {ids}{more}",
             f"{s['score']:.3f}",
-            fmr,
-            exp + (" (chance level)" if s.get("chance_level") else ""),
+            fmr_text(s),
+            count_text(s["expected_false_subjects"])
+            + (" (chance level)" if s.get("chance_level") else ""),
         )
     out.print(t)
 
@@ -273,16 +272,6 @@ def print_faces(faces: list[dict[str, Any]]) -> None:
             t.add_column(col, overflow="fold")
         for c in f["candidates"]:
             p = c["provenance"][0] if c["provenance"] else {}
-            fmr = (
-                "n/a"
-                if c["est_fmr"] is None
-                else (f"{c['est_fmr']:.1e}" + ("*" if c["est_fmr_extrapolated"] else ""))
-            )
-            exp = (
-                "n/a"
-                if c["expected_false_candidates"] is None
-                else f"{c['expected_false_candidates']:.3g}"
-            )
             where = p.get("source_url") or Path(p.get("original_path") or "").name
             label = f"{p.get('subject_label')}: " if p.get("subject_label") else ""
             erased = " [erased since]" if c.get("erased") else ""
@@ -291,8 +280,8 @@ def print_faces(faces: list[dict[str, Any]]) -> None:
             t.add_row(
                 str(c["rank"]),
                 f"{c['score']:.3f}",
-                fmr,
-                exp,
+                fmr_text(c),
+                count_text(c["expected_false_candidates"]),
                 str(c["face_id"]) + erased,
                 escape(f"{label}{where} ({p.get('source', '')}; {p.get('legal_basis', '')})"),
             )

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from faceledger.cli.common import AsUser, DataDir, JsonOut, dump, out
+from faceledger.cli.common import AsUser, DataDir, JsonOut, dump, fmr_text, out
 from faceledger.cli.session import session
 
 subjects_app = typer.Typer(
@@ -46,7 +46,7 @@ def duplicates(
     )
     t = Table("score", "est. FMR", "subject A", "subject B", title=f"{len(doc['pairs'])} pair(s)")
     for p in doc["pairs"]:
-        fmr = f"{p['est_fmr']:.1e}" + ("*" if p["est_fmr_extrapolated"] else "")
+        fmr = fmr_text(p)
         sides = [
             f"{s['subject']} ({s['size']} face{'s' if s['size'] != 1 else ''})"
             for s in (p["a"], p["b"])
