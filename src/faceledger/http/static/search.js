@@ -66,6 +66,16 @@
     return head.length > 376 && head[0] === 0x47 && head[188] === 0x47 && head[376] === 0x47;
   }
 
+  // The faces in a photo (boxes, quality), for picking one: /detect, recorded with the case
+  // it serves when the case number is already filled in.
+  function detectFaces(file) {
+    const data = new FormData();
+    data.append("photo", file, file.name);
+    const caseField = $("case_number");
+    if (caseField && caseField.value.trim()) data.append("case_number", caseField.value.trim());
+    return api("/api/v1/detect", { method: "POST", body: data });
+  }
+
   async function useFile(file) {
     if (!file) return;
     reset();
@@ -86,12 +96,8 @@
     img.src = state.objectUrl;
     stage.hidden = false;
     setStatus(detectStatus, "Finding faces…");
-    const data = new FormData();
-    data.append("photo", file, file.name);
-    const caseField = document.getElementById("case_number");
-    if (caseField && caseField.value.trim()) data.append("case_number", caseField.value.trim());
     try {
-      const found = await api("/api/v1/detect", { method: "POST", body: data });
+      const found = await detectFaces(file);
       state.size = { width: found.width, height: found.height };
       $("photo-size").textContent = `${found.width} × ${found.height}`;
       handDetails.hidden = false;
@@ -203,12 +209,8 @@
   }
 
   async function detectPhoto(p) {
-    const data = new FormData();
-    data.append("photo", p.file, p.file.name);
-    const caseField = $("case_number");
-    if (caseField && caseField.value.trim()) data.append("case_number", caseField.value.trim());
     try {
-      const found = await api("/api/v1/detect", { method: "POST", body: data });
+      const found = await detectFaces(p.file);
       p.faces = found.faces.slice().sort((a, b) => a.bbox[0] - b.bbox[0]);
     } catch (err) {
       p.status.textContent = `${err.message}${err.code ? ` (${err.code})` : ""}`;
