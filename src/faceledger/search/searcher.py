@@ -68,17 +68,6 @@ class SearchResult:
         return asdict(self)
 
 
-def _estimate(
-    calib: calibration.Calibration | SubjectCalibration | None, score: float, fused: int
-) -> calibration.Estimate | None:
-    if calib is None:
-        return None
-    if isinstance(calib, SubjectCalibration):
-        fit = calib.for_probe(fused)
-        return None if fit is None else fit.estimate(score)
-    return calib.estimate(score)
-
-
 class NoFaceError(Exception):
     """The probe has no detectable face."""
 
@@ -106,6 +95,14 @@ class Searcher:
             return self.calibration
         return load_subject_calibration(self.analyzer.model_id)
 
+    def probe_fit(self, fused: int) -> calibration.Calibration | None:
+        """The fit that turns the score of a probe of ``fused`` faces into an est. FMR (in
+        :meth:`calibration_for`); None without one."""
+        if fused <= 1:
+            return self.calibration
+        subjects = load_subject_calibration(self.analyzer.model_id)
+        return None if subjects is None else subjects.for_probe(fused)
+
     def search_faces(
         self, faces: list[Face], top_k: int = 10, fused: Sequence[int] | None = None
     ) -> list[ProbeFace]:
@@ -119,8 +116,7 @@ class Searcher:
         wanted = [] if ids is None else [int(i) for i in ids.ravel() if i >= 0]
         records = self.store.candidates(wanted)
         for fi, face in enumerate(faces):
-            size = 1 if fused is None else fused[fi]
-            calib = self.calibration_for(size)
+            fit = self.probe_fit(1 if fused is None else fused[fi])
             det = face.detection
             pf = ProbeFace(
                 face_index=fi,
@@ -136,7 +132,7 @@ class Searcher:
                     rec = records.get(int(fid))
                     if rec is None:
                         continue  # erased between index and database read
-                    est = _estimate(calib, float(score), size)
+                    est = fit.estimate(float(score)) if fit else None
                     pf.candidates.append(
                         Candidate(
                             rank=rank,
