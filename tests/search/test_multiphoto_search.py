@@ -153,6 +153,36 @@ def test_each_photo_must_give_one_face_before_anything_is_compared(
     assert result["photos"][1]["faces_in_photo"] == len(in_pair)
 
 
+def test_a_multi_photo_search_is_refused_as_a_photo_search_is(fl: Faceledger, lfw: Path) -> None:
+    """#14 item 2: the same doors as a photo search, before any photo is read: an auditor
+    may not search (authz.denied), a purpose that needs approval needs an approved request
+    (not-approved), and at the daily quota the search is refused (quota-exceeded); each
+    refusal is in the ledger and no search is stored."""
+    from faceledger.accounts.auth import PermissionDenied
+
+    ivy, ada, root = fl.login("ivy", PW), fl.login("ada", PW), fl.login("root", PW)
+    photos = gore(lfw, 2, 3)
+    before = len(fl.list_searches(ada))  # auditors read every search
+    with pytest.raises(PermissionDenied):
+        fl.search_photos(ada, photos, REQ)
+    assert entries(fl, "authz.denied", "ada")[-1].details["permission"] == "search"
+    needs = SearchRequest("CASE-14P", "identity-fraud", "three stills of the suspect")
+    with pytest.raises(RefusedError) as exc:
+        fl.search_photos(ivy, photos, needs)
+    assert exc.value.code == "not-approved"
+    assert entries(fl, "search.refused", "ivy")[-1].details["reason"] == "not-approved"
+    used = fl.comparisons_today(ivy.user_id)
+    fl.save_policy(root, fl.policy().with_value("daily_quota", str(used)))
+    try:
+        with pytest.raises(RefusedError) as exc:
+            fl.search_photos(ivy, photos, REQ)
+        assert exc.value.code == "quota-exceeded"
+        assert entries(fl, "search.quota_refused", "ivy")
+    finally:
+        fl.save_policy(root, fl.policy().with_value("daily_quota", "0"))
+    assert len(fl.list_searches(ada)) == before
+
+
 def test_a_multi_photo_search_follows_the_rules_and_counts_once(fl: Faceledger, lfw: Path) -> None:
     """#14 item 2: the case fields are checked before any photo is read, and a search of
     three photos counts once against the daily quota."""
