@@ -11,6 +11,12 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Passwords are hashed at argon2id's lowest cost here (about 1 ms instead of 0.17 s a hash or a
+# check, hundreds of them per run): the same code and the same hash format, with the cost the
+# operator's setting ($FACELEDGER_ARGON2, tests/core/test_password_cost.py). The login timing
+# tests (tests/core/test_login_hardening.py) run at the production cost.
+os.environ.setdefault("FACELEDGER_ARGON2", "1,1024,1")
+
 # The suite runs against SQLite (default) and, with FACELEDGER_TEST_POSTGRES set to an admin
 # URL of a PostgreSQL server (``.ci/run`` starts one), against PostgreSQL: every test then
 # gets a database of its own through $FACELEDGER_DB, which a new data dir binds to.

@@ -35,6 +35,12 @@ NEW_PW = "a brand new passphrase"
 NO_LIMITS = ApiSettings(rate_per_minute=0, search_rate_per_minute=0, login_rate_per_minute=0)
 
 
+@pytest.fixture(autouse=True)
+def production_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Login timing is measured at the cost a deployment runs (argon2-cffi's default)."""
+    monkeypatch.delenv("FACELEDGER_ARGON2", raising=False)
+
+
 @pytest.fixture
 def fl(tmp_path: Path) -> Faceledger:
     f = Faceledger(tmp_path / "data")

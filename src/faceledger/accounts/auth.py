@@ -9,12 +9,13 @@ mode: every operation on a gallery runs as an authenticated, enabled user.
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
 ROLES = ("admin", "investigator", "supervisor", "auditor")
@@ -58,7 +59,45 @@ TOKEN_PREFIX = "flt_"
 DEFAULT_TOKEN_DAYS = 90
 MIN_PASSWORD_LENGTH = 10
 
-_hasher = PasswordHasher()
+# argon2id cost: $FACELEDGER_ARGON2 = "TIME_COST,MEMORY_KIB,PARALLELISM"; the default is
+# argon2-cffi's (RFC 9106's second recommended profile: 3 passes over 64 MiB, 4 lanes, about
+# 0.17 s here). An operator may raise it, or lower it on a small machine; a stored hash made
+# with other settings is still checked by its own and re-made at the next login.
+ARGON2_ENV = "FACELEDGER_ARGON2"
+_DEFAULT = PasswordHasher()
+DEFAULT_ARGON2 = (_DEFAULT.time_cost, _DEFAULT.memory_cost, _DEFAULT.parallelism)
+_hashers: dict[str, PasswordHasher] = {}
+
+
+def argon2_cost(text: str | None = None) -> tuple[int, int, int]:
+    """(time cost, memory in KiB, parallelism) from ``text`` (default: $FACELEDGER_ARGON2);
+    a ValueError says what is wrong with it."""
+    text = os.environ.get(ARGON2_ENV, "") if text is None else text
+    if not text.strip():
+        return DEFAULT_ARGON2
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(
+            f"{ARGON2_ENV}={text!r}: expected TIME_COST,MEMORY_KIB,PARALLELISM, e.g. "
+            f"{','.join(map(str, DEFAULT_ARGON2))}"
+        )
+    t, m, p = (int(x) for x in parts)
+    if t < 1 or p < 1 or m < 8 * p:
+        raise ValueError(
+            f"{ARGON2_ENV}={text!r}: argon2 needs a time cost and parallelism of at least 1 "
+            "and at least 8 KiB of memory per lane"
+        )
+    return t, m, p
+
+
+def _hasher() -> PasswordHasher:
+    key = os.environ.get(ARGON2_ENV, "")
+    hasher = _hashers.get(key)
+    if hasher is None:
+        t, m, p = argon2_cost(key)
+        hasher = PasswordHasher(time_cost=t, memory_cost=m, parallelism=p, type=Type.ID)
+        _hashers[key] = hasher
+    return hasher
 
 
 class AuthError(Exception):
@@ -178,26 +217,34 @@ def check_password_strength(password: str) -> None:
 
 
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return _hasher().hash(password)
 
 
 def verify_password(stored_hash: str, password: str) -> bool:
     try:
-        return _hasher.verify(stored_hash, password)
+        return _hasher().verify(stored_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
 
-_dummy_hash: str | None = None
+def needs_rehash(stored_hash: str) -> bool:
+    """Whether a stored hash was made with other argon2 settings than today's."""
+    try:
+        return _hasher().check_needs_rehash(stored_hash)
+    except InvalidHashError:
+        return True
+
+
+_dummy_hashes: dict[tuple[int, int, int], str] = {}
 
 
 def verify_dummy(password: str) -> None:
     """Spend the time of one password check against nothing (unknown users, throttled
     attempts), so that a refusal takes as long whatever its reason."""
-    global _dummy_hash
-    if _dummy_hash is None:
-        _dummy_hash = _hasher.hash(secrets.token_urlsafe(16))
-    verify_password(_dummy_hash, password)
+    cost = argon2_cost()
+    if cost not in _dummy_hashes:
+        _dummy_hashes[cost] = _hasher().hash(secrets.token_urlsafe(16))
+    verify_password(_dummy_hashes[cost], password)
 
 
 def new_token() -> tuple[str, str]:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from faceledger import config
-from faceledger.cli.common import DataDir
+from faceledger.cli.common import DataDir, fail
 
 
 def serve(
@@ -19,4 +19,7 @@ def serve(
     """Serve the HTTP API and the web UI."""
     from faceledger.http.app import serve as run_server
 
-    run_server(config.data_dir(data_dir), host, port)
+    try:
+        run_server(config.data_dir(data_dir), host, port)
+    except ValueError as exc:  # a bad setting ($FACELEDGER_*), named in the message
+        fail(str(exc))

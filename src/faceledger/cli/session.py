@@ -35,7 +35,7 @@ def open_data_dir(data_dir: Path | None, model_dir: str | None = None, device: s
     path = config.data_dir(data_dir)
     try:
         return Faceledger(path, model_dir=model_dir, device=device)
-    except DatabaseBindingError as exc:
+    except (DatabaseBindingError, ValueError) as exc:  # a bad binding or setting
         fail(str(exc))
     except (OSError, OperationalError) as exc:
         if not is_storage_error(path, exc):

@@ -174,6 +174,11 @@ class AccountsDoor(CoreBase):
             problem = "wrong password"
         elif row.disabled:
             problem = "account disabled"
+        # A hash made with other argon2 settings ($FACELEDGER_ARGON2) is re-made now, while
+        # the password is at hand, outside the write transaction.
+        rehashed = None
+        if row is not None and not problem and auth.needs_rehash(row.password_hash):
+            rehashed = auth.hash_password(password)
         session: tuple[int, str] | None = None
         with self.store.writer.begin() as conn:
             if problem:
@@ -189,6 +194,13 @@ class AccountsDoor(CoreBase):
                 assert row is not None  # an unknown user always sets a problem
                 conn.execute(delete(lf).where(lf.c.username_key == key, lf.c.address == address))
                 entry: dict[str, Any] = {"address": address}
+                if rehashed is not None:
+                    done = conn.execute(
+                        update(users)
+                        .where(users.c.id == row.id, users.c.password_hash == row.password_hash)
+                        .values(password_hash=rehashed)
+                    ).rowcount
+                    entry["password_rehashed"] = bool(done)
                 if session_days > 0:
                     secret, h = auth.new_token()
                     expires = (now + timedelta(days=session_days)).isoformat(timespec="seconds")

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select
 
+from faceledger.accounts import auth
 from faceledger.accounts.auth import Actor, PermissionDenied
 from faceledger.cases.policy import Policy, policy_path
 from faceledger.db.schema import (
@@ -111,6 +112,7 @@ class CoreBase:
     ) -> None:
         import os
 
+        auth.argon2_cost()  # a bad $FACELEDGER_ARGON2 stops here, not at the first login
         self.model_dir = model_dir or os.environ.get("FACELEDGER_MODEL_DIR") or None
         self.device = device
         self.store = Store(data_dir, url=db_url)
