@@ -59,6 +59,7 @@ class _Refused:
         return True
 
 
+@pytest.mark.nodb
 def test_provenance_is_checked_before_anything_is_read() -> None:
     assert check_provenance("  archive ", " consent form 12 ", " 2031-01-31 ") == (
         "archive",

@@ -510,6 +510,8 @@ INDEX_CASES = [
 ]
 
 
+# The index files' crash safety: the database only supplies the rows (nopg).
+@pytest.mark.nopg
 @pytest.mark.parametrize(("kind", "action", "point"), INDEX_CASES)
 def test_index_save_crash_at_each_step(tmp_path: Path, kind: str, action: str, point: str) -> None:
     store = _synthetic_store(tmp_path / "data", 1500)
@@ -535,6 +537,7 @@ def test_index_save_crash_at_each_step(tmp_path: Path, kind: str, action: str, p
     _check_index(store)  # and a default manager
 
 
+@pytest.mark.nopg
 @pytest.mark.parametrize("kind", ["flat", "ivf_sq8"])
 def test_index_sigkill_at_random_moments(tmp_path: Path, kind: str) -> None:
     store = _synthetic_store(tmp_path / "data", 1200)

@@ -85,6 +85,7 @@ def gallery() -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- index ---------------------------------------------------------------------------------
+@pytest.mark.nodb
 @pytest.mark.parametrize("kind", ["ivf_pqfs", "ivf_sq8", "hnsw_sq8"])
 def test_approximate_with_rerank_matches_exact(tmp_path: Path, gallery, kind: str) -> None:
     vectors, probes = gallery
@@ -105,6 +106,7 @@ def test_approximate_with_rerank_matches_exact(tmp_path: Path, gallery, kind: st
     np.testing.assert_allclose(as_[:, 0], np.einsum("ij,ij->i", vectors[rows], probes), atol=1e-5)
 
 
+@pytest.mark.nodb
 def test_flat_index_kept_for_in_memory_use(gallery) -> None:
     vectors, probes = gallery
     ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
@@ -116,6 +118,7 @@ def test_flat_index_kept_for_in_memory_use(gallery) -> None:
     assert again.max_id() == len(vectors)
 
 
+@pytest.mark.nodb
 def test_small_and_empty_searches(tmp_path: Path) -> None:
     idx = FaceIndex(RowStore.create(tmp_path / "v.f32", 128), "flat")
     s, i = idx.search(np.ones(128, np.float32), 10)
@@ -222,6 +225,7 @@ def _corrupt(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.nopg  # damaged index files; the database only supplies the rows
 @pytest.mark.parametrize(
     "damage",
     ["vectors", "vectors_truncated", "ann", "ann_garbage", "ids", "meta", "missing", "model"],
@@ -280,6 +284,7 @@ def test_auto_choice_by_size(tmp_path: Path, gallery) -> None:
     assert IndexManager(store, kind="flat", exact_max=1).rebuild().kind == "flat"
 
 
+@pytest.mark.nodb
 def test_ivf_list_count_rule() -> None:
     assert auto_nlist(1_000_000) == 1024
     assert auto_nlist(10_000_000) == 4096
@@ -293,6 +298,7 @@ def test_unknown_index_uri_is_refused(tmp_path: Path) -> None:
 
 
 # --- generator ---------------------------------------------------------------------------------
+@pytest.mark.nodb
 def test_generator_matches_lfw_score_statistics() -> None:
     got = simulate_stats(default_face_model(128), identities=4000, seed=11)
     assert abs(got.genuine_mean - LFW_STATS.genuine_mean) < 0.01
@@ -302,6 +308,7 @@ def test_generator_matches_lfw_score_statistics() -> None:
     assert LFW_STATS.genuine_mean > LFW_STATS.impostor_mean + 3 * LFW_STATS.impostor_std
 
 
+@pytest.mark.nodb
 def test_generator_gallery_structure() -> None:
     model = default_face_model(128)
     chunks = list(generate(model, 5000, 40, seed=3, chunk_faces=2048))
@@ -317,6 +324,7 @@ def test_generator_gallery_structure() -> None:
     assert abs(stats.genuine_mean - LFW_STATS.genuine_mean) < 0.02
 
 
+@pytest.mark.nodb
 def test_calibrate_from_embeddings_file(tmp_path: Path) -> None:
     # a file of "real" embeddings with a known model behind them; the fit must recover
     # its score statistics
@@ -342,6 +350,7 @@ def test_calibrate_from_embeddings_file(tmp_path: Path) -> None:
 
 
 # --- benchmark CLI -----------------------------------------------------------------------------
+@pytest.mark.nodb
 def test_bench_search_cli_json(tmp_path: Path) -> None:
     app = typer.Typer()
     app.add_typer(bench_app, name="bench")
@@ -369,6 +378,7 @@ def test_bench_search_cli_json(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # the temporary vector file is gone
 
 
+@pytest.mark.nodb
 def test_ann_params_candidates() -> None:
     p = AnnParams()
     assert p.candidates(10) >= 100 and p.candidates(100) >= 1000

@@ -229,6 +229,7 @@ def test_three_probes_at_the_pixel_budget_at_once_add_under_1_gib(server: Server
     assert added < GIB, f"{added / 2**20:.0f} MiB"
 
 
+@pytest.mark.nodb
 def test_sixteen_bit_decode_needs_no_full_size_float_copy(tmp_path: Path) -> None:
     """#11 item 13: decoding a 64 MP 16-bit PNG (the gallery's cap, e.g. at ingest) takes
     the 16-bit image plus the RGB result, about 5 bytes a pixel (before: 25, float64 copies)."""
@@ -263,6 +264,7 @@ def test_sixteen_bit_decode_needs_no_full_size_float_copy(tmp_path: Path) -> Non
 # -- the budget, the pool ------------------------------------------------------------------------
 
 
+@pytest.mark.nodb
 def test_probe_decodes_wait_for_the_pool_and_oversized_ones_do_not(
     lfw: Path, default_probe_limits: None
 ) -> None:
@@ -338,6 +340,7 @@ def _encode(img: Image.Image, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.nodb
 def test_conversions_keep_their_values(lfw: Path) -> None:
     """#11 item 13 (guard): the strip-by-strip conversion gives the values the whole-image
     one gave: 16-bit scaled by 65535 (or by the highest value when none exceeds 255), float

@@ -62,6 +62,7 @@ def test_report_keeps_the_empty_weeks_as_zeros(fl: Faceledger) -> None:
     assert list(years["searches_per_week"]) == list(rep["searches_per_week"])
 
 
+@pytest.mark.nodb
 def test_weeks_between_crosses_the_iso_year() -> None:
     """#13 item 9: week 53 and the turn of the ISO year are not skipped."""
     weeks = reports.weeks_between(date(2020, 12, 20), date(2021, 1, 12))

@@ -122,6 +122,7 @@ def test_chips_have_the_same_size_with_the_landmarks_on_them(fl: Faceledger, lfw
     }
 
 
+@pytest.mark.nodb
 def test_chip_landmarks_are_where_the_alignment_put_them(lfw: Path) -> None:
     """#13 item 4: the landmarks drawn on a chip are measured from the embedder's own
     alignment: exact for the ArcFace similarity warp (its matrix is known), and where dlib's

@@ -150,6 +150,7 @@ def test_subjects_are_kept_in_the_record_and_shown_by_cli_and_api(
     )
 
 
+@pytest.mark.nodb
 @pytest.mark.parametrize("model_id", ["dlib_resnet_v1", "dlib_resnet_v1+flip"])
 def test_each_template_size_has_its_own_calibration(model_id: str) -> None:
     """#14 item 2: the shipped fits by size (1x2 ... 3+x3+, 1x1 the model's own), from LFW's
@@ -167,6 +168,7 @@ def test_each_template_size_has_its_own_calibration(model_id: str) -> None:
     assert calib.fit_for(2, 1) is calib.fits["1x2"]
 
 
+@pytest.mark.nodb
 @pytest.mark.parametrize("model_id", ["dlib_resnet_v1", "dlib_resnet_v1+flip"])
 def test_fused_probes_have_their_own_fits_counting_each_gallery_person_once(
     model_id: str,
