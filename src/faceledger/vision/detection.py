@@ -159,12 +159,12 @@ class OnnxCnnDetector(_DlibDetector):
         super().__init__(min_face=min_face, upsample=upsample, max_work_pixels=max_work_pixels)
         from faceledger.vision.detection_onnx import MmodOnnx
 
-        self._det = MmodOnnx(cache_dir=cache_dir, device=device, threads=threads)
+        self.mmod = MmodOnnx(cache_dir=cache_dir, device=device, threads=threads)
         self.device = device
-        self.providers = self._det.providers
+        self.providers = self.mmod.providers
 
     def _run(self, image: np.ndarray, upsample: int) -> list[tuple[dlib.rectangle, float]]:
-        return [(dlib.rectangle(*d.rect), d.score) for d in self._det(image)]
+        return [(dlib.rectangle(*d.rect), d.score) for d in self.mmod(image)]
 
 
 class FallbackDetector:

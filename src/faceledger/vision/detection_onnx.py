@@ -61,7 +61,9 @@ def tiled_pyramid_layout(
 ) -> tuple[list[Rect], int, int]:
     """dlib's ``compute_tiled_image_pyramid_details``: the tiles (largest first) and the
     tiled image's rows and columns. dlib compares some sizes as unsigned longs; the
-    wrap-around is kept (it decides where the first column ends for narrow images)."""
+    wrap-around is kept (it decides where the first column ends for narrow images). Where
+    dlib's layout breaks down (images of a few pixels, on which dlib's own detector fails),
+    the pyramid ends early or is empty: no faces."""
     if rows * cols == 0:
         return [], 0, 0
     rate = (pyramid_down - 1.0) / pyramid_down
@@ -88,11 +90,15 @@ def tiled_pyramid_layout(
         w, h = sizes[len(tiles)]
         tiles.append((outer_padding, y, outer_padding + w - 1, y + h - 1))
         y += h + padding
+    if not tiles:
+        return [], 0, 0  # too small to tile (dlib itself fails on such images)
     y -= padding
     while len(tiles) < len(sizes):
         w, h = sizes[len(tiles)]
         right, bottom = outer_padding + w0 - 1, y - 1
         tile = (right - (w - 1), bottom - (h - 1), right, bottom)
+        if tile[0] < 0 or tile[1] < 0:
+            break  # outside the tiled image: dlib fails here, the pyramid ends
         first = tiles[0]
         if max(first[0], tile[0]) <= min(first[2], tile[2]) and max(first[1], tile[1]) <= min(
             first[3], tile[3]
