@@ -118,9 +118,11 @@ def _lerp_indices(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return low, high, (pos - low).astype(np.float32)
 
 
-def resize_bilinear(src: np.ndarray, rows: int, cols: int) -> np.ndarray:
+def resize_bilinear(
+    src: np.ndarray, rows: int, cols: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """Bilinear resize of a (channels, rows, cols) float32 array the way dlib's
-    ``resize_image`` does it (corners on corners)."""
+    ``resize_image`` does it (corners on corners), into ``out`` when given."""
     r0, r1, fr = _lerp_indices(src.shape[1], rows)
     c0, c1, fc = _lerp_indices(src.shape[2], cols)
     top = src[:, r0, :]
@@ -129,11 +131,11 @@ def resize_bilinear(src: np.ndarray, rows: int, cols: int) -> np.ndarray:
     mixed *= fr[None, :, None]
     mixed += top
     left = np.take(mixed, c0, axis=2)
-    out: np.ndarray = np.take(mixed, c1, axis=2)
-    out -= left
-    out *= fc
-    out += left
-    return out
+    right = np.take(mixed, c1, axis=2)
+    right -= left
+    right *= fc
+    result: np.ndarray = np.add(left, right, out=out)
+    return result
 
 
 def tiled_pyramid(
@@ -153,14 +155,13 @@ def tiled_pyramid(
     planes = out[0]
     mean = np.asarray(mean_rgb, dtype=np.float32).reshape(3, 1, 1)
     left, top, right, bottom = tiles[0]
-    planar = np.moveaxis(image, 2, 0).astype(np.float32)
-    planes[:, top : bottom + 1, left : right + 1] = (planar - mean) / np.float32(256.0)
+    first = planes[:, top : bottom + 1, left : right + 1]
+    np.subtract(np.moveaxis(image, 2, 0), mean, out=first)
+    first *= np.float32(1.0 / 256.0)  # exact: a power of two
     for prev, tile in itertools.pairwise(tiles):
         src = planes[:, prev[1] : prev[3] + 1, prev[0] : prev[2] + 1]
-        rows_out, cols_out = tile[3] - tile[1] + 1, tile[2] - tile[0] + 1
-        planes[:, tile[1] : tile[3] + 1, tile[0] : tile[2] + 1] = resize_bilinear(
-            src, rows_out, cols_out
-        )
+        dst = planes[:, tile[1] : tile[3] + 1, tile[0] : tile[2] + 1]
+        resize_bilinear(src, dst.shape[1], dst.shape[2], out=dst)
     return out, tiles
 
 
@@ -255,6 +256,10 @@ class MmodOnnx:
         geometry = meta["feature_map"]
         self.stride: tuple[int, int] = tuple(geometry["stride"])  # type: ignore[assignment]
         self.offset: tuple[int, int] = tuple(geometry["offset"])  # type: ignore[assignment]
+        self._convolutions = [
+            [(c["size"][axis], c["stride"][axis], c["padding"][axis]) for c in meta["convolutions"]]
+            for axis in (0, 1)
+        ]
 
     def pyramid(self, image: np.ndarray) -> tuple[np.ndarray, list[Rect]]:
         """The network's input for ``image`` and the pyramid's tiles."""
@@ -266,16 +271,15 @@ class MmodOnnx:
         """The network's (1, K, h, w) score maps for a pyramid tensor (empty when the
         tensor is too small for the network to leave any output)."""
         rows, cols = tensor.shape[2:]
-        if self._output_size(rows) < 1 or self._output_size(cols) < 1:
+        if self._output_size(rows, 0) < 1 or self._output_size(cols, 1) < 1:
             return np.zeros((1, len(self.windows), 0, 0), dtype=np.float32)
         (out,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: tensor})
         result: np.ndarray = out
         return result
 
-    def _output_size(self, n: int) -> int:
-        # three 5x5 stride-2 convolutions without padding shrink the map; the rest keep it
-        for _ in range(3):
-            n = (n - 5) // 2 + 1
+    def _output_size(self, n: int, axis: int) -> int:
+        for size, stride, padding in self._convolutions[axis]:
+            n = (n + 2 * padding - size) // stride + 1
         return n
 
     def __call__(self, image: np.ndarray, adjust_threshold: float = 0.0) -> list[MmodDetection]:

@@ -101,11 +101,17 @@ def mmod_metadata(net: DlibNetwork) -> dict[str, Any]:
     """What the detector needs from the file besides the weights (stored as JSON)."""
     assert net.mmod is not None and isinstance(net.input, PyramidInputParams)
     stride, offset = feature_map_geometry(net)
+    convolutions = [
+        {"size": list(p.weights.shape[2:]), "stride": list(p.stride), "padding": list(p.padding)}
+        for p in (layer.params for layer in net.layers)
+        if isinstance(p, ConvParams)
+    ]
     return {
         "model_id": MODEL_ID,
         "input": asdict(net.input),
         "mmod": asdict(net.mmod),
         "feature_map": {"stride": list(stride), "offset": list(offset)},
+        "convolutions": convolutions,  # input side first: the output map's size
     }
 
 
