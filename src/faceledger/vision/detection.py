@@ -1,7 +1,9 @@
 """Face detectors and the 5-point landmarker.
 
 Detectors implement :class:`Detector`; ``create_detector`` picks one by name. dlib's HOG
-frontal detector is the default, dlib's MMOD CNN is the accurate (slow on CPU) option.
+frontal detector is the default, dlib's MMOD CNN is the accurate option: ``cnn`` runs its
+network on ONNX Runtime (CPU or CUDA, :mod:`faceledger.vision.detection_onnx`), ``cnn-dlib``
+in dlib itself (the same boxes, about ten times slower on a CPU).
 Each image is resized once before detection so that faces of ``min_face`` pixels reach the
 detector's 80-pixel window, within a budget of working pixels (2 MP for HOG, 1 MP for the CNN):
 small images are enlarged, large ones reduced, and the boxes mapped back. A 12-megapixel photo
@@ -12,6 +14,8 @@ therefore costs no more than a 2-megapixel one; in it, faces from
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import dlib
@@ -114,10 +118,10 @@ class HogDetector(_DlibDetector):
 
 
 class CnnDetector(_DlibDetector):
-    """dlib's MMOD CNN detector: finds more faces (profile-ish, small, blurred); slow on a
-    CPU, so it works on at most 1 MP."""
+    """dlib's MMOD CNN detector run by dlib (``cnn-dlib``): finds more faces (profile-ish,
+    small, blurred); slow on a CPU, so it works on at most 1 MP."""
 
-    name = "cnn"
+    name = "cnn-dlib"
     default_work_pixels = 1_000_000
 
     def __init__(self, **kwargs: int | None) -> None:
@@ -126,6 +130,41 @@ class CnnDetector(_DlibDetector):
 
     def _run(self, image: np.ndarray, upsample: int) -> list[tuple[dlib.rectangle, float]]:
         return [(d.rect, d.confidence) for d in self._det(image, upsample)]
+
+
+class OnnxCnnDetector(_DlibDetector):
+    """dlib's MMOD CNN detector (``cnn``) with its network on ONNX Runtime: the same model
+    file, boxes and scores as :class:`CnnDetector`, at the same work scale, on ``device``
+    ``"cpu"`` or ``"cuda"``. dlib's explicit ``upsample`` is not offered: ``min_face`` sets
+    the scale."""
+
+    name = "cnn"
+    default_work_pixels = 1_000_000
+
+    def __init__(
+        self,
+        min_face: int = DEFAULT_MIN_FACE,
+        upsample: int | None = None,
+        max_work_pixels: int | None = None,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        if upsample:
+            raise ValueError(
+                "the ONNX CNN detector has no explicit upsampling: set min_face (the image is "
+                "scaled so that faces of min_face px are found), or use 'cnn-dlib'"
+            )
+        super().__init__(min_face=min_face, upsample=upsample, max_work_pixels=max_work_pixels)
+        from faceledger.vision.detection_onnx import MmodOnnx
+
+        self.mmod = MmodOnnx(cache_dir=cache_dir, device=device, threads=threads)
+        self.device = device
+        self.providers = self.mmod.providers
+
+    def _run(self, image: np.ndarray, upsample: int) -> list[tuple[dlib.rectangle, float]]:
+        return [(dlib.rectangle(*d.rect), d.score) for d in self.mmod(image)]
 
 
 class FallbackDetector:
@@ -154,17 +193,28 @@ def create_detector(
     threads: int | None = None,
 ) -> Detector:
     """``hog``, ``cnn`` or ``hog+cnn`` (HOG first, CNN only where HOG found nothing); or the
-    SCRFD detector in an operator's ``model_dir`` (see :mod:`faceledger.vision.onnxmodels`)."""
+    SCRFD detector in an operator's ``model_dir`` (see :mod:`faceledger.vision.onnxmodels`).
+
+    ``cnn`` runs on ONNX Runtime on ``device`` with ``threads``; ``cnn-dlib`` (also in
+    ``hog+cnn-dlib``) is the same detector run by dlib, for comparison."""
     if model_dir:
         from faceledger.vision.onnxmodels import load_detector
 
         return load_detector(model_dir, device=device, threads=threads, min_face=min_face)
     kwargs = {"min_face": min_face, "upsample": upsample, "max_work_pixels": max_work_pixels}
-    makers = {"hog": HogDetector, "cnn": CnnDetector}
+    makers: dict[str, Callable[[], Detector]] = {
+        "hog": lambda: HogDetector(**kwargs),
+        "cnn": lambda: OnnxCnnDetector(
+            min_face, upsample, max_work_pixels, device=device, threads=threads
+        ),
+        "cnn-dlib": lambda: CnnDetector(**kwargs),
+    }
     parts = name.split("+")
     if not parts or any(p not in makers for p in parts):
-        raise ValueError(f"unknown detector {name!r}; choose hog, cnn or hog+cnn")
-    dets: list[Detector] = [makers[p](**kwargs) for p in parts]
+        raise ValueError(
+            f"unknown detector {name!r}; choose hog, cnn or hog+cnn (cnn-dlib: dlib's runtime)"
+        )
+    dets: list[Detector] = [makers[p]() for p in parts]
     return dets[0] if len(dets) == 1 else FallbackDetector(dets)
 
 

@@ -1,6 +1,7 @@
-"""dlib's serialisation of its face recognition ResNet
-(``dlib_face_recognition_resnet_model_v1.dat``): the network's layout and a reader for its
-weights, checked against that layout."""
+"""dlib's serialisation of its networks: the layouts of the face recognition ResNet
+(``dlib_face_recognition_resnet_model_v1.dat``) and of the MMOD CNN face detector
+(``mmod_human_face_detector.dat``), and a reader for their weights, checked against the
+layout slot by slot."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ class DlibFormatError(ValueError):
 class Slot:
     """One layer of the dlib network type.
 
-    ``kind`` is one of ``loss_metric``, ``fc``, ``avg_pool``, ``max_pool``, ``relu``,
-    ``add_prev``, ``affine``, ``con``, ``tag``, ``skip``, ``input``. ``args`` are the
-    template arguments: ``con`` (num_filters, nr, nc, stride_y, stride_x); pools
-    (nr, nc, stride_y, stride_x); ``fc`` (num_outputs, has_bias); ``tag``/``skip``/
-    ``add_prev`` (tag id); ``input`` (rows, cols).
+    ``kind`` is one of ``loss_metric``, ``loss_mmod``, ``fc``, ``avg_pool``, ``max_pool``,
+    ``relu``, ``add_prev``, ``affine``, ``con``, ``tag``, ``skip``, ``input``,
+    ``input_pyramid``. ``args`` are the template arguments: ``con`` (num_filters, nr, nc,
+    stride_y, stride_x); pools (nr, nc, stride_y, stride_x); ``fc`` (num_outputs, has_bias);
+    ``tag``/``skip``/``add_prev`` (tag id); ``input`` (rows, cols) of
+    ``input_rgb_image_sized``; ``input_pyramid`` (N) of
+    ``input_rgb_image_pyramid<pyramid_down<N>>``.
     """
 
     kind: str
@@ -114,6 +117,26 @@ def anet_architecture(chip_size: int = 150) -> Net:
     return [Slot("loss_metric"), *net]
 
 
+def mmod_architecture() -> Net:
+    """The ``net_type`` of dlib's ``dnn_mmod_face_detection_ex.cpp`` (and of
+    ``cnn_face_detection_model_v1``), top (loss) first::
+
+        con5d<N> = con<N,5,5,2,2>, con5<N> = con<N,5,5,1,1>
+        downsampler = relu<affine<con5d<32, relu<affine<con5d<32, relu<affine<con5d<16,
+                      SUBNET>>>>>>>>>
+        rcon5 = relu<affine<con5<45, SUBNET>>>
+        net_type = loss_mmod<con<1,9,9,1,1, rcon5<rcon5<rcon5<downsampler<
+                   input_rgb_image_pyramid<pyramid_down<6>>>>>>>>
+    """
+    net: Net = [Slot("input_pyramid", (6,))]
+    for n in (16, 32, 32):  # downsampler, bottom up
+        net = _relu(_affine(_con(n, 5, 2, net)))
+    for _ in range(3):  # rcon5
+        net = _relu(_affine(_con(45, 5, 1, net)))
+    net = [Slot("con", (1, 9, 9, 1, 1)), *net]
+    return [Slot("loss_mmod"), *net]
+
+
 def _default_padding(size: int, stride: int) -> int:
     """dlib's template default: pad size/2 for stride 1, nothing otherwise."""
     return size // 2 if stride == 1 else 0
@@ -171,6 +194,10 @@ class _Reader:
     def string(self) -> str:
         return bytes(self._take(self.uint())).decode("latin-1")
 
+    def byte(self) -> int:
+        """A ``char``/``uint8_t``: dlib writes it as one raw byte."""
+        return int(self._take(1)[0])
+
     def bool_(self) -> bool:
         ch = self._take(1)[0]
         if ch not in (0x30, 0x31):
@@ -209,6 +236,41 @@ class InputParams:
     mean_rgb: tuple[float, float, float]
     rows: int
     cols: int
+
+
+@dataclass
+class PyramidInputParams:
+    """``input_rgb_image_pyramid<pyramid_down<N>>``: the image and its smaller copies, each
+    ``(N-1)/N`` of the one before, tiled into one image (dlib's ``create_tiled_pyramid``)."""
+
+    mean_rgb: tuple[float, float, float]
+    pyramid_down: int  # N
+    padding: int  # between tiles
+    outer_padding: int  # around the tiled image
+
+
+@dataclass
+class DetectorWindow:
+    width: int
+    height: int
+    label: str = ""
+
+
+@dataclass
+class MmodOptions:
+    """``loss_mmod``'s ``mmod_options`` as far as detection uses them (dlib/dnn/loss.h)."""
+
+    detector_windows: list[DetectorWindow]
+    loss_per_false_alarm: float
+    loss_per_missed_target: float
+    truth_match_iou_threshold: float
+    nms_iou_thresh: float  # overlaps_nms: test_box_overlap(iou, percent_covered)
+    nms_percent_covered_thresh: float
+    ignore_iou_thresh: float
+    ignore_percent_covered_thresh: float
+    assume_image_pyramid: bool
+    use_bounding_box_regression: bool
+    bbr_lambda: float
 
 
 @dataclass
@@ -251,9 +313,10 @@ class Layer:
 class DlibNetwork:
     """A parsed dlib network: the input layer and every layer from the input upwards."""
 
-    input: InputParams
+    input: InputParams | PyramidInputParams
     layers: list[Layer]  # bottom (input side) first; tag/skip included, params None
     loss: dict[str, float] = field(default_factory=dict)
+    mmod: MmodOptions | None = None  # the options of a loss_mmod network
 
 
 def _read_con(r: _Reader, slot: Slot, name: str) -> ConvParams:
@@ -379,8 +442,10 @@ def _read_details(r: _Reader, slot: Slot) -> LayerParams:
     raise DlibFormatError(f"no reader for layer kind {slot.kind!r}")
 
 
-def _read_input(r: _Reader, slot: Slot) -> InputParams:
+def _read_input(r: _Reader, slot: Slot) -> InputParams | PyramidInputParams:
     name = r.string()
+    if slot.kind == "input_pyramid":
+        return _read_input_pyramid(r, slot, name)
     if name != "input_rgb_image_sized":
         raise DlibFormatError(f"expected 'input_rgb_image_sized', found {name!r}")
     mean = (r.float_(), r.float_(), r.float_())
@@ -390,22 +455,91 @@ def _read_input(r: _Reader, slot: Slot) -> InputParams:
     return InputParams(mean_rgb=mean, rows=rows, cols=cols)
 
 
+def _read_input_pyramid(r: _Reader, slot: Slot, name: str) -> PyramidInputParams:
+    # input_rgb_image_pyramid (dlib/dnn/input.h): means, then in version 2 the paddings;
+    # version 1 files get dlib's defaults, 10 between tiles and 11 around them.
+    if name not in ("input_rgb_image_pyramid", "input_rgb_image_pyramid2"):
+        raise DlibFormatError(f"expected 'input_rgb_image_pyramid', found {name!r}")
+    mean = (r.float_(), r.float_(), r.float_())
+    padding, outer_padding = 10, 11
+    if name == "input_rgb_image_pyramid2":
+        padding, outer_padding = r.uint(), r.uint()
+    return PyramidInputParams(
+        mean_rgb=mean, pyramid_down=slot.args[0], padding=padding, outer_padding=outer_padding
+    )
+
+
+def _read_mmod_options(r: _Reader) -> MmodOptions:
+    """``mmod_options`` (dlib/dnn/loss.h), versions 1 to 4."""
+    version = r.int_()
+    if not 1 <= version <= 4:
+        raise DlibFormatError(f"unsupported mmod_options version {version}")
+    windows: list[DetectorWindow] = []
+    if version == 1:
+        windows.append(DetectorWindow(r.uint(), r.uint()))
+    else:
+        for _ in range(r.uint()):
+            window_version = r.int_()
+            if window_version not in (1, 2):
+                raise DlibFormatError(f"unsupported detector window version {window_version}")
+            width, height = r.uint(), r.uint()
+            label = r.string() if window_version == 2 else ""
+            windows.append(DetectorWindow(width, height, label))
+    if not windows or any(w.width < 1 or w.height < 1 for w in windows):
+        raise DlibFormatError(f"bad mmod detector windows {windows}")
+    loss_fa, loss_miss, truth_iou = r.float_(), r.float_(), r.float_()
+    nms_iou, nms_cover = r.float_(), r.float_()
+    ignore_iou, ignore_cover = r.float_(), r.float_()
+    assume_pyramid, use_bbr, bbr_lambda = True, False, 100.0
+    if version >= 3:
+        assume_pyramid = bool(r.byte())
+    if version >= 4:
+        use_bbr, bbr_lambda = r.bool_(), r.float_()
+    if not (0 <= nms_iou <= 1 and 0 <= nms_cover <= 1):
+        raise DlibFormatError(f"bad mmod non-max suppression thresholds {(nms_iou, nms_cover)}")
+    return MmodOptions(
+        detector_windows=windows,
+        loss_per_false_alarm=loss_fa,
+        loss_per_missed_target=loss_miss,
+        truth_match_iou_threshold=truth_iou,
+        nms_iou_thresh=nms_iou,
+        nms_percent_covered_thresh=nms_cover,
+        ignore_iou_thresh=ignore_iou,
+        ignore_percent_covered_thresh=ignore_cover,
+        assume_image_pyramid=assume_pyramid,
+        use_bounding_box_regression=use_bbr,
+        bbr_lambda=bbr_lambda,
+    )
+
+
+def _read_loss(r: _Reader, slot: Slot) -> tuple[dict[str, float], MmodOptions | None]:
+    name = r.string()
+    if slot.kind == "loss_mmod":
+        if name != "loss_mmod_":
+            raise DlibFormatError(f"expected a loss_mmod layer, found {name!r}")
+        return {}, _read_mmod_options(r)
+    if name == "loss_metric_2":
+        return {"margin": r.float_(), "distance_threshold": r.float_()}, None
+    if name != "loss_metric_":
+        raise DlibFormatError(f"expected a loss_metric layer, found {name!r}")
+    return {}, None
+
+
 def parse_dlib_network(data: bytes, architecture: Net | None = None) -> DlibNetwork:
-    """Parse a serialised dlib network of the given architecture (default: ``anet_type``)."""
+    """Parse a serialised dlib network of the given architecture (default: ``anet_type``;
+    :func:`mmod_architecture` for the MMOD face detector)."""
     arch = architecture if architecture is not None else anet_architecture()
-    if arch[0].kind != "loss_metric" or arch[-1].kind != "input":
-        raise ValueError("architecture must run from a loss_metric layer down to an input")
+    if arch[0].kind not in ("loss_metric", "loss_mmod") or arch[-1].kind not in (
+        "input",
+        "input_pyramid",
+    ):
+        raise ValueError("architecture must run from a loss layer down to an input")
     r = _Reader(data)
 
     # add_loss_layer: version, loss details, then the sub-network.
     if r.int_() != 1:
         raise DlibFormatError("not a dlib network file (bad add_loss_layer version)")
-    loss_name = r.string()
-    loss: dict[str, float] = {}
-    if loss_name == "loss_metric_2":
-        loss = {"margin": r.float_(), "distance_threshold": r.float_()}
-    elif loss_name != "loss_metric_":
-        raise DlibFormatError(f"expected a loss_metric layer, found {loss_name!r}")
+    loss, mmod = _read_loss(r, arch[0])
 
     # Version numbers of every layer, from the top down to the bottom add_layer.
     body = arch[1:-1]
@@ -449,4 +583,4 @@ def parse_dlib_network(data: bytes, architecture: Net | None = None) -> DlibNetw
         layers.append(Layer(slot, params))
     if not r.at_end():
         raise DlibFormatError(f"{len(data) - r.pos} trailing bytes after the network")
-    return DlibNetwork(input=input_params, layers=layers, loss=loss)
+    return DlibNetwork(input=input_params, layers=layers, loss=loss, mmod=mmod)

@@ -56,6 +56,7 @@ from faceledger.vision.convert.dlib_format import (
     DlibFormatError,
     DlibNetwork,
     FcParams,
+    InputParams,
     PoolParams,
     anet_architecture,
     parse_dlib_network,
@@ -70,7 +71,7 @@ SIDECAR_SUFFIX = ".sha256.json"
 MODEL_ID = "dlib_resnet_v1"
 
 
-class _GraphBuilder:
+class GraphBuilder:
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
@@ -103,7 +104,7 @@ class _GraphBuilder:
 
 
 @dataclass
-class _Value:
+class Value:
     name: str
     shape: tuple[int, int, int]  # (channels, rows, cols) per sample
 
@@ -112,25 +113,11 @@ def _pool_out(size: int, window: int, stride: int, pad: int) -> int:
     return 1 + (size + 2 * pad - window) // stride
 
 
-def build_onnx(net: DlibNetwork, fold_affine: bool = True) -> onnx.ModelProto:
-    """An ONNX model equivalent to ``net``: (N, rows, cols, 3) uint8 RGB in, (N, 128) out.
-
-    With ``fold_affine`` every affine layer that directly follows a convolution (and whose
-    input is not tagged for reuse) is folded into that convolution's weights and bias.
-    """
-    g = _GraphBuilder()
-    rows, cols = net.input.rows, net.input.cols
-
-    # input_rgb_image_sized: HWC uint8 -> planar float, (x - mean) / 256 (exact in float32).
-    x = g.node("Cast", [INPUT_NAME], "input_float", to=TensorProto.FLOAT)
-    x = g.node("Transpose", [x], "input_planar", perm=[0, 3, 1, 2])
-    mean = np.array(net.input.mean_rgb, dtype=np.float32).reshape(1, 3, 1, 1)
-    x = g.node("Sub", [x, g.const("input_mean", mean)], "input_centred")
-    scale = np.array(1.0 / 256.0, dtype=np.float32)
-    x = g.node("Mul", [x, g.const("input_scale", scale)], "input_scaled")
-    cur = _Value(x, (3, rows, cols))
-
-    tags: dict[int, _Value] = {}
+def emit_layers(g: GraphBuilder, net: DlibNetwork, cur: Value, fold_affine: bool) -> Value:
+    """Append ``net``'s layers (bottom up) to ``g``, starting from the input value ``cur``;
+    returns the last layer's output. Affine layers are folded into the convolution before
+    them where ``fold_affine`` allows it (see :func:`build_onnx`)."""
+    tags: dict[int, Value] = {}
     tagged_names: set[str] = set()
     # The most recent Conv whose output is `cur` and is still free to absorb an affine layer.
     last_conv: tuple[str, str, str] | None = None  # (output, weight const, bias const)
@@ -165,7 +152,7 @@ def build_onnx(net: DlibNetwork, fold_affine: bool = True) -> onnx.ModelProto:
                 _pool_out(h, kh, p.stride[0], p.padding[0]),
                 _pool_out(w, kw, p.stride[1], p.padding[1]),
             )
-            cur = _Value(out, shape)
+            cur = Value(out, shape)
             last_conv = (out, w_name, b_name)
             continue
         if kind == "affine":
@@ -189,12 +176,12 @@ def build_onnx(net: DlibNetwork, fold_affine: bool = True) -> onnx.ModelProto:
                 beta = p.beta.reshape(1, -1, 1, 1).astype(np.float32)
                 out = g.node("Mul", [cur.name, g.const("affine_gamma", gamma)], "affine_mul")
                 out = g.node("Add", [out, g.const("affine_beta", beta)], "affine")
-                cur = _Value(out, cur.shape)
+                cur = Value(out, cur.shape)
             last_conv = None
             continue
         last_conv = None
         if kind == "relu":
-            cur = _Value(g.node("Relu", [cur.name], "relu"), cur.shape)
+            cur = Value(g.node("Relu", [cur.name], "relu"), cur.shape)
         elif kind in ("max_pool", "avg_pool"):
             assert isinstance(p, PoolParams)
             c, h, w = cur.shape
@@ -202,7 +189,7 @@ def build_onnx(net: DlibNetwork, fold_affine: bool = True) -> onnx.ModelProto:
                 if p.stride != (1, 1) or p.padding != (0, 0):
                     raise DlibFormatError("whole-input pooling with stride/padding")
                 op = "GlobalMaxPool" if kind == "max_pool" else "GlobalAveragePool"
-                cur = _Value(g.node(op, [cur.name], "global_pool"), (c, 1, 1))
+                cur = Value(g.node(op, [cur.name], "global_pool"), (c, 1, 1))
                 continue
             wh = p.size[0] or h
             ww = p.size[1] or w
@@ -223,13 +210,13 @@ def build_onnx(net: DlibNetwork, fold_affine: bool = True) -> onnx.ModelProto:
                 _pool_out(h, wh, p.stride[0], p.padding[0]),
                 _pool_out(w, ww, p.stride[1], p.padding[1]),
             )
-            cur = _Value(out, shape)
+            cur = Value(out, shape)
         elif kind == "add_prev":
             other = tags[layer.slot.args[0]]
             (c1, h1, w1), (c2, h2, w2) = cur.shape, other.shape
             shape = (max(c1, c2), max(h1, h2), max(w1, w2))
             operands = [_zero_pad_to(g, v, shape) for v in (cur, other)]
-            cur = _Value(g.node("Add", operands, "add_prev"), shape)
+            cur = Value(g.node("Add", operands, "add_prev"), shape)
         elif kind == "fc":
             assert isinstance(p, FcParams)
             flat = g.node("Flatten", [cur.name], "flatten", axis=1)
@@ -241,9 +228,32 @@ def build_onnx(net: DlibNetwork, fold_affine: bool = True) -> onnx.ModelProto:
             if p.bias is not None:
                 inputs.append(g.const("fc_b", p.bias))
             out = g.node("Gemm", inputs, "fc")
-            cur = _Value(out, (p.weights.shape[1], 1, 1))
+            cur = Value(out, (p.weights.shape[1], 1, 1))
         else:
             raise DlibFormatError(f"cannot convert layer kind {kind!r}")
+
+    return cur
+
+
+def build_onnx(net: DlibNetwork, fold_affine: bool = True) -> onnx.ModelProto:
+    """An ONNX model equivalent to ``net``: (N, rows, cols, 3) uint8 RGB in, (N, 128) out.
+
+    With ``fold_affine`` every affine layer that directly follows a convolution (and whose
+    input is not tagged for reuse) is folded into that convolution's weights and bias.
+    """
+    if not isinstance(net.input, InputParams):
+        raise DlibFormatError("build_onnx converts a network with a fixed-size RGB input")
+    g = GraphBuilder()
+    rows, cols = net.input.rows, net.input.cols
+
+    # input_rgb_image_sized: HWC uint8 -> planar float, (x - mean) / 256 (exact in float32).
+    x = g.node("Cast", [INPUT_NAME], "input_float", to=TensorProto.FLOAT)
+    x = g.node("Transpose", [x], "input_planar", perm=[0, 3, 1, 2])
+    mean = np.array(net.input.mean_rgb, dtype=np.float32).reshape(1, 3, 1, 1)
+    x = g.node("Sub", [x, g.const("input_mean", mean)], "input_centred")
+    scale = np.array(1.0 / 256.0, dtype=np.float32)
+    x = g.node("Mul", [x, g.const("input_scale", scale)], "input_scaled")
+    cur = emit_layers(g, net, Value(x, (3, rows, cols)), fold_affine)
 
     # Final layer's output is the descriptor.
     g.nodes.append(helper.make_node("Identity", [cur.name], [OUTPUT_NAME], name="descriptor"))
@@ -270,7 +280,7 @@ def build_onnx(net: DlibNetwork, fold_affine: bool = True) -> onnx.ModelProto:
     return model
 
 
-def _zero_pad_to(g: _GraphBuilder, v: _Value, shape: tuple[int, int, int]) -> str:
+def _zero_pad_to(g: GraphBuilder, v: Value, shape: tuple[int, int, int]) -> str:
     """Zero-pad a (N, C, H, W) value at the end of C, H and W, as dlib's tt::add does."""
     extra = [t - s for t, s in zip(shape, v.shape, strict=True)]
     if not any(extra):
@@ -332,39 +342,56 @@ def _read_sidecar(path: Path) -> dict[str, object] | None:
 
 
 def cached_resnet_onnx(cache_dir: Path, dat_path: Path | None = None) -> Path:
-    """The converted ONNX model in ``cache_dir``, converting it first when needed.
+    """The converted ResNet in ``cache_dir``, converting it first when needed (see
+    :func:`cached_onnx`)."""
+    if dat_path is None:
+        from faceledger.vision.models import model_path
+
+        dat_path = model_path("resnet")
+    return cached_onnx(
+        Path(cache_dir) / ONNX_FILENAME,
+        Path(dat_path),
+        lambda dat, out: convert_resnet(dat, out),
+        CONVERTER_VERSION,
+        MODEL_ID,
+    )
+
+
+def cached_onnx(
+    onnx_path: Path,
+    dat_path: Path,
+    convert: Callable[[Path, Path], object],
+    converter_version: int,
+    model_id: str,
+) -> Path:
+    """``onnx_path``, converted from ``dat_path`` by ``convert(dat_path, onnx_path)`` first
+    when needed.
 
     A sidecar JSON file records the SHA-256 of the ONNX file, of the source ``.dat`` and the
     converter version. The model is (re)converted when the ONNX file or the sidecar is
     missing, when the ONNX file's hash does not match (a corrupted or truncated file), when
     the source file's hash changed, or when the converter version changed.
     """
-    if dat_path is None:
-        from faceledger.vision.models import model_path
-
-        dat_path = model_path("resnet")
-    cache_dir = Path(cache_dir)
-    onnx_path = cache_dir / ONNX_FILENAME
     sidecar = _sidecar_path(onnx_path)
-    source_hash = _sha256_file(Path(dat_path))
+    source_hash = _sha256_file(dat_path)
 
     record = _read_sidecar(sidecar)
     if (
         record is not None
         and onnx_path.is_file()
         and record.get("source_sha256") == source_hash
-        and record.get("converter_version") == CONVERTER_VERSION
+        and record.get("converter_version") == converter_version
         and record.get("onnx_sha256") == _sha256_file(onnx_path)
     ):
         return onnx_path
 
-    convert_resnet(Path(dat_path), onnx_path)
+    convert(dat_path, onnx_path)
     record = {
         "onnx_sha256": _sha256_file(onnx_path),
         "source_sha256": source_hash,
-        "source": Path(dat_path).name,
-        "converter_version": CONVERTER_VERSION,
-        "model_id": MODEL_ID,
+        "source": dat_path.name,
+        "converter_version": converter_version,
+        "model_id": model_id,
     }
     _atomic_write(sidecar, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
     return onnx_path
@@ -412,10 +439,14 @@ __all__ = [
     "OUTPUT_NAME",
     "SIDECAR_SUFFIX",
     "DlibFormatError",
+    "GraphBuilder",
+    "Value",
     "anet_architecture",
     "build_onnx",
+    "cached_onnx",
     "cached_resnet_onnx",
     "convert_resnet",
+    "emit_layers",
     "network_flops",
     "parse_dlib_network",
 ]
