@@ -136,16 +136,10 @@ def test_default_analyzer_api_search_finds_the_person(env: Env) -> None:
     assert env.fl.searcher().analyzer.model_id == env.fl.store.model_id()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#17 item 6: probes are detected with HOG only (Faceledger.searcher()). Tried "
-    "hog+cnn for probes: dlib's CNN then runs on every faceless probe and three 32 MP probes "
-    "at once added 1,238 MiB (test_probe_limits' bound is 1 GiB, #11 item 13). Issue 15 "
-    "(the CNN on ONNX Runtime) is to decide the probe detector with numbers.",
-)
 def test_default_api_search_uses_the_cnn_where_hog_finds_no_face(env: Env) -> None:
-    """#17 item 6: a photo HOG misses and the MMOD CNN finds (Al Gore turned 45 degrees),
-    checked on both detectors directly, is searched through the default analyzer."""
+    """#17 item 6, #15 item 3: a photo HOG misses and the MMOD CNN finds (Al Gore turned 45
+    degrees), checked on both detectors directly, is searched through the default analyzer
+    (probes: HOG, then the CNN on ONNX Runtime where HOG finds nothing)."""
     photo = Image.open(lfw_image(env.lfw, "Al_Gore", 2)).convert("RGB")
     turned = photo.rotate(45, resample=Image.BICUBIC, fillcolor=(128, 128, 128))
     pixels = np.asarray(turned)
