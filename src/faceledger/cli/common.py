@@ -38,7 +38,13 @@ DataDir = Annotated[
         "--data-dir", help="Data directory (else $FACELEDGER_DATA, else ./faceledger-data)."
     ),
 ]
-Detector = Annotated[str, typer.Option(help="Face detector: hog, cnn, or hog+cnn.")]
+Detector = Annotated[
+    str,
+    typer.Option(
+        help="Face detector: hog, cnn (dlib's MMOD CNN on ONNX Runtime), hog+cnn (the CNN "
+        "where HOG finds nothing), or cnn-dlib (the CNN in dlib's own runtime, slow).",
+    ),
+]
 Embedder = Annotated[str, typer.Option(help="Embedder backend: onnx or dlib.")]
 MinFace = Annotated[int, typer.Option(help="Smallest face kept, in pixels (box side).")]
 ModelDir = Annotated[
