@@ -303,9 +303,35 @@ def run_faceledger(paths: list[Path], workers: int, extra: list[str], work: Path
         "no_face": summary["no_face"],
         "seconds": seconds,
         "ingest_seconds": summary["seconds"],
+        "stages": summary.get("stages", {}),
         **meter.result(),
         "command": " ".join(cmd[1:]),
     }
+
+
+WORKER_STAGES = ("decode", "detect", "landmarks", "align", "embed", "quality_crops")
+PARENT_STAGES = ("read", "files", "database", "wait", "index")
+
+
+def breakdown(stages: dict[str, float], images: int, workers: int) -> list[str]:
+    """Where ingest's time went, per stored photo: the workers' stages (CPU-bound, on
+    ``workers`` processes) and the parent's (reading, storing, waiting for the workers)."""
+    if not stages or not images:
+        return ["(no per-stage times: this faceledger does not report them)"]
+
+    def per_photo(keys: tuple[str, ...]) -> tuple[str, float]:
+        parts = [(k, 1000 * stages.get(k, 0.0) / images) for k in keys if k in stages]
+        text = ", ".join(f"{k} {ms:.1f}" for k, ms in parts)
+        return text, sum(ms for _, ms in parts)
+
+    w_text, w_total = per_photo(WORKER_STAGES)
+    p_text, _ = per_photo(PARENT_STAGES)
+    busy = sum(1000 * stages.get(k, 0.0) / images for k in ("read", "files", "database"))
+    return [
+        f"per photo, ms of worker time: {w_text} (sum {w_total:.1f}; over {workers} "
+        f"workers: {w_total / max(workers, 1):.1f} ms of wall per photo)",
+        f"per photo, ms in the parent: {p_text} (busy {busy:.1f}, the rest waiting)",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{fl['failed']} failed)"
     )
     print(f"    {describe_load(fl)}")
+    for line in breakdown(fl["stages"], fl["new"], args.workers):
+        print(f"    {line}")
     print(
         f"ratio (b)/(a): {fl_rate / fr_rate:.2f}x (cores busy {fl['cores_busy']:.2f} during "
         f"(b) vs {fr['cores_busy']:.2f} during (a); machine-wide busy beyond this side's "

@@ -28,7 +28,7 @@ from faceledger.gallery.erasure import erased_reason
 from faceledger.gallery.index import IndexManager
 from faceledger.gallery.parallel import ordered_map
 from faceledger.gallery.sources import ItemError, SourceItem
-from faceledger.types import Face
+from faceledger.types import Face, Stages, Timings
 from faceledger.vision.analysis import FaceAnalyzer
 from faceledger.vision.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from faceledger.vision.detection import DEFAULT_MIN_FACE, Detector, create_detector
@@ -94,6 +94,7 @@ class Analysed:
     height: int
     format: str
     faces: list[Face]
+    timings: Timings = field(default_factory=dict)  # the worker's seconds per stage
 
 
 @dataclass
@@ -106,6 +107,10 @@ class IngestSummary:
     opted_out: int = 0  # faces dropped because they match the opt-out list
     failures: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    # Seconds per stage, summed over images: the workers' (decode, detect, landmarks, align,
+    # embed, quality_crops) and this process's (read: reading, hashing and the duplicate
+    # check; wait: waiting for the workers; files and database: storing; index).
+    stages: Timings = field(default_factory=dict)
     run_id: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
 
@@ -140,9 +145,12 @@ def _init_worker(settings: PipelineSettings) -> None:
 
 def _analyse(data: bytes) -> Analysed:
     assert _worker_analyzer is not None and _worker_settings is not None
+    timings: Timings = {}
+    clock = Stages(timings)
     img = decode_image(data, max_pixels=_worker_settings.max_pixels)
-    faces = _worker_analyzer.analyze(img.pixels)
-    return Analysed(img.width, img.height, img.format, faces)
+    clock.lap("decode")
+    faces = _worker_analyzer.analyze(img.pixels, timings)
+    return Analysed(img.width, img.height, img.format, faces, timings)
 
 
 def _analyse_safe(data: bytes) -> Analysed | tuple[str, str]:
@@ -207,12 +215,14 @@ class Ingestor:
         ext = EXTENSIONS.get(res.format, "img")
         rel_image = f"images/{sha[:2]}/{sha}.{ext}"
         rows = []
+        clock = Stages(summary.stages)
         try:
             atomic_write(self.store.data_dir / rel_image, data)
             for i, face in enumerate(res.faces):
                 rel_crop = f"crops/{sha[:2]}/{sha}_{i}.jpg"
                 atomic_write(self.store.data_dir / rel_crop, face.crop_jpeg)
                 rows.append((face, rel_crop))
+            clock.lap("files")
             self.store.add_image(
                 sha,
                 res.width,
@@ -224,6 +234,7 @@ class Ingestor:
                 rows,
                 summary.run_id,
             )
+            clock.lap("database")
         except IntegrityError:
             if not self.store.has_image(sha):
                 raise
@@ -257,6 +268,7 @@ class Ingestor:
         in_run: set[str] = set()
         for item in items:
             summary.seen += 1
+            clock = Stages(summary.stages)
             try:
                 data = item.read()
             except ItemError as exc:
@@ -282,6 +294,7 @@ class Ingestor:
                 advance(1)
                 continue
             in_run.add(sha)
+            clock.lap("read")  # a duplicate's or a failure's time is not counted
             yield item, sha, data
 
     def run(
@@ -305,7 +318,9 @@ class Ingestor:
         finally:
             summary.seconds = time.perf_counter() - t0
             self.store.finish_run(summary.run_id, summary.as_dict(), status=status)
+            clock = Stages(summary.stages)
             IndexManager(self.store).sync()
+            clock.lap("index")
         return summary
 
     def _handle(
@@ -319,6 +334,8 @@ class Ingestor:
         if isinstance(res, tuple):
             self._fail(summary, item, res[0], res[1])
         else:
+            for stage, seconds in res.timings.items():
+                summary.stages[stage] = summary.stages.get(stage, 0.0) + seconds
             self._store_result(item, sha, data, res, summary)
 
     def _run_items(
@@ -327,11 +344,17 @@ class Ingestor:
         work = (
             ((item, sha, data), data) for item, sha, data in self._read(items, summary, advance)
         )
+        t0 = time.perf_counter()
+        mine = ("read", "files", "database")
+        before = sum(summary.stages.get(k, 0.0) for k in mine)
         for (item, sha, data), res in ordered_map(
             _analyse_safe, work, self.workers, _init_worker, (self.settings,), self.window
         ):
             self._handle(item, sha, data, res, summary)
             advance(1)
+        if self.workers > 1:  # the rest of this loop's time: waiting for the workers
+            spent = sum(summary.stages.get(k, 0.0) for k in mine) - before
+            summary.stages["wait"] = max(0.0, time.perf_counter() - t0 - spent)
 
 
 ENGINES = ("local", "ray")
