@@ -105,14 +105,12 @@ import faiss
 import numpy as np
 
 from faceledger.evaluation.bench import default_face_model, generate
-from faceledger.evaluation.lfw import (
+from faceledger.evaluation.indexes import RANK_K, TIE_TOLERANCE, compare_rankings
+from faceledger.evaluation.lfw_data import (
     FPIR_TARGET,
-    RANK_K,
-    TIE_TOLERANCE,
     EmbeddingTable,
     LfwDataset,
     OneToNSplit,
-    compare_rankings,
     in_calibration_split,
     one_to_n_split,
     rank_metrics,
@@ -224,10 +222,13 @@ def batched(index: FaceIndex, q: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     return np.concatenate(s_parts), np.concatenate(p_parts).astype(np.int64)
 
 
+SEARCH_THREADS = 1  # threads one query may use while timed (--threads)
+
+
 def timed(index: FaceIndex, q: np.ndarray, k: int, budget_s: float | None = None) -> list[int]:
-    """Single-query latencies (ns), one search thread, after a short warm-up."""
+    """Single-query latencies (ns), SEARCH_THREADS search threads, after a short warm-up."""
     threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
+    faiss.omp_set_num_threads(SEARCH_THREADS)
     try:
         for i in range(min(20, len(q))):
             index.search(q[i : i + 1], k)
@@ -539,12 +540,21 @@ def main() -> None:
         help="hnsw_sq8 sweep on each build: 'ef' (candidates = ef) or 'ef:candidates' items; "
         "the search runs efSearch = max(ef, candidates) and re-ranks the candidates exactly",
     )
+    ap.add_argument(
+        "--pq-dims",
+        default=None,
+        help="ivf_pqfs dimensions per 4-bit code, comma-separated: one build each "
+        "(default: the product's; 2 = 32 B a face, 4 = 16 B)",
+    )
+    ap.add_argument("--threads", type=int, default=1, help="threads one query may use while timed")
     ap.add_argument("--synthetic-probes", type=int, default=1000)
     ap.add_argument("--timed-queries", type=int, default=1000, help="probes timed one by one")
     ap.add_argument("--exact-seconds", type=float, default=10.0, help="budget, exact timing")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args()
+    global SEARCH_THREADS
+    SEARCH_THREADS = max(1, args.threads)
     t_start = time.perf_counter()
 
     ds, table = load_table(args.cache, args.lfw_dir)
@@ -672,7 +682,7 @@ def main() -> None:
             "fpir_target": FPIR_TARGET,
             "seed": args.seed,
             "threads_batch": faiss.omp_get_max_threads(),
-            "threads_timed": 1,
+            "threads_timed": SEARCH_THREADS,
             "choose_kind": choose_kind(n_total),
             "exact_max_faces": EXACT_MAX_FACES,
             "gallery_seconds": round(t_gen, 1),
@@ -705,13 +715,18 @@ def main() -> None:
                         if args.ef_search is not None:
                             bp = replace(bp, ef_search=args.ef_search)
                         builds.append((kind, bp))
+            elif kind == "ivf_pqfs" and args.pq_dims:
+                for pq in parse_ints(args.pq_dims):
+                    builds.append((kind, replace(base_params, nprobe=args.nprobe, pq_dims=pq)))
             else:
                 builds.append((kind, replace(base_params, nprobe=args.nprobe)))
         n_of_kind = {k: sum(b[0] == k for b in builds) for k in kinds}
         for i, (kind, build_params) in enumerate(builds):
             label = kind
-            if n_of_kind[kind] > 1:
+            if n_of_kind[kind] > 1 and kind == "hnsw_sq8":
                 label = f"{kind}_M{build_params.hnsw_m}_efc{build_params.ef_construction}"
+            elif n_of_kind[kind] > 1:
+                label = f"{kind}_pq{build_params.pq_dims}"
             index = FaceIndex(rows, "flat", None, build_params)
             t0 = time.perf_counter()
             index.build_ann(kind)
@@ -756,7 +771,8 @@ def main() -> None:
                     ls["synthetic_top1"] = spread(slr[:, 0], nprobe, ranks.nlist)
                     ls["synthetic_top10_all"] = spread(slr.max(axis=1), nprobe, ranks.nlist)
                 row["list_spread"] = ls
-            if i == 0 and ranks is not None and nprobe is not None:
+            swept = i == 0 or (args.pq_dims and kind == "ivf_pqfs")
+            if swept and ranks is not None and nprobe is not None:
                 sweep = []
                 nps: list[int] = []
                 for s in args.sweep_nprobe.split(","):
@@ -768,7 +784,7 @@ def main() -> None:
                 cands = [int(c) for c in args.sweep_candidates.split(",") if c.strip()]
                 for npv in nps:
                     for c in cands:
-                        index.params = replace(AnnParams(), nprobe=npv, candidates_min=c)
+                        index.params = replace(build_params, nprobe=npv, candidates_min=c)
                         r = measure(ctx, index, ranks, npv, lat_q)
                         entry = {
                             "nprobe": npv,

@@ -14,7 +14,6 @@ from faceledger.gallery.index.params import (
     IVF_KINDS,
     IVF_TRAIN_PER_LIST,
     KINDS,
-    PQ_DIMS_PER_CODE,
     AnnParams,
     auto_nlist,
     auto_nprobe,
@@ -95,7 +94,9 @@ class FlatIndex:
 def _new_ann(kind: str, dim: int, n: int, params: AnnParams) -> faiss.Index:
     if kind == "ivf_pqfs":
         nlist = params.nlist or auto_nlist(n)
-        m = dim // PQ_DIMS_PER_CODE
+        if params.pq_dims < 1 or dim % params.pq_dims:
+            raise ValueError(f"pq_dims {params.pq_dims} does not divide the dimension {dim}")
+        m = dim // params.pq_dims
         return faiss.index_factory(dim, f"IVF{nlist},PQ{m}x4fs", faiss.METRIC_L2)
     if kind == "ivf_sq8":
         nlist = params.nlist or auto_nlist(n)

@@ -109,6 +109,7 @@ class AnnParams:
     ef_search: int = HNSW_EF_SEARCH
     candidate_factor: int = CANDIDATE_FACTOR
     candidates_min: int = CANDIDATES_MIN
+    pq_dims: int = PQ_DIMS_PER_CODE  # ivf_pqfs: dimensions per 4-bit code (2: 32 B a face)
 
     def candidates(self, k: int, n: int = 0) -> int:
         """Candidates to re-rank for ``k`` results from ``n`` indexed faces."""
