@@ -12,6 +12,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from faceledger.timing import span, timed
 from faceledger.types import BBox, Detection, Face
 from faceledger.vision.detection import Detector, Landmarker, create_detector
 from faceledger.vision.embedding import Embedder
@@ -52,6 +53,7 @@ class FaceAnalyzer:
     def model_id(self) -> str:
         return self.embedder.model_id
 
+    @timed("embed")
     def faces_from_detections(self, image: np.ndarray, detections: list[Detection]) -> list[Face]:
         if not detections:
             return []
@@ -86,4 +88,6 @@ class FaceAnalyzer:
         return self.faces_from_detections(image, [det])[0]
 
     def analyze(self, image: np.ndarray) -> list[Face]:
-        return self.faces_from_detections(image, self.detector.detect(image))
+        with span("detect"):
+            found = self.detector.detect(image)
+        return self.faces_from_detections(image, found)
