@@ -32,7 +32,9 @@ SEARCH_STAGES = (
     "index",  # the vector index brought up to date and searched
     "db",  # database reads: candidates with provenance, subjects and their vectors
     "ledger",  # the search record and its ledger entry written (one transaction)
-    "core",  # the rest of the core's work: scoring subjects, hashing, the result document
+    # the rest of the core's search: scoring subjects, hashing, the result document, and
+    # under concurrent searches the wait for the analysis lock
+    "core",
 )
 TOTAL = "total"  # the server's time from the request's arrival to its response's start
 
