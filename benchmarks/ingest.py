@@ -309,7 +309,7 @@ def run_faceledger(paths: list[Path], workers: int, extra: list[str], work: Path
     }
 
 
-WORKER_STAGES = ("decode", "detect", "landmarks", "align", "embed", "quality_crops")
+WORKER_STAGES = ("decode", "detect", "embed")
 PARENT_STAGES = ("read", "files", "database", "wait", "index")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,23 +73,3 @@ class Provenance:
     captured_at: str | None = None  # ISO 8601 date or datetime
     subject_label: str | None = None
     expires_at: str | None = None
-
-
-Timings = dict[str, float]  # seconds spent per named stage, summed
-
-
-class Stages:
-    """A lap clock that adds the seconds since its last lap to ``timings[name]`` (nothing
-    when ``timings`` is None): the per-stage breakdown of ingest and search."""
-
-    __slots__ = ("_t", "timings")
-
-    def __init__(self, timings: Timings | None) -> None:
-        self.timings = timings
-        self._t = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        if self.timings is not None:
-            self.timings[name] = self.timings.get(name, 0.0) + (now - self._t)
-        self._t = now

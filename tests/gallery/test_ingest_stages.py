@@ -13,13 +13,13 @@ from faceledger.db.store import Store
 from faceledger.gallery.ingest import Ingestor, PipelineSettings
 from faceledger.gallery.sources import iter_paths
 
-WORKER = ("decode", "detect", "landmarks", "align", "embed", "quality_crops")
+WORKER = ("decode", "detect", "embed")
 PEOPLE = ("Al_Gore", "Adrien_Brody", "Abdullah_Gul", "Aaron_Peirsol")
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_the_summary_times_each_stage(lfw: Path, tmp_path: Path, workers: int) -> None:
-    """#15 item 1: the workers' stages (decode ... quality_crops) and the parent's (read,
+    """#15 item 1: the workers' stages (decode, detect, embed) and the parent's (read,
     files, database, index; with a pool also the wait for it) are summed over the photos
     stored, and account for no more than the workers' and the parent's time."""
     photos = tmp_path / "photos"

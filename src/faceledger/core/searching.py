@@ -35,6 +35,7 @@ from faceledger.errors import RefusedError
 from faceledger.ledger import audit
 from faceledger.search.searcher import LEADS_NOTICE, NoFaceError, Searcher
 from faceledger.search.subjects import attach_subjects
+from faceledger.timing import span, timed
 from faceledger.types import Face
 from faceledger.vision import probes
 from faceledger.vision.analysis import FaceAnalyzer
@@ -151,6 +152,7 @@ class SearchDoor(CasesDoor):
             return f"the approval of request {rid} covered {row.search_limit} searches, all used"
         return None
 
+    @timed("checks")
     def authorise_search(self, actor: Actor, req: SearchRequest) -> Policy:
         """All the rules, before any face is compared. Raises RefusedError/PermissionDenied."""
         self._check_case_lengths(req.case_number, req.purpose, req.justification)
@@ -182,6 +184,7 @@ class SearchDoor(CasesDoor):
             )
         return pol
 
+    @timed("decode")
     def _decode_probe(self, actor: Actor, data: bytes, action: str, case: str, **what: Any) -> Any:
         """Decode a probe photo (bounded in pixels and in how many decode at once); a photo
         that cannot be decoded is recorded as ``action`` before the error goes up."""
@@ -301,6 +304,7 @@ class SearchDoor(CasesDoor):
             )
         return sid
 
+    @timed("ledger")
     def _record_search(
         self,
         actor: Actor,
@@ -354,6 +358,7 @@ class SearchDoor(CasesDoor):
             "notice": LEADS_NOTICE,
         }
 
+    @timed("core")
     def search(
         self,
         actor: Actor,
@@ -387,7 +392,8 @@ class SearchDoor(CasesDoor):
             searcher = self.searcher()
             pixels = img.pixels
             if face_box is not None:
-                found = searcher.analyzer.detector.detect(pixels)
+                with span("detect"):
+                    found = searcher.analyzer.detector.detect(pixels)
                 boxes = [d.bbox.as_list() for d in found]
                 overlaps = [probes.iou(b, face_box) for b in boxes]
                 # which of the photo's faces (as detect lists them) was picked, if any
@@ -417,7 +423,8 @@ class SearchDoor(CasesDoor):
                 faces = searcher.analyzer.analyze(pixels)
             searchable = [f for f in faces if f.quality >= pol.min_probe_quality]
             results = searcher.search_faces(searchable, top_k) if searchable else []
-            gallery_faces = len(searcher.indexes.sync())
+            with span("index"):
+                gallery_faces = len(searcher.indexes.sync())
             model_id = searcher.analyzer.model_id
             calib = searcher.calibration
         probe_sha = hashlib.sha256(probe).hexdigest()

@@ -28,7 +28,8 @@ from faceledger.gallery.erasure import erased_reason
 from faceledger.gallery.index import IndexManager
 from faceledger.gallery.parallel import ordered_map
 from faceledger.gallery.sources import ItemError, SourceItem
-from faceledger.types import Face, Stages, Timings
+from faceledger.timing import Timings, current, recording, span
+from faceledger.types import Face
 from faceledger.vision.analysis import FaceAnalyzer
 from faceledger.vision.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from faceledger.vision.detection import DEFAULT_MIN_FACE, Detector, create_detector
@@ -94,7 +95,7 @@ class Analysed:
     height: int
     format: str
     faces: list[Face]
-    timings: Timings = field(default_factory=dict)  # the worker's seconds per stage
+    timings: dict[str, float] = field(default_factory=dict)  # the worker's seconds per stage
 
 
 @dataclass
@@ -107,10 +108,11 @@ class IngestSummary:
     opted_out: int = 0  # faces dropped because they match the opt-out list
     failures: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
-    # Seconds per stage, summed over images: the workers' (decode, detect, landmarks, align,
-    # embed, quality_crops) and this process's (read: reading, hashing and the duplicate
-    # check; wait: waiting for the workers; files and database: storing; index).
-    stages: Timings = field(default_factory=dict)
+    # Seconds per stage, summed over images (faceledger.timing spans): the workers' (decode,
+    # detect, embed: landmarks, alignment, embedding, quality and crops) and this process's
+    # (read: reading, hashing and the duplicate check; files and database: storing; wait:
+    # waiting for the workers; index).
+    stages: dict[str, float] = field(default_factory=dict)
     run_id: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
 
@@ -145,12 +147,11 @@ def _init_worker(settings: PipelineSettings) -> None:
 
 def _analyse(data: bytes) -> Analysed:
     assert _worker_analyzer is not None and _worker_settings is not None
-    timings: Timings = {}
-    clock = Stages(timings)
-    img = decode_image(data, max_pixels=_worker_settings.max_pixels)
-    clock.lap("decode")
-    faces = _worker_analyzer.analyze(img.pixels, timings)
-    return Analysed(img.width, img.height, img.format, faces, timings)
+    with recording() as rec:
+        with span("decode"):
+            img = decode_image(data, max_pixels=_worker_settings.max_pixels)
+        faces = _worker_analyzer.analyze(img.pixels)
+    return Analysed(img.width, img.height, img.format, faces, dict(rec.seconds))
 
 
 def _analyse_safe(data: bytes) -> Analysed | tuple[str, str]:
@@ -215,26 +216,25 @@ class Ingestor:
         ext = EXTENSIONS.get(res.format, "img")
         rel_image = f"images/{sha[:2]}/{sha}.{ext}"
         rows = []
-        clock = Stages(summary.stages)
         try:
-            atomic_write(self.store.data_dir / rel_image, data)
-            for i, face in enumerate(res.faces):
-                rel_crop = f"crops/{sha[:2]}/{sha}_{i}.jpg"
-                atomic_write(self.store.data_dir / rel_crop, face.crop_jpeg)
-                rows.append((face, rel_crop))
-            clock.lap("files")
-            self.store.add_image(
-                sha,
-                res.width,
-                res.height,
-                res.format,
-                len(data),
-                rel_image,
-                prov,
-                rows,
-                summary.run_id,
-            )
-            clock.lap("database")
+            with span("files"):
+                atomic_write(self.store.data_dir / rel_image, data)
+                for i, face in enumerate(res.faces):
+                    rel_crop = f"crops/{sha[:2]}/{sha}_{i}.jpg"
+                    atomic_write(self.store.data_dir / rel_crop, face.crop_jpeg)
+                    rows.append((face, rel_crop))
+            with span("database"):
+                self.store.add_image(
+                    sha,
+                    res.width,
+                    res.height,
+                    res.format,
+                    len(data),
+                    rel_image,
+                    prov,
+                    rows,
+                    summary.run_id,
+                )
         except IntegrityError:
             if not self.store.has_image(sha):
                 raise
@@ -268,34 +268,42 @@ class Ingestor:
         in_run: set[str] = set()
         for item in items:
             summary.seen += 1
-            clock = Stages(summary.stages)
-            try:
-                data = item.read()
-            except ItemError as exc:
-                self._fail(summary, item, exc.reason, str(exc))
-                advance(1)
-                continue
-            sha = hashlib.sha256(data).hexdigest()
-            erased = erased_reason(self.store, sha)
-            if erased is not None:
-                # this very file was erased: it does not come back (nor its provenance)
-                self._fail(
-                    summary,
-                    item,
-                    "erased",
-                    f"this file was erased from the gallery ({erased}); it is not ingested again",
-                )
-                advance(1)
-                continue
-            if sha in in_run or self.store.has_image(sha):
-                summary.duplicates += 1
-                if sha not in in_run:
-                    self.store.add_provenance(sha, item.provenance, summary.run_id)
-                advance(1)
-                continue
-            in_run.add(sha)
-            clock.lap("read")  # a duplicate's or a failure's time is not counted
-            yield item, sha, data
+            with span("read"):
+                new = self._read_one(item, in_run, summary, advance)
+            if new is not None:
+                yield item, *new
+
+    def _read_one(
+        self, item: SourceItem, in_run: set[str], summary: IngestSummary, advance: ProgressHook
+    ) -> tuple[str, bytes] | None:
+        """The item's SHA-256 and bytes if it is new to the gallery and to this run; else
+        None, with the failure, erasure or duplicate recorded."""
+        try:
+            data = item.read()
+        except ItemError as exc:
+            self._fail(summary, item, exc.reason, str(exc))
+            advance(1)
+            return None
+        sha = hashlib.sha256(data).hexdigest()
+        erased = erased_reason(self.store, sha)
+        if erased is not None:
+            # this very file was erased: it does not come back (nor its provenance)
+            self._fail(
+                summary,
+                item,
+                "erased",
+                f"this file was erased from the gallery ({erased}); it is not ingested again",
+            )
+            advance(1)
+            return None
+        if sha in in_run or self.store.has_image(sha):
+            summary.duplicates += 1
+            if sha not in in_run:
+                self.store.add_provenance(sha, item.provenance, summary.run_id)
+            advance(1)
+            return None
+        in_run.add(sha)
+        return sha, data
 
     def run(
         self,
@@ -310,17 +318,20 @@ class Ingestor:
         del probe_embedder
         summary.run_id = self.store.start_run(args or {})
         status = "done"
+        mine = Timings()  # this process's stages (the workers' come with their results)
         try:
-            self._run_items(items, summary, advance)
+            with recording(mine):
+                self._run_items(items, summary, advance)
         except BaseException:
             status = "interrupted"
             raise
         finally:
             summary.seconds = time.perf_counter() - t0
+            _add_up(summary.stages, mine.seconds)
             self.store.finish_run(summary.run_id, summary.as_dict(), status=status)
-            clock = Stages(summary.stages)
+            t1 = time.perf_counter()
             IndexManager(self.store).sync()
-            clock.lap("index")
+            summary.stages["index"] = time.perf_counter() - t1
         return summary
 
     def _handle(
@@ -334,8 +345,7 @@ class Ingestor:
         if isinstance(res, tuple):
             self._fail(summary, item, res[0], res[1])
         else:
-            for stage, seconds in res.timings.items():
-                summary.stages[stage] = summary.stages.get(stage, 0.0) + seconds
+            _add_up(summary.stages, res.timings)
             self._store_result(item, sha, data, res, summary)
 
     def _run_items(
@@ -345,16 +355,16 @@ class Ingestor:
             ((item, sha, data), data) for item, sha, data in self._read(items, summary, advance)
         )
         t0 = time.perf_counter()
-        mine = ("read", "files", "database")
-        before = sum(summary.stages.get(k, 0.0) for k in mine)
+        rec = current()
+        before = 0.0 if rec is None else sum(rec.seconds.values())
         for (item, sha, data), res in ordered_map(
             _analyse_safe, work, self.workers, _init_worker, (self.settings,), self.window
         ):
             self._handle(item, sha, data, res, summary)
             advance(1)
-        if self.workers > 1:  # the rest of this loop's time: waiting for the workers
-            spent = sum(summary.stages.get(k, 0.0) for k in mine) - before
-            summary.stages["wait"] = max(0.0, time.perf_counter() - t0 - spent)
+        if self.workers > 1 and rec is not None:  # the rest of the loop: waiting for workers
+            spent = sum(rec.seconds.values()) - before
+            rec.add("wait", max(0.0, time.perf_counter() - t0 - spent))
 
 
 ENGINES = ("local", "ray")
@@ -366,6 +376,11 @@ def check_engine(engine: str, address: str | None) -> None:
         raise ValueError(f"unknown --engine {engine!r}: use local or ray")
     if address and engine != "ray":
         raise ValueError("--address is for the ray engine: add --engine ray")
+
+
+def _add_up(total: dict[str, float], more: dict[str, float]) -> None:
+    for stage, seconds in more.items():
+        total[stage] = total.get(stage, 0.0) + seconds
 
 
 def default_workers() -> int:

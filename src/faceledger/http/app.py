@@ -22,6 +22,9 @@ with a stable ``code``), plus what only an HTTP server needs:
   limits requests per user (all of one user's tokens and sessions share it), searches per
   user, and login attempts per client address. Sessions and buckets live in this process:
   run one server process per data dir.
+* **Server-Timing**: a search's response says where the server's time went, stage by
+  stage (upload, decode, detect, embed, index, database reads, ledger...;
+  :mod:`faceledger.timing`), for operators and ``benchmarks/search_http.py``.
 * **Concurrency**: endpoints are sync functions run in the server's threadpool; the core
   uses the face analyzer (dlib) one thread at a time (``Faceledger.analysis_lock``) and
   decodes probes in a bounded pool (:func:`faceledger.vision.decode.decode_probe`).
@@ -47,8 +50,12 @@ from faceledger.errors import fields_at_fault
 from faceledger.http import routes, web
 from faceledger.http.context import AppContext
 from faceledger.http.errors import KNOWN_ERRORS, error_for, json_error
-from faceledger.http.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
-from faceledger.http.settings import ApiSettings, server_config
+from faceledger.http.middleware import (
+    BodyLimitMiddleware,
+    SecurityHeadersMiddleware,
+    ServerTimingMiddleware,
+)
+from faceledger.http.settings import API, ApiSettings, server_config
 from faceledger.http.web.responses import error_page
 from faceledger.search.searcher import LEADS_NOTICE
 from faceledger.vision.decode import configure_probes
@@ -131,6 +138,9 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(BodyLimitMiddleware, settings=settings)  # type: ignore[arg-type]
     app.add_middleware(SecurityHeadersMiddleware)  # type: ignore[arg-type]
+    # outermost, so that a search's Server-Timing counts from the request's arrival
+    searches = {("POST", f"{API}/searches")}
+    app.add_middleware(ServerTimingMiddleware, routes=searches)  # type: ignore[arg-type]
     return app
 
 

@@ -13,6 +13,7 @@ from faceledger.accounts.auth import Actor, AuthError
 from faceledger.http.context import AppContext, ctx_of
 from faceledger.http.parsing import MAX_ID
 from faceledger.http.sessions import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE
+from faceledger.timing import span
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
@@ -37,7 +38,8 @@ def current_actor(
         client = ctx.client_address(request)
         ctx.check_failed_auth(client)
         try:
-            actor = ctx.fl.authenticate_token(creds.credentials)
+            with span("auth"):
+                actor = ctx.fl.authenticate_token(creds.credentials)
         except AuthError:
             ctx.note_failed_auth(client)
             raise
@@ -54,7 +56,8 @@ def current_actor(
             )
         if request.method not in SAFE_METHODS:
             ctx.check_csrf(sess, request.headers.get(CSRF_HEADER), request.url.path)
-        actor = ctx.session_actor(sess)
+        with span("auth"):
+            actor = ctx.session_actor(sess)
     ctx.limit_user(actor)
     return actor
 

@@ -1,14 +1,17 @@
-"""ASGI middleware: the request body size limit and the security headers."""
+"""ASGI middleware: the request body size limit, the security headers and Server-Timing."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from time import perf_counter
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from faceledger.http.settings import API, MB, ApiSettings
+from faceledger.timing import Timings, recording
 
 
 class BodyTooLarge(HTTPException):
@@ -116,6 +119,48 @@ class SecurityHeadersMiddleware:
             await send(msg)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class ServerTimingMiddleware:
+    """A W3C ``Server-Timing`` header on the responses of the ``routes`` named (method,
+    path): the request's stages as the search path times them (:mod:`faceledger.timing`;
+    every stage named, 0 where it did not run), ``upload`` counting from the server's first
+    read of the body to its last part, and ``total``, the server's time from the request's
+    arrival to the start of its response. Durations in milliseconds."""
+
+    def __init__(self, app: ASGIApp, routes: Iterable[tuple[str, str]]) -> None:
+        self.app = app
+        self.routes = frozenset(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"], scope["path"]) not in self.routes:
+            await self.app(scope, receive, send)
+            return
+        t0 = perf_counter()
+        rec = Timings()
+        first: float | None = None
+        done = False
+
+        async def timed_receive() -> Message:
+            nonlocal first, done
+            if done:
+                return await receive()
+            if first is None:
+                first = perf_counter()
+            msg = await receive()
+            if msg["type"] != "http.request" or not msg.get("more_body", False):
+                done = True
+                rec.add("upload", perf_counter() - first)
+            return msg
+
+        async def send_with_timing(msg: Message) -> None:
+            if msg["type"] == "http.response.start":
+                value = rec.header(total=perf_counter() - t0).encode("latin-1")
+                msg = {**msg, "headers": [*msg.get("headers", []), (b"server-timing", value)]}
+            await send(msg)
+
+        with recording(rec):
+            await self.app(scope, timed_receive, send_with_timing)
 
 
 # -- sessions and rate limits -------------------------------------------------------------------

@@ -5,12 +5,14 @@ from __future__ import annotations
 from fastapi import UploadFile
 
 from faceledger.http.errors import ApiError
+from faceledger.timing import timed
 
 IMAGE_TYPES = ("image/",)
 VIDEO_TYPES = ("image/", "video/")  # a probe: a photo or a clip (told apart by content)
 GENERIC_TYPES = ("application/octet-stream", "")
 
 
+@timed("upload")
 def read_upload(
     upload: UploadFile | None, field_name: str, allowed: tuple[str, ...] = IMAGE_TYPES
 ) -> bytes:

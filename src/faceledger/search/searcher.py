@@ -18,6 +18,7 @@ from faceledger.db.store import ModelMismatchError, Store
 from faceledger.gallery.index import IndexManager
 from faceledger.search import calibration
 from faceledger.search.subjects import SubjectCalibration, load_subject_calibration
+from faceledger.timing import span
 from faceledger.types import Face
 from faceledger.vision.analysis import FaceAnalyzer
 from faceledger.vision.decode import DEFAULT_MAX_PIXELS, decode_image
@@ -108,13 +109,15 @@ class Searcher:
     ) -> list[ProbeFace]:
         """Each face's ``top_k`` candidates; ``fused[i]`` is how many faces ``faces[i]``
         fuses (1, the default: a single face), which picks its calibration."""
-        index = self.indexes.sync()
-        n = len(index)
         out: list[ProbeFace] = []
         vecs = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, 1))
-        scores, ids = index.search(vecs, top_k) if faces and n else (None, None)
+        with span("index"):
+            index = self.indexes.sync()
+            n = len(index)
+            scores, ids = index.search(vecs, top_k) if faces and n else (None, None)
         wanted = [] if ids is None else [int(i) for i in ids.ravel() if i >= 0]
-        records = self.store.candidates(wanted)
+        with span("db"):
+            records = self.store.candidates(wanted)
         for fi, face in enumerate(faces):
             fit = self.probe_fit(1 if fused is None else fused[fi])
             det = face.detection

@@ -46,6 +46,7 @@ from faceledger.gallery.subjects import Membership, SubjectKey, subject_name
 from faceledger.search import calibration, fusion
 from faceledger.search.calibration import Calibration, Estimate
 from faceledger.search.fusion import Groups
+from faceledger.timing import span
 
 SIZE_CLASSES = ("1", "2", "3+")
 FITTED_PAIRS = ("1x2", "1x3+", "2x2", "2x3+", "3+x3+")  # 1x1 is the model's calibration
@@ -216,19 +217,22 @@ def rank_subjects(
     probe_vectors = np.atleast_2d(np.asarray(probe_vectors, np.float32))
     if len(probe_vectors) == 0 or len(index) == 0:
         return [[] for _ in probe_vectors]
-    _, ids = index.search(probe_vectors, max(1, top_k * overfetch))
+    with span("index"):
+        _, ids = index.search(probe_vectors, max(1, top_k * overfetch))
     fetched = [[int(i) for i in row if i >= 0] for row in ids]
-    rel = gsubjects.relabels(store)
-    face_subject = gsubjects.face_subjects(store, {f for row in fetched for f in row}, rel)
-    labels = {k for k in face_subject.values() if isinstance(k, str)}
-    member_ids = gsubjects.members(store, labels, rel)
+    with span("db"):
+        rel = gsubjects.relabels(store)
+        face_subject = gsubjects.face_subjects(store, {f for row in fetched for f in row}, rel)
+        labels = {k for k in face_subject.values() if isinstance(k, str)}
+        member_ids = gsubjects.members(store, labels, rel)
 
     def faces_of(key: SubjectKey) -> list[int]:
         return [key] if isinstance(key, int) else member_ids.get(key, [])
 
-    vectors = gsubjects.vectors_of(
-        store, {f for k in set(face_subject.values()) for f in faces_of(k)}
-    )
+    with span("db"):
+        vectors = gsubjects.vectors_of(
+            store, {f for k in set(face_subject.values()) for f in faces_of(k)}
+        )
     out: list[list[SubjectHit]] = []
     sizes = fused or [1] * len(probe_vectors)
     for vec, row, size in zip(probe_vectors, fetched, sizes, strict=True):
@@ -286,11 +290,14 @@ def attach_subjects(
     number of subjects and the subject calibration's version."""
     store = searcher.store
     calib = load_subject_calibration(searcher.analyzer.model_id)
-    n_subjects = gsubjects.subject_count(store)
+    with span("db"):
+        n_subjects = gsubjects.subject_count(store)
     wanted = [i for i, doc in enumerate(probe_faces) if not doc.get("below_min_quality")]
+    with span("index"):
+        index = searcher.indexes.sync()
     lists = rank_subjects(
         store,
-        searcher.indexes.sync(),
+        index,
         np.stack([faces[i].embedding for i in wanted]) if wanted else np.zeros((0, 1)),
         top_k,
         calib,

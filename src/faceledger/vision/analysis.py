@@ -12,7 +12,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from faceledger.types import BBox, Detection, Face, Stages, Timings
+from faceledger.timing import span, timed
+from faceledger.types import BBox, Detection, Face
 from faceledger.vision.detection import Detector, Landmarker, create_detector
 from faceledger.vision.embedding import Embedder
 from faceledger.vision.quality import assess
@@ -52,19 +53,14 @@ class FaceAnalyzer:
     def model_id(self) -> str:
         return self.embedder.model_id
 
-    def faces_from_detections(
-        self, image: np.ndarray, detections: list[Detection], timings: Timings | None = None
-    ) -> list[Face]:
+    @timed("embed")
+    def faces_from_detections(self, image: np.ndarray, detections: list[Detection]) -> list[Face]:
         if not detections:
             return []
-        clock = Stages(timings)
         for det in detections:
             self.landmarker(image, det)
-        clock.lap("landmarks")
         chips = np.stack([self.embedder.align(image, d) for d in detections])
-        clock.lap("align")
         vectors = self.embedder.embed_chips(chips)
-        clock.lap("embed")
         faces = []
         for det, chip, vec in zip(detections, chips, vectors, strict=True):
             q = assess(det, chip)
@@ -80,7 +76,6 @@ class FaceAnalyzer:
                     crop_jpeg=face_crop_jpeg(image, det) if self.with_crops else b"",
                 )
             )
-        clock.lap("quality_crops")
         return faces
 
     def face_in_box(self, image: np.ndarray, box: list[int]) -> Face:
@@ -92,10 +87,7 @@ class FaceAnalyzer:
         det = Detection(bbox=BBox(left, top, right, bottom), score=0.0, detector=HAND)
         return self.faces_from_detections(image, [det])[0]
 
-    def analyze(self, image: np.ndarray, timings: Timings | None = None) -> list[Face]:
-        """Every face in ``image``; with ``timings``, the seconds of each stage are added
-        to it (``detect``, ``landmarks``, ``align``, ``embed``, ``quality_crops``)."""
-        clock = Stages(timings)
-        detections = self.detector.detect(image)
-        clock.lap("detect")
-        return self.faces_from_detections(image, detections, timings)
+    def analyze(self, image: np.ndarray) -> list[Face]:
+        with span("detect"):
+            found = self.detector.detect(image)
+        return self.faces_from_detections(image, found)
