@@ -92,6 +92,18 @@ class SearchDoor(CasesDoor):
                 self._searcher = Searcher(self.store, self._analyzer_factory())
         return self._searcher
 
+    def warm_up(self) -> None:
+        """Load the probe models, the vector index and the subject count before the first
+        search asks for them (a server calls this at start: at 1M faces the first search
+        otherwise waits about 23 s). Reads nothing out and records nothing; an empty gallery
+        has nothing to load."""
+        try:
+            searcher = self.searcher()
+        except RefusedError:
+            return
+        with self.analysis_lock:
+            searcher.warm_up()
+
     def comparisons_today(self, user_id: int) -> int:
         """Searches and 1:1 verifications by ``user_id`` since 00:00 UTC (the daily quota)."""
         start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)

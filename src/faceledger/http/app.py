@@ -33,6 +33,8 @@ with a stable ``code``), plus what only an HTTP server needs:
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -157,4 +159,18 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(Path(data_dir))
+    # The first search would wait for the models, the index and the subject count (about
+    # 23 s at 1M faces): load them while the server starts answering.
+    fl = app.state.ctx.fl
+    threading.Thread(target=_warm_up, args=(fl,), name="warm-up", daemon=True).start()
     uvicorn.Server(server_config(app, host, port)).run()
+
+
+def _warm_up(fl: Faceledger) -> None:
+    t0 = time.perf_counter()
+    try:
+        fl.warm_up()
+    except Exception:
+        log.exception("warm-up failed (the first search will load what it needs)")
+        return
+    log.info("warmed up in %.1f s: models, vector index, subject count", time.perf_counter() - t0)

@@ -16,6 +16,7 @@ import numpy as np
 
 from faceledger.db.store import ModelMismatchError, Store
 from faceledger.gallery.index import IndexManager
+from faceledger.gallery.subjects import subject_count
 from faceledger.search import calibration
 from faceledger.search.subjects import SubjectCalibration, load_subject_calibration
 from faceledger.timing import span
@@ -85,6 +86,12 @@ class Searcher:
         self.analyzer = analyzer
         self.indexes = IndexManager(store)
         self.calibration = calibration.load(analyzer.model_id)
+
+    def warm_up(self) -> None:
+        """Load what the first search would otherwise wait for: the vector index (read or
+        rebuilt from the database) and the gallery's subject count. Shows nothing."""
+        self.indexes.sync()
+        subject_count(self.store)
 
     def calibration_for(self, fused: int) -> calibration.Calibration | SubjectCalibration | None:
         """The calibration behind a probe's est. FMR: the model's own for one face, and for
