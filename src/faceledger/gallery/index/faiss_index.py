@@ -252,6 +252,8 @@ class FaceIndex:
             ivf = faiss.extract_index_ivf(self.ann)
             nprobe = self.params.nprobe or auto_nprobe(ivf.nlist)
             sp: Any = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
+            if self.kind == "ivf_pqfs":
+                _fast_scan_split(self.ann, len(q))
         else:
             ef = max(self.params.ef_search, c)
             sel = self._live_selector()
@@ -296,6 +298,22 @@ class FaceIndex:
         ann = 0 if self.ann is None else _ann_bytes(self.ann, self.kind)
         ids = self.rows.rows * 9
         return {"ram": ann + ids, "ann": ann, "ids": ids, "mapped": self.rows.rows * self.dim * 4}
+
+
+# FAISS' fast-scan IVF search for few queries: implementation 15 splits one query's probed
+# lists over the OpenMP threads (a reservoir keeps its many candidates); the default (12/13)
+# runs a query on one thread. Measured at 1M faces, nprobe 576 of 1024, 1,000 candidates, 2
+# cores: 1.39 ms vs 2.05 ms p50, the same candidates but for ties (99.7% shared), and with one
+# thread it is slower (2.3 vs 2.1 ms), so it is used only where there are threads to split over.
+FAST_SCAN_SPLIT = 15
+FAST_SCAN_DEFAULT = 0
+
+
+def _fast_scan_split(ann: faiss.Index, n_queries: int) -> None:
+    threads = faiss.omp_get_max_threads()
+    split = threads > 1 and n_queries < threads
+    fast_scan: Any = faiss.downcast_index(ann)
+    fast_scan.implem = FAST_SCAN_SPLIT if split else FAST_SCAN_DEFAULT
 
 
 def _ann_bytes(ann: faiss.Index, kind: str) -> int:
