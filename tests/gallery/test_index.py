@@ -4,6 +4,7 @@ import json
 import secrets
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import typer
@@ -34,6 +35,7 @@ from faceledger.gallery.index import (
     auto_nlist,
     choose_kind,
 )
+from faceledger.gallery.index.faiss_index import FAST_SCAN_DEFAULT, FAST_SCAN_SPLIT
 from faceledger.gallery.sources import Provenance
 from faceledger.types import BBox, Detection, Face
 
@@ -104,6 +106,32 @@ def test_approximate_with_rerank_matches_exact(tmp_path: Path, gallery, kind: st
     # the scores handed out are exact inner products, not quantised ones
     rows = np.searchsorted(ids, ai[:, 0])
     np.testing.assert_allclose(as_[:, 0], np.einsum("ij,ij->i", vectors[rows], probes), atol=1e-5)
+
+
+@pytest.mark.nodb
+def test_one_query_split_over_two_threads_finds_the_same(tmp_path: Path, gallery) -> None:
+    """#15 item 2: a single query on the fast-scan index splits its probed lists over the
+    threads (FAISS implementation 15) and returns the exact search's top-10; a batch, or a
+    single thread, keeps FAISS' default implementation."""
+    vectors, probes = gallery
+    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
+    index = FaceIndex(RowStore.create(tmp_path / "v.f32", 128), "flat")
+    index.add(ids, vectors)
+    index.build_ann("ivf_pqfs")
+    want = brute_force(vectors, ids, probes, 10)
+    threads = faiss.omp_get_max_threads()
+    try:
+        faiss.omp_set_num_threads(2)
+        one_by_one = np.concatenate([index.search(p[None, :], 10)[1] for p in probes])
+        assert faiss.downcast_index(index.ann).implem == FAST_SCAN_SPLIT
+        np.testing.assert_array_equal(one_by_one, want)
+        index.search(probes, 10)
+        assert faiss.downcast_index(index.ann).implem == FAST_SCAN_DEFAULT
+        faiss.omp_set_num_threads(1)
+        index.search(probes[:1], 10)
+        assert faiss.downcast_index(index.ann).implem == FAST_SCAN_DEFAULT
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 @pytest.mark.nodb
