@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,11 @@ from faceledger.vision.convert.mmod_onnx import (
     cached_mmod_onnx,
     read_metadata,
 )
-from faceledger.vision.embedding.onnx_backend import default_cache_dir, select_providers
+from faceledger.vision.embedding.onnx_backend import (
+    default_cache_dir,
+    open_session,
+    select_providers,
+)
 
 Rect = tuple[int, int, int, int]  # dlib rectangle: left, top, right, bottom (inclusive)
 _U64 = 1 << 64
@@ -235,12 +238,7 @@ class MmodOnnx:
         self.model_path = cached_mmod_onnx(
             Path(cache_dir) if cache_dir is not None else default_cache_dir(), dat_path
         )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads if threads is not None else (os.cpu_count() or 1)
-        self._session = ort.InferenceSession(
-            str(self.model_path), sess_options=options, providers=providers
-        )
+        self._session = open_session(self.model_path, providers, threads)
         self.providers: list[str] = list(self._session.get_providers())
         meta: dict[str, Any] = read_metadata(self._session.get_modelmeta().custom_metadata_map)
         pyr = meta["input"]

@@ -50,6 +50,17 @@ def select_providers(device: str, available: Sequence[str]) -> list[str]:
     raise ValueError(f"unknown device {device!r}; choose 'cpu' or 'cuda'")
 
 
+def open_session(
+    model_path: Path, providers: list[str], threads: int | None
+) -> ort.InferenceSession:
+    """An ONNX Runtime session on ``providers`` (from :func:`select_providers`), all graph
+    optimisations on, ``threads`` intra-op threads (default: one per CPU)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads if threads is not None else (os.cpu_count() or 1)
+    return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+
+
 class OnnxDlibResnetEmbedder:
     """``dlib_face_recognition_resnet_model_v1`` on ONNX Runtime."""
 
@@ -72,12 +83,7 @@ class OnnxDlibResnetEmbedder:
         self.model_path = cached_resnet_onnx(
             Path(cache_dir) if cache_dir is not None else default_cache_dir()
         )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads if threads is not None else (os.cpu_count() or 1)
-        self._session = ort.InferenceSession(
-            str(self.model_path), sess_options=options, providers=providers
-        )
+        self._session = open_session(self.model_path, providers, threads)
         self.providers: list[str] = list(self._session.get_providers())
 
     def align(self, image: np.ndarray, detection: Detection) -> np.ndarray:
