@@ -18,7 +18,7 @@ from faceledger.gallery import subjects
 
 
 def test_warm_up_loads_the_index_and_the_subject_count_and_records_nothing(
-    lfw: Path, tmp_path: Path, analyzer: Any
+    lfw: Path, tmp_path: Path, analyzer: Any, fresh_db: Any
 ) -> None:
     """#15 item 4: ``warm_up`` leaves the searcher with its index loaded and the subject
     count cached, writes no ledger entry, and on an empty gallery does nothing."""
@@ -36,6 +36,7 @@ def test_warm_up_loads_the_index_and_the_subject_count_and_records_nothing(
     assert len(entries(core)) == before
     core.close()
 
+    fresh_db()  # a database of its own for the second data dir (the PostgreSQL pass)
     empty = Faceledger(tmp_path / "empty")
     empty.init_admin("root", PW)
     empty.warm_up()  # no gallery yet: nothing to load, no error
