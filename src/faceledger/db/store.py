@@ -347,19 +347,7 @@ class Store:
         ).first()
         if exists:
             return False
-        conn.execute(
-            insert(provenance).values(
-                image_sha=sha,
-                source_id=sid,
-                original_path=prov.original_path,
-                source_url=prov.source_url,
-                captured_at=prov.captured_at,
-                legal_basis=prov.legal_basis,
-                subject_label=prov.subject_label,
-                ingest_run_id=run_id,
-                created_at=now_iso(),
-            )
-        )
+        conn.execute(insert(provenance).values(_provenance_values(sha, sid, prov, run_id)))
         return True
 
     def add_image(
@@ -376,41 +364,20 @@ class Store:
     ) -> list[int]:
         """Insert an image, its provenance and its faces in one transaction; face ids out."""
         ids: list[int] = []
+        created = now_iso()
         with self.writer.begin() as conn:
             conn.execute(
                 insert(images).values(
-                    sha256=sha,
-                    width=width,
-                    height=height,
-                    format=fmt,
-                    byte_size=byte_size,
-                    stored_path=stored_path,
-                    face_count=len(face_rows),
-                    created_at=now_iso(),
-                    expires_at=prov.expires_at,
+                    _image_values(
+                        sha, width, height, fmt, byte_size, stored_path, prov, len(face_rows)
+                    )
+                    | {"created_at": created}
                 )
             )
             self._add_provenance(conn, sha, prov, run_id)
             for i, (face, crop_path) in enumerate(face_rows):
-                det = face.detection
-                lm = det.landmarks.tolist() if det.landmarks is not None else []
                 res = conn.execute(
-                    insert(faces).values(
-                        image_sha=sha,
-                        face_index=i,
-                        bbox_json=json.dumps(det.bbox.as_list()),
-                        landmarks_json=json.dumps(lm),
-                        det_score=det.score,
-                        detector=det.detector,
-                        quality=face.quality,
-                        size=face.size,
-                        sharpness=face.sharpness,
-                        yaw=face.yaw,
-                        model_id=face.model_id,
-                        embedding=np.asarray(face.embedding, dtype="<f4").tobytes(),
-                        crop_path=crop_path,
-                        created_at=now_iso(),
-                    )
+                    insert(faces).values(_face_values(sha, i, face, crop_path, created))
                 )
                 pk = res.inserted_primary_key
                 assert pk is not None  # a single-row INSERT always reports its key
@@ -560,7 +527,7 @@ class Store:
             return 0
         created = now_iso()
         face_rows = [
-            self._face_values(img.sha, i, face, crop, created)
+            _face_values(img.sha, i, face, crop, created)
             for img in batch
             for i, (face, crop) in enumerate(img.faces)
         ]
@@ -571,34 +538,25 @@ class Store:
             conn.execute(
                 insert(images),
                 [
-                    {
-                        "sha256": b.sha,
-                        "width": b.width,
-                        "height": b.height,
-                        "format": b.fmt,
-                        "byte_size": b.byte_size,
-                        "stored_path": b.stored_path,
-                        "face_count": len(b.faces),
-                        "created_at": created,
-                        "expires_at": b.prov.expires_at,
-                    }
+                    _image_values(
+                        b.sha,
+                        b.width,
+                        b.height,
+                        b.fmt,
+                        b.byte_size,
+                        b.stored_path,
+                        b.prov,
+                        len(b.faces),
+                    )
+                    | {"created_at": created}
                     for b in batch
                 ],
             )
             conn.execute(
                 insert(provenance),
                 [
-                    {
-                        "image_sha": b.sha,
-                        "source_id": source_ids[b.prov.source],
-                        "original_path": b.prov.original_path,
-                        "source_url": b.prov.source_url,
-                        "captured_at": b.prov.captured_at,
-                        "legal_basis": b.prov.legal_basis,
-                        "subject_label": b.prov.subject_label,
-                        "ingest_run_id": run_id,
-                        "created_at": created,
-                    }
+                    _provenance_values(b.sha, source_ids[b.prov.source], b.prov, run_id)
+                    | {"created_at": created}
                     for b in batch
                 ],
             )
@@ -607,27 +565,64 @@ class Store:
                 self._bump(conn)
         return len(face_rows)
 
-    @staticmethod
-    def _face_values(
-        sha: str, index: int, face: Face, crop_path: str, created: str
-    ) -> dict[str, Any]:
-        det = face.detection
-        return {
-            "image_sha": sha,
-            "face_index": index,
-            "bbox_json": json.dumps(det.bbox.as_list()),
-            "landmarks_json": json.dumps([] if det.landmarks is None else det.landmarks.tolist()),
-            "det_score": det.score,
-            "detector": det.detector,
-            "quality": face.quality,
-            "size": face.size,
-            "sharpness": face.sharpness,
-            "yaw": face.yaw,
-            "model_id": face.model_id,
-            "embedding": np.asarray(face.embedding, dtype="<f4").tobytes(),
-            "crop_path": crop_path,
-            "created_at": created,
-        }
+
+# The rows of one new image, as add_image and add_images write them.
+def _image_values(
+    sha: str,
+    width: int,
+    height: int,
+    fmt: str,
+    byte_size: int,
+    stored_path: str,
+    prov: Provenance,
+    face_count: int,
+) -> dict[str, Any]:
+    return {
+        "sha256": sha,
+        "width": width,
+        "height": height,
+        "format": fmt,
+        "byte_size": byte_size,
+        "stored_path": stored_path,
+        "face_count": face_count,
+        "expires_at": prov.expires_at,
+    }
+
+
+def _provenance_values(
+    sha: str, source_id: int, prov: Provenance, run_id: int | None
+) -> dict[str, Any]:
+    return {
+        "image_sha": sha,
+        "source_id": source_id,
+        "original_path": prov.original_path,
+        "source_url": prov.source_url,
+        "captured_at": prov.captured_at,
+        "legal_basis": prov.legal_basis,
+        "subject_label": prov.subject_label,
+        "ingest_run_id": run_id,
+        "created_at": now_iso(),
+    }
+
+
+def _face_values(sha: str, index: int, face: Face, crop_path: str, created: str) -> dict[str, Any]:
+    det = face.detection
+    return {
+        "image_sha": sha,
+        "face_index": index,
+        "bbox_json": json.dumps(det.bbox.as_list()),
+        "landmarks_json": json.dumps([] if det.landmarks is None else det.landmarks.tolist()),
+        "det_score": det.score,
+        "detector": det.detector,
+        "quality": face.quality,
+        "size": face.size,
+        "sharpness": face.sharpness,
+        "yaw": face.yaw,
+        "model_id": face.model_id,
+        "embedding": np.asarray(face.embedding, dtype="<f4").tobytes(),
+        "crop_path": crop_path,
+        "created_at": created,
+    }
 
 
 def add_missing_columns(conn: Connection) -> list[str]:
