@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from faceledger.core.base import MAX_TOKEN_NAME, MAX_UNIT, SYSTEM, CoreBase, che
 from faceledger.db.schema import (
     tokens,
     users,
+    web_sessions,
 )
 from faceledger.db.store import now_iso
 from faceledger.errors import FieldValueError, RefusedError
@@ -215,6 +217,13 @@ class AccountsDoor(CoreBase):
                     ).inserted_primary_key
                     assert pk is not None  # a single-row INSERT always reports its key
                     session = (int(pk[0]), secret)
+                    # the web session's clocks, shared by every server (core/shared.py)
+                    clock = time.time()
+                    conn.execute(
+                        insert(web_sessions).values(
+                            token_id=session[0], created=clock, last_seen=clock, flashes_json="[]"
+                        )
+                    )
                     entry |= {"token_id": session[0], "token_name": "web-session"}
                     entry["expires_at"] = expires
                 audit.append(conn, row.username, "login", row.username, entry)
@@ -235,8 +244,16 @@ class AccountsDoor(CoreBase):
         now = auth.utcnow()
         with self.store.engine.connect() as conn:
             row = conn.execute(
-                select(tokens, users.c.username, users.c.roles, users.c.unit, users.c.disabled)
+                select(
+                    tokens,
+                    users.c.username,
+                    users.c.roles,
+                    users.c.unit,
+                    users.c.disabled,
+                    web_sessions.c.token_id.label("session_of"),
+                )
                 .join(users, users.c.id == tokens.c.user_id)
+                .outerjoin(web_sessions, web_sessions.c.token_id == tokens.c.id)
                 .where(tokens.c.token_hash == h)
             ).first()
         problem = None
@@ -248,6 +265,9 @@ class AccountsDoor(CoreBase):
             problem = "token expired"
         elif row.disabled:
             problem = "account disabled"
+        elif row.session_of is not None and not web_session:
+            # the cookie of a web session is its token's secret: never a bearer token
+            problem = "a web session's cookie, not an API token"
         if problem:
             who = row.username if row is not None else "anonymous"
             self.record(

@@ -1,28 +1,36 @@
 """Background jobs for the HTTP server: gallery ingests with progress you can poll.
 
-Jobs run one at a time, in submission order, on a single worker thread of the server
-process, and go through :meth:`faceledger.core.Faceledger.ingest` like the CLI does (so
-permissions, the opt-out list, retention and the ledger apply unchanged). Job state lives
-in memory: after a restart the jobs list is empty, but every run is still in the database
-(``ingest_runs``) and in the ledger. Uploaded files are kept in ``<data dir>/uploads/<job>``
-only while their job runs.
+A job runs on the server that accepted it, one at a time in submission order on a single
+worker thread, and goes through :meth:`faceledger.core.Faceledger.ingest` like the CLI does
+(so permissions, the opt-out list, retention and the ledger apply unchanged). Its state is
+a row of the ``jobs`` table, so every server on the gallery lists it, shows its progress and
+can cancel it: the running server reads ``cancel_requested`` as it goes. A job whose server
+stopped beating (``heartbeat``) is shown as failed; what it stored stays, in the database
+(``ingest_runs``) and in the ledger. Uploaded files are kept in
+``<data dir>/uploads/<job>`` only while their job runs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
 import shutil
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import OperationalError
 
 from faceledger.accounts.auth import Actor, AuthError, PermissionDenied
+from faceledger.db.schema import jobs as jobs_table
 from faceledger.db.store import ModelMismatchError, now_iso
 from faceledger.errors import RefusedError
 from faceledger.gallery.sources import SourceError, SourceItem, check_provenance, iter_paths
@@ -36,6 +44,12 @@ log = logging.getLogger("faceledger.core.jobs")
 UPLOADS_DIR = "uploads"
 MAX_ERRORS_SHOWN = 50
 MAX_JOBS_KEPT = 200
+# A running server writes its jobs' heartbeat at least this often (progress, or idle waits)
+HEARTBEAT_SECONDS = 5.0
+# ... and a job whose heartbeat is older than this lost its server
+LOST_AFTER_SECONDS = 120.0
+SAVE_EVERY_SECONDS = 1.0  # progress and the cancel flag, read and written this often
+FINISHED = ("done", "failed", "cancelled")
 
 
 class JobCancelled(Exception):
@@ -64,7 +78,25 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("done", "failed", "cancelled")
+        return self.status in FINISHED
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        return cls(
+            id=row.id,
+            kind=row.kind,
+            created_by=row.created_by,
+            created_at=row.created_at,
+            args=json.loads(row.args_json),
+            status=row.status,
+            total=row.total,
+            done=row.done,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            summary=json.loads(row.summary_json) if row.summary_json else None,
+            error=json.loads(row.error_json) if row.error_json else None,
+            cancel_requested=bool(row.cancel_requested),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         summary = None
@@ -105,13 +137,78 @@ class JobManager:
         # Server-side folders an ingest may name (FACELEDGER_INGEST_ROOTS); none: uploads only.
         self.ingest_roots = tuple(Path(r).resolve() for r in ingest_roots)
         self._settings_factory = settings_factory
-        self._jobs: dict[str, Job] = {}
+        self.runner = f"{socket.gethostname()}:{os.getpid()}"[:200]
         self._lock = threading.Lock()
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._waiting: list[Job] = []  # accepted here, not started yet
         self.uploads_root = fl.data_dir / UPLOADS_DIR
-        # Uploads left by jobs of an earlier server process can never run now.
-        shutil.rmtree(self.uploads_root, ignore_errors=True)
+        self._remove_orphan_uploads()
+
+    def _remove_orphan_uploads(self) -> None:
+        """Uploads whose job no live server will run (its server stopped): removed. Those of
+        jobs other servers on this data dir are running stay."""
+        if not self.uploads_root.is_dir():
+            return
+        live = {j.id for j in self._rows() if not j.finished}
+        for folder in self.uploads_root.iterdir():
+            if folder.name not in live:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    # -- the jobs table --------------------------------------------------------------------
+    def _rows(self, job_id: str | None = None) -> list[Job]:
+        """Jobs as the table has them, newest first; one whose server stopped beating is
+        marked failed on the way (by whichever server looks first)."""
+        q = select(jobs_table).order_by(jobs_table.c.created_at.desc(), jobs_table.c.id)
+        if job_id is not None:
+            q = q.where(jobs_table.c.id == job_id)
+        with self.fl.store.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        stale = time.time() - LOST_AFTER_SECONDS
+        lost = [r.id for r in rows if r.status not in FINISHED and r.heartbeat < stale]
+        if lost:
+            error = {
+                "code": "server-lost",
+                "message": "the server running this job stopped before it finished; what it "
+                "stored stays, and the same ingest can be run again",
+            }
+            with self.fl.store.engine.begin() as conn:
+                conn.execute(
+                    update(jobs_table)
+                    .where(jobs_table.c.id.in_(lost), jobs_table.c.heartbeat < stale)
+                    .where(jobs_table.c.status.not_in(FINISHED))
+                    .values(status="failed", finished_at=now_iso(), error_json=json.dumps(error))
+                )
+            return self._rows(job_id)
+        return [Job.from_row(r) for r in rows]
+
+    def _save(self, job: Job, *fields: str) -> bool:
+        """Write the job's ``fields`` and its heartbeat; True when someone asked it to stop."""
+        values: dict[str, Any] = {"heartbeat": time.time()}
+        for name in fields:
+            value = getattr(job, name)
+            if name in ("summary", "error", "args"):
+                values[f"{name}_json"] = None if value is None else json.dumps(value)
+            else:
+                values[name] = value
+        with self.fl.store.engine.begin() as conn:
+            conn.execute(update(jobs_table).where(jobs_table.c.id == job.id).values(**values))
+            asked = conn.execute(
+                select(jobs_table.c.cancel_requested).where(jobs_table.c.id == job.id)
+            ).scalar()
+        job.cancel_requested = job.cancel_requested or bool(asked)
+        return job.cancel_requested
+
+    def _beat(self) -> None:
+        """The heartbeat of the jobs waiting on this server (the running one beats as it
+        goes)."""
+        with self._lock:
+            ids = [j.id for j in self._waiting]
+        if ids:
+            with self.fl.store.engine.begin() as conn:
+                conn.execute(
+                    update(jobs_table).where(jobs_table.c.id.in_(ids)).values(heartbeat=time.time())
+                )
 
     # -- submission ------------------------------------------------------------------------
     def start_ingest(
@@ -202,9 +299,24 @@ class JobManager:
             paths=list(paths),
             upload_dir=upload_dir,
         )
+        with self.fl.store.engine.begin() as conn:
+            conn.execute(
+                insert(jobs_table).values(
+                    id=job.id,
+                    kind=job.kind,
+                    status=job.status,
+                    created_by=job.created_by,
+                    created_at=job.created_at,
+                    args_json=json.dumps(job.args),
+                    done=0,
+                    cancel_requested=False,
+                    runner=self.runner,
+                    heartbeat=time.time(),
+                )
+            )
+        self._forget_old()
         with self._lock:
-            self._jobs[job.id] = job
-            self._forget_old()
+            self._waiting.append(job)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="faceledger-jobs", daemon=True
@@ -214,41 +326,59 @@ class JobManager:
         return job
 
     def _forget_old(self) -> None:
-        finished = [j for j in self._jobs.values() if j.finished]
-        for j in finished[: max(0, len(self._jobs) - MAX_JOBS_KEPT)]:
-            del self._jobs[j.id]
+        """Keep the newest :data:`MAX_JOBS_KEPT` finished jobs (every run is still in
+        ``ingest_runs`` and the ledger)."""
+        with self.fl.store.engine.begin() as conn:
+            old = (
+                select(jobs_table.c.id)
+                .where(jobs_table.c.status.in_(FINISHED))
+                .order_by(jobs_table.c.created_at.desc(), jobs_table.c.id)
+                .offset(MAX_JOBS_KEPT)
+            )
+            ids = list(conn.execute(old).scalars())
+            if ids:
+                conn.execute(delete(jobs_table).where(jobs_table.c.id.in_(ids)))
 
-    # -- queries (for those who may ingest) ------------------------------------------------
+    # -- queries (for those who may ingest, on any server) ---------------------------------
     def get(self, actor: Actor, job_id: str) -> Job:
         self.fl.require(actor, "ingest", f"job {job_id}")
-        with self._lock:
-            job = self._jobs.get(job_id)
-        if job is None:
-            raise RefusedError("no-such-job", f"no job {job_id} (jobs are kept until a restart)")
-        return job
-
-    def _all(self) -> list[Job]:
-        with self._lock:
-            return sorted(self._jobs.values(), key=lambda j: j.created_at, reverse=True)
+        found = self._rows(job_id)
+        if not found:
+            raise RefusedError("no-such-job", f"no job {job_id}")
+        return found[0]
 
     def list(self, actor: Actor) -> list[Job]:
         self.fl.require(actor, "ingest", "jobs")
-        return self._all()
+        return self._rows()
 
     def cancel(self, actor: Actor, job_id: str) -> Job:
-        """Ask a job to stop after its current image (recorded); what it stored stays."""
-        job = self.get(actor, job_id)
-        if not job.finished:
-            job.cancel_requested = True
+        """Ask a job to stop after its current image (recorded), whichever server runs it;
+        what it stored stays."""
+        self.get(actor, job_id)
+        with self.fl.store.engine.begin() as conn:
+            conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.id == job_id, jobs_table.c.status.not_in(FINISHED))
+                .values(cancel_requested=True)
+            )
         self.fl.record(actor, "ingest.cancel_requested", f"job {job_id}")
-        return job
+        return self.get(actor, job_id)
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        for job in self._all():
-            if not job.finished:
-                job.cancel_requested = True
+        """Stop this server's jobs: the running one after its current image, the waiting
+        ones before they start (all recorded as cancelled in the table)."""
         with self._lock:
+            waiting = list(self._waiting)
             thread, self._thread = self._thread, None
+        for job in waiting:
+            job.cancel_requested = True
+        if waiting:
+            with self.fl.store.engine.begin() as conn:
+                conn.execute(
+                    update(jobs_table)
+                    .where(jobs_table.c.id.in_([j.id for j in waiting]))
+                    .values(cancel_requested=True)
+                )
         if thread is not None and thread.is_alive():
             self._queue.put(None)
             thread.join(timeout)
@@ -256,7 +386,11 @@ class JobManager:
     # -- the worker ------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
+            try:
+                job = self._queue.get(timeout=HEARTBEAT_SECONDS)
+            except queue.Empty:
+                self._beat()
+                continue
             if job is None:
                 return
             try:
@@ -271,6 +405,12 @@ class JobManager:
             job.error = error
             job.finished_at = now_iso()
             job.status = status
+            with self._lock:
+                self._waiting = [j for j in self._waiting if j.id != job.id]
+            try:
+                self._save(job, "status", "error", "finished_at", "summary", "total", "done")
+            except Exception:  # the database is gone: the job shows as lost, later
+                log.exception("job %s: its end could not be recorded", job.id)
 
     def _items(self, job: Job) -> Iterator[SourceItem]:
         args = job.args
@@ -290,23 +430,43 @@ class JobManager:
                 item.name = shown
                 yield item
 
+    def _count(self, job: Job) -> int:
+        """The photos the job will read, beating (and heeding a cancel) as it counts."""
+        total = 0
+        saved = time.monotonic()
+        for _ in self._items(job):
+            total += 1
+            if time.monotonic() - saved >= SAVE_EVERY_SECONDS:
+                saved = time.monotonic()
+                if self._save(job):
+                    raise JobCancelled()
+        return total
+
     def _run_job(self, job: Job) -> tuple[str, dict[str, str] | None]:
         """Run one job; (final status, error)."""
         from faceledger.gallery.ingest import PipelineSettings
 
-        if job.cancel_requested:
-            return "cancelled", None
         assert job.actor is not None
         job.started_at = now_iso()
         job.status = "counting"
+        if self._save(job, "status", "started_at"):
+            return "cancelled", None
         try:
-            job.total = sum(1 for _ in self._items(job))
+            job.total = self._count(job)
         except SourceError as exc:
             return "failed", {"code": "source-error", "message": str(exc)}
+        except JobCancelled:
+            return "cancelled", None
         job.status = "running"
+        self._save(job, "status", "total")
+        saved = time.monotonic()
 
         def advance(n: int) -> None:
+            nonlocal saved
             job.done += n
+            if time.monotonic() - saved >= SAVE_EVERY_SECONDS or job.done == job.total:
+                saved = time.monotonic()
+                self._save(job, "done")
             if job.cancel_requested:
                 raise JobCancelled()
 

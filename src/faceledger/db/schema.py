@@ -29,7 +29,8 @@ from sqlalchemy import (
 # 3: searches.shown_json (the search as it was shown: probe faces, candidates with their
 #    scores, estimates and provenance, model, calibration and policy versions)
 # 4: reviews (candidate decisions by a first and a blind second examiner) and case_notes
-SCHEMA_VERSION = 4
+# 5: web_sessions, rate_buckets and jobs: what several API servers on one gallery share
+SCHEMA_VERSION = 5
 
 # 64-bit integers everywhere, as SQLite's are: BIGINT on PostgreSQL, while SQLite keeps
 # INTEGER (so an INTEGER PRIMARY KEY stays the rowid alias).
@@ -342,4 +343,50 @@ erasure_previews = Table(
     Column("created_at", String(40), nullable=False),
     Column("expires_at", String(40), nullable=False),
     Column("used_at", String(40)),
+)
+
+
+# -- what several API servers on one gallery share (ARCHITECTURE.md, "Several servers") --------
+
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    # a web UI session: the cookie is its token's secret (only the token's hash is stored);
+    # times are seconds since the epoch, on the clock of the server that wrote them
+    Column("token_id", Int, ForeignKey("tokens.id"), primary_key=True),
+    Column("created", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("flashes_json", Text, nullable=False),  # messages for the next page
+)
+
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    # token buckets of the request limits (per user, per search, per login address)
+    Column("key", String(200), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("allowed", Boolean, nullable=False),  # whether the last take got a token
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    # ingest jobs started over HTTP: run by the server that accepted them, seen and
+    # cancelled from any server (cancel_requested), alive while heartbeat is recent
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(20), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Column("started_at", String(40)),
+    Column("finished_at", String(40)),
+    Column("args_json", Text, nullable=False),
+    Column("total", Int),
+    Column("done", Int, nullable=False),
+    Column("summary_json", Text),
+    Column("error_json", Text),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("runner", String(200), nullable=False),  # host:pid of the server running it
+    Column("heartbeat", Float, nullable=False),
 )

@@ -115,9 +115,7 @@ def create_app(
             except Exception:
                 log.exception("retention purge at start failed")
         yield
-        # Sessions live in this process only: end them all (revoking their tokens).
-        for sess in ctx.sessions.pop_all():
-            await run_in_threadpool(ctx.end_session, sess)
+        # Sessions are in the database and outlive this server (another may serve them).
         ctx.jobs.shutdown()
 
     app = FastAPI(

@@ -6,60 +6,56 @@ import ipaddress
 import math
 import secrets
 import typing
+from dataclasses import asdict
 
 from fastapi import Request
 
-from faceledger.accounts.auth import Actor, AuthError, PermissionDenied
-from faceledger.core import Faceledger, RefusedError
+from faceledger.accounts.auth import Actor
+from faceledger.core import Faceledger, WebSession
 from faceledger.core.jobs import JobManager
 from faceledger.http.errors import ApiError
 from faceledger.http.ratelimit import RateLimiter
-from faceledger.http.sessions import SessionStore, WebSession
+from faceledger.http.sessions import Flash
 from faceledger.http.settings import ApiSettings, proxy_networks
 
 
 class AppContext:
-    """What every request handler shares: the core, sessions, limits, jobs, the analyzer lock."""
+    """What every request handler shares: the core, the limits, the jobs, trusted proxies."""
 
     def __init__(self, fl: Faceledger, settings: ApiSettings) -> None:
         self.fl = fl
         self.settings = settings
-        self.sessions = SessionStore(settings.session_idle_seconds, settings.session_max_seconds)
-        self.limiter = RateLimiter()
+        self.limiter = RateLimiter(fl)
         self.jobs = JobManager(fl, settings.ingest_workers, ingest_roots=settings.ingest_roots)
         self.proxies = proxy_networks(settings.trusted_proxies)
 
-    # sessions ---------------------------------------------------------------------------------
+    # sessions (in the gallery database: any server can serve any session) -----------------
     def start_session(self, username: str, password: str, address: str) -> tuple[Actor, WebSession]:
         """Log in and open a web session: the core creates the session's token with the
-        login (one ledger entry); its secret stays here."""
-        for old in self.sessions.pop_expired():
-            self.end_session(old)
-        actor, token_id, secret = self.fl.login_session(username, password, address, days=1)
-        return actor, self.sessions.create(token_id, secret, actor.username)
+        login (one ledger entry); the cookie carries its secret."""
+        return self.fl.open_web_session(username, password, address)
 
     def end_session(self, sess: WebSession) -> None:
-        """Revoke the session's token (best effort: it may be revoked or expired already)."""
-        try:
-            actor = self.fl.authenticate_token(sess.secret, record_use=False)
-            self.fl.revoke_token(actor, sess.token_id)
-        except (AuthError, RefusedError, PermissionDenied):
-            pass
+        """Log out: the session ends on every server, its token revoked."""
+        self.fl.end_web_session(sess.secret, sess.token_id)
 
     def session_for(self, sid: str | None) -> WebSession | None:
         if not sid:
             return None
-        live, expired = self.sessions.get(sid)
-        if expired is not None:
-            self.end_session(expired)
-        return live
+        s = self.settings
+        return self.fl.web_session(sid, s.session_idle_seconds, s.session_max_seconds)
 
     def session_actor(self, sess: WebSession) -> Actor:
-        try:
-            return self.fl.authenticate_token(sess.secret, web_session=True)
-        except AuthError:
-            self.sessions.pop(sess.sid)
-            raise
+        return self.fl.web_session_actor(sess)
+
+    def add_flash(self, sess: WebSession, flash: Flash) -> None:
+        self.fl.add_flash(sess, asdict(flash))
+
+    def take_flashes(self, sess: WebSession) -> list[Flash]:
+        return [
+            Flash(f["kind"], f["message"], f["section"], tuple(f["fields"]), dict(f["values"]))
+            for f in self.fl.take_flashes(sess)
+        ]
 
     def check_csrf(self, sess: WebSession, sent: str | None, where: str) -> None:
         if not sent or not secrets.compare_digest(sent, sess.csrf):

@@ -37,7 +37,7 @@ def ingest(
 
 @router.get("/jobs", response_model=list[JobOut], responses=ERRORS, tags=["gallery"])
 def list_jobs(ctx: Ctx, actor: CurrentActor) -> list[dict[str, Any]]:
-    """Ingest jobs of this server process (admin)."""
+    """Ingest jobs of every server on this gallery (admin)."""
     return [j.as_dict() for j in ctx.jobs.list(actor)]
 
 

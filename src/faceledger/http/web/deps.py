@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Form, Request
 
 from faceledger.accounts.auth import Actor, AuthError
+from faceledger.core import WebSession
 from faceledger.http.context import AppContext, ctx_of
-from faceledger.http.sessions import SESSION_COOKIE, WebSession
+from faceledger.http.sessions import SESSION_COOKIE
 
 
 class LoginRequired(AuthError):

@@ -100,7 +100,7 @@ def login(
     resp = redirect(local_url(next, landing(actor)))
     resp.set_cookie(
         SESSION_COOKIE,
-        sess.sid,
+        sess.secret,
         httponly=True,
         samesite="strict",
         secure=ctx.cookie_secure(request),
@@ -112,7 +112,6 @@ def login(
 
 @router.post("/logout")
 def logout(request: Request, user: PostUser) -> Response:
-    user.ctx.sessions.pop(user.sess.sid)
     user.ctx.end_session(user.sess)
     resp = redirect("/login?bye=1")
     resp.delete_cookie(SESSION_COOKIE, path="/")

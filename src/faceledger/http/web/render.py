@@ -136,7 +136,7 @@ def render(
 ) -> HTMLResponse:
     flashes: list[Flash] = []
     if user is not None:
-        flashes, user.sess.flashes = user.sess.flashes, []
+        flashes = user.ctx.take_flashes(user.sess)
     actor = user.actor if user else None
     base = {
         "actor": actor,
@@ -160,7 +160,7 @@ def flash(
     values: dict[str, str] | None = None,
 ) -> None:
     """A message for the next page, in its ``section`` (see :class:`Flash`)."""
-    user.sess.flashes.append(Flash(kind, message, section, tuple(fields), dict(values or {})))
+    user.ctx.add_flash(user.sess, Flash(kind, message, section, tuple(fields), dict(values or {})))
 
 
 def section_of(url: str) -> str:
