@@ -327,8 +327,8 @@ class JobManager:
 
     def _forget_old(self) -> None:
         """Keep the newest :data:`MAX_JOBS_KEPT` finished jobs (every run is still in
-        ``ingest_runs`` and the ledger)."""
-        with self.fl.store.engine.begin() as conn:
+        ``ingest_runs`` and the ledger). Read, then delete: the writer's transaction."""
+        with self.fl.store.writer.begin() as conn:
             old = (
                 select(jobs_table.c.id)
                 .where(jobs_table.c.status.in_(FINISHED))
