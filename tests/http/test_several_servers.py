@@ -1,7 +1,7 @@
 """Two `faceledger serve` processes on one gallery behave as one (#16 item 3).
 
-Two real servers on two loopback ports share one data dir and its database (PostgreSQL in
-the PostgreSQL pass of `make test`, the SQLite file otherwise): a login on one is a session
+Two real servers on two loopback ports share one data dir and its PostgreSQL database (the
+PostgreSQL pass of `make test`): a login on one is a session
 on the other, an ingest job started on one is seen and cancelled on the other, the request
 limits count across both, and the ledger they both write stays one verifiable chain.
 """
@@ -30,6 +30,10 @@ from faceledger.core.jobs import JobManager
 from faceledger.http.sessions import CSRF_HEADER, LOGIN_CSRF_COOKIE, SESSION_COOKIE
 from faceledger.ledger import audit
 
+# The deployment this is for is several servers on one PostgreSQL gallery; the SQLite pass
+# leaves it to the PostgreSQL pass (the same code paths, and a minute of CI time).
+pytestmark = pytest.mark.postgres
+
 CASE = {"case_number": "CASE-7", "purpose": "violent-crime", "justification": "CCTV still"}
 LOGINS_PER_ADDRESS = 6  # FACELEDGER_LOGIN_RATE_PER_MINUTE below: the burst is 10
 
@@ -55,6 +59,9 @@ class Server:
         cmd += ["--data-dir", str(data_dir)]
         self.log = log.open("w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.log_path = log
+
+    def wait_started(self) -> None:
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -63,7 +70,7 @@ class Server:
             except httpx.TransportError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+                raise RuntimeError(f"no server: {self.log_path.read_text()[-2000:]}")
             time.sleep(0.2)
 
     def stop(self, sig: int = signal.SIGINT) -> None:
@@ -100,10 +107,13 @@ def gallery(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
 @pytest.fixture(scope="module")
 def servers(gallery: dict[str, Path]) -> Iterator[tuple[Server, Server]]:
     a = Server(gallery["data"], gallery["roots"], gallery["base"] / "a.log")
+    b = Server(gallery["data"], gallery["roots"], gallery["base"] / "b.log")
     try:
-        b = Server(gallery["data"], gallery["roots"], gallery["base"] / "b.log")
+        a.wait_started()
+        b.wait_started()
     except BaseException:
         a.stop()
+        b.stop()
         raise
     yield a, b
     a.stop()
