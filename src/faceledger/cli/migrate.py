@@ -4,6 +4,7 @@ this command shows a progress bar per table and says where things went."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Annotated, Any
 
 import typer
@@ -35,17 +36,17 @@ def migrate(
     new database and gallery.db is renamed gallery.db.migrated-<time>. Stop `faceledger
     serve` and ingests on this data dir first (the command refuses while one has the gallery
     open). An interrupted migration can be run again."""
-    with (
-        session(data_dir, as_user) as (fl, actor),
-        progress_bar("tables", None, enabled=not as_json) as bar,
-    ):
-        overall = bar.task_ids[0]
+    with session(data_dir, as_user) as (fl, actor), ExitStack() as shown:
         tasks: dict[str, Any] = {}
+        bars: list[Any] = []  # shown from the first table on (a refusal shows none)
 
         def progress(table: str, done: int, total: int) -> None:
+            if not bars:
+                bars.append(shown.enter_context(progress_bar("tables", None, not as_json)))
+            bar = bars[0]
             if table not in tasks:
                 if tasks:
-                    bar.advance(overall)
+                    bar.advance(bar.task_ids[0])
                 tasks[table] = bar.add_task(f"  {table}", total=total)
             bar.update(tasks[table], completed=done)
 
@@ -53,8 +54,8 @@ def migrate(
             result = fl.migrate_database(actor, to, progress)
         except RuntimeError as exc:  # PostgreSQL refused rows, or the copy does not verify
             fail(escape(f"{exc}. The data dir still uses its SQLite gallery."))
-        if tasks:
-            bar.update(overall, completed=len(tasks), total=len(tasks))
+        if bars:
+            bars[0].update(bars[0].task_ids[0], completed=len(tasks), total=len(tasks))
     if as_json:
         dump(
             {

@@ -229,29 +229,41 @@ def create_tables(dst: Connection) -> None:
     add_missing_columns(dst)
 
 
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def copy_tables(
     src: Connection, dst: Connection, progress: Progress, batch: int = BATCH
 ) -> dict[str, int]:
-    """Copy every row of every table, parents before children, ``batch`` rows per INSERT,
-    ids kept; returns the rows copied per table."""
+    """Copy every row of every table, parents before children, ids kept, through
+    PostgreSQL's COPY in ``dst``'s transaction (a multi-row INSERT per batch is about five
+    times slower); ``progress`` hears of each ``batch`` rows. Returns the rows copied per
+    table."""
+    raw: Any = dst.connection.dbapi_connection  # psycopg's, inside dst's transaction
     counts: dict[str, int] = {}
     for table in metadata.sorted_tables:
         total = int(src.execute(select(func.count()).select_from(table)).scalar_one())
         progress(table.name, 0, total)
         order = list(table.primary_key.columns) or list(table.columns)
         result = src.execution_options(yield_per=batch).execute(select(table).order_by(*order))
+        columns = ", ".join(_quote(c.name) for c in table.columns)
         done = 0
-        for rows in result.mappings().partitions(batch):
-            try:
-                dst.execute(insert(table), [dict(r) for r in rows])
-            except SQLAlchemyError as exc:
-                orig = getattr(exc, "orig", None) or exc
-                raise RuntimeError(
-                    f"PostgreSQL refused rows of table {table.name} "
-                    f"({str(orig).splitlines()[0]}); nothing was moved"
-                ) from exc
-            done += len(rows)
-            progress(table.name, done, total)
+        try:
+            with (
+                raw.cursor() as cur,
+                cur.copy(f"COPY {_quote(table.name)} ({columns}) FROM STDIN") as copy,
+            ):
+                for rows in result.partitions(batch):
+                    for row in rows:
+                        copy.write_row(tuple(row))
+                    done += len(rows)
+                    progress(table.name, done, total)
+        except raw.Error as exc:  # the server checks rows (lengths, keys) as they arrive
+            raise RuntimeError(
+                f"PostgreSQL refused rows of table {table.name} "
+                f"({str(exc).splitlines()[0]}); nothing was moved"
+            ) from exc
         counts[table.name] = done
     return counts
 
