@@ -37,6 +37,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "manage_policy": frozenset({"admin"}),
     "manage_index": frozenset({"admin"}),
     "manage_subjects": frozenset({"admin"}),
+    "migrate_database": frozenset({"admin"}),
     "read_ledger": frozenset({"auditor"}),
     "verify_ledger": frozenset({"auditor", "admin"}),
     "report": frozenset({"auditor", "supervisor"}),

@@ -20,6 +20,7 @@ from faceledger.cli import (
     compare,
     evaluation,
     gallery,
+    migrate,
     search,
     serve,
     subjects,
@@ -75,6 +76,7 @@ for command in (
     gallery.erase,
     gallery.purge,
     serve.serve,
+    migrate.migrate,
 ):
     app.command()(command)
 

@@ -27,6 +27,7 @@ from faceledger.core.base import (
 )
 from faceledger.core.compare import CompareDoor
 from faceledger.core.disclosure import DisclosureDoor
+from faceledger.core.migration import MigrationDoor, MigrationResult
 from faceledger.core.multiphoto import MAX_PROBE_PHOTOS, MultiPhotoDoor
 from faceledger.core.shared import SharedStateDoor, WebSession
 from faceledger.core.subjects import SubjectsDoor
@@ -44,6 +45,7 @@ __all__ = [
     "MAX_UNIT",
     "SYSTEM",
     "Faceledger",
+    "MigrationResult",
     "PolicyTamperedError",
     "RefusedError",
     "SearchRequest",
@@ -55,11 +57,14 @@ __all__ = [
 ]
 
 
-class Faceledger(CompareDoor, DisclosureDoor, SubjectsDoor, MultiPhotoDoor, SharedStateDoor):
+class Faceledger(
+    CompareDoor, DisclosureDoor, SubjectsDoor, MultiPhotoDoor, SharedStateDoor, MigrationDoor
+):
     """The one door: every entry point holds one of these and calls its methods. Its parts
     are stacked by what they build on (see ARCHITECTURE.md): :class:`CoreBase` (state,
     ``require``, ``record``), accounts, cases, searching, records, reviews, case file,
     gallery, ledger, disclosure; the side-by-side comparison (``core/compare.py``), subjects'
     duplicates and merges (``core/subjects.py``), video probes (``core/video.py``) and
     multi-photo probes (``core/multiphoto.py``); what several API servers share: web
-    sessions and rate limits (``core/shared.py``)."""
+    sessions and rate limits (``core/shared.py``); moving the gallery from SQLite to
+    PostgreSQL (``core/migration.py``)."""

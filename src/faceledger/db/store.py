@@ -112,8 +112,8 @@ def resolve_database(data_dir: Path, url: str | None) -> tuple[str, dict[str, An
     if (data_dir / SQLITE_FILE).exists():
         raise DatabaseBindingError(
             f"{data_dir} keeps its gallery in SQLite ({SQLITE_FILE}); refusing to use "
-            f"{redact_url(url)} instead (moving a gallery between databases is not "
-            "supported: use a new data dir, or unset --db/$FACELEDGER_DB)"
+            f"{redact_url(url)} instead (to move the gallery there, run `faceledger migrate "
+            "--to URL` without --db/$FACELEDGER_DB; or use a new data dir)"
         )
     # recorded by the Store once the database has accepted this data dir
     return url, {"url": url, "data_dir_id": uuid.uuid4().hex}

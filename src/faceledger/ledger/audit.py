@@ -18,6 +18,7 @@ editing a record in the database, or inserting one behind faceledger's back, is 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
@@ -285,17 +286,22 @@ def _batches(
 
 
 def verify(
-    store: Store, checkpoint: str | None = None, records: bool = True, batch: int = BATCH
+    store: Store | Connection,
+    checkpoint: str | None = None,
+    records: bool = True,
+    batch: int = BATCH,
 ) -> VerifyResult:
     """Recompute the chain; with ``checkpoint`` ("seq:hash") also detect truncation; with
     ``records`` also recompute every search, verification and case request against it.
 
     Everything is read in one snapshot (a read transaction; REPEATABLE READ on
-    PostgreSQL), in seq/id order, ``batch`` rows at a time."""
+    PostgreSQL), in seq/id order, ``batch`` rows at a time. Given a connection instead of
+    a store, it reads in that connection's transaction (what a migration has copied but
+    not yet committed)."""
     chain = ChainChecker()
     restorations: list[int] = []
-    with store.engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
+    with _reading(store) as conn:
+        if conn.dialect.name == "postgresql" and isinstance(store, Store):
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         for r in _batches(conn, ledger, "seq", batch):
             seq = int(r["seq"])
@@ -349,6 +355,15 @@ def verify(
         if records:
             _check_records(conn, res, batch)
     return res
+
+
+@contextlib.contextmanager
+def _reading(source: Store | Connection) -> Iterator[Connection]:
+    if isinstance(source, Connection):
+        yield source
+    else:
+        with source.engine.connect() as conn:
+            yield conn
 
 
 # -- the records against the chain -----------------------------------------------------------
