@@ -73,14 +73,17 @@ def ingest(
         str,
         typer.Option(
             help="Where decode/detect/embed run: local (a process pool on this machine) or "
-            "ray (Ray Data actors on a Ray cluster; needs pip install 'faceledger\\[scale]')."
+            "ray (a pool of Ray actors on a Ray cluster, each loading the models once; "
+            "needs pip install 'faceledger\\[scale]'). The --json summary's ray field gives "
+            "the photos per node, the actors and the model loads."
         ),
     ] = "local",
     address: Annotated[
         str | None,
         typer.Option(
-            help="With --engine ray: the Ray cluster to use, e.g. ray://head:10001 or auto "
-            "(default: start a local Ray)."
+            help="With --engine ray: the Ray cluster to use: the head's host:port (GCS, from "
+            "a node of the cluster), ray://head:10001 (Ray Client) or auto (default: start a "
+            "local Ray)."
         ),
     ] = None,
     detector: Detector = "hog",

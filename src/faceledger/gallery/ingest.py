@@ -115,9 +115,14 @@ class IngestSummary:
     stages: dict[str, float] = field(default_factory=dict)
     run_id: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
+    # The Ray engine's: where the work ran (photos per node id, actors, model loads); the
+    # local engine leaves it out.
+    ray: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if self.ray is None:
+            del d["ray"]
         d["failures"] = dict(self.failures)
         d["failed"] = sum(self.failures.values())
         return d
