@@ -28,8 +28,8 @@ class GalleryDoor(CaseFileDoor):
         address: str | None = None,
     ) -> Any:
         """Ingest ``items``. ``engine``: ``local`` (a pool of ``workers`` processes) or
-        ``ray`` (Ray Data actors on the cluster at ``address``, else a local Ray; ``workers``
-        actors, 0 or less: one per cluster CPU)."""
+        ``ray`` (one pool of Ray actors per run, on the cluster at ``address``, else a local
+        Ray; ``workers`` actors, 0 or less: one per cluster CPU)."""
         from faceledger.core.erasure import purge_expired
         from faceledger.gallery.erasure import load_blocklist
         from faceledger.gallery.ingest import Ingestor, check_engine
