@@ -50,6 +50,12 @@ hnsw_sq8 build per pair (rows keyed ``hnsw_sq8_M<m>_efc<efc>`` when there are se
 ``ef:c``: ``c``) candidates. ``--lfw-placement spread`` puts the LFW gallery faces at
 random rows among the distractors instead of first (HNSW inserts in row order).
 
+``--index milvus://HOST:PORT`` (or ``--milvus-server``: start the bundled Milvus 2.3.5 server
+for the run) also loads the same rows, with the same ids, into a Milvus collection
+(faceledger's HNSW parameters, flushed and indexed) and searches it with the same probes:
+``milvus`` in the output holds its figures and ``milvus_vs_faiss`` the ratios against the
+first FAISS kind (p50, recall@10) measured in the same run.
+
 Prints JSON (and writes it to ``--json-out``); progress goes to stderr.
 
 Measured (2-core dev VM, shared; dlib_resnet_v1+flip LFW table ``..._mf48.npz``; 3,678 LFW
@@ -115,6 +121,7 @@ from faceledger.evaluation.lfw_data import (
     one_to_n_split,
     rank_metrics,
 )
+from faceledger.evaluation.milvus_bench import drop, milvus_index, milvus_target
 from faceledger.gallery.index import (
     DEFAULT_ANN_KIND,
     EXACT_MAX_FACES,
@@ -479,6 +486,40 @@ SWEEP_KEYS = (
 )
 
 
+def milvus_row(ctx: Context, rows: RowStore, uri: str, lat_q: np.ndarray) -> dict[str, Any]:
+    """The gallery's rows in a Milvus collection, measured like the FAISS kinds; its p50 also
+    at Bounded consistency (the product searches at Strong)."""
+    index, row = milvus_index(uri, rows, say)
+    try:
+        row.update(measure(ctx, index, None, None, lat_q))
+        index.consistency = "Bounded"
+        ns = timed(index, lat_q, RANK_K)
+        row["p50_ms_bounded"], row["p99_ms_bounded"] = pct_ms(ns, 50), pct_ms(ns, 99)
+    finally:
+        drop(index)
+    say(
+        "milvus: "
+        + json.dumps({k: row[k] for k in ("rank1", "mates_in_exact_top10_lost", "recall_at_10")})
+        + f" p50 {row['p50_ms']} ms (Bounded {row['p50_ms_bounded']} ms)"
+    )
+    return row
+
+
+def ratios(milvus: dict[str, Any], faiss_row: dict[str, Any] | None, exact: dict[str, Any]):
+    """Milvus over FAISS (same run, same probes): p50 and recall@10; p50 over exact."""
+    out: dict[str, Any] = {"p50_over_exact": milvus["p50_ms"] / exact["p50_ms"]}
+    if faiss_row is not None:
+        out["faiss_kind"] = faiss_row["kind"]
+        out["p50_over_faiss"] = milvus["p50_ms"] / faiss_row["p50_ms"]
+        out["p50_bounded_over_faiss"] = milvus["p50_ms_bounded"] / faiss_row["p50_ms"]
+        out["recall_at_10_over_faiss"] = milvus["recall_at_10"] / faiss_row["recall_at_10"]
+        out["mates_lost"] = {
+            "milvus": milvus["mates_in_exact_top10_lost"],
+            "faiss": faiss_row["mates_in_exact_top10_lost"],
+        }
+    return out
+
+
 # --- main ------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -552,6 +593,16 @@ def main() -> None:
     ap.add_argument("--exact-seconds", type=float, default=10.0, help="budget, exact timing")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument(
+        "--index",
+        default=None,
+        help="also search the same vectors in this Milvus server (milvus://host:port)",
+    )
+    ap.add_argument(
+        "--milvus-server",
+        action="store_true",
+        help="without --index: start the bundled Milvus server for the run and compare it",
+    )
     args = ap.parse_args()
     global SEARCH_THREADS
     SEARCH_THREADS = max(1, args.threads)
@@ -825,6 +876,11 @@ def main() -> None:
                 row["sweep_ef"] = sweep
             out["indexes"][label] = row
             del index
+        with milvus_target(args.index, args.milvus_server, args.workdir, say) as uri:
+            if uri:
+                out["milvus"] = milvus_row(ctx, rows, uri, lat_q)
+                first = out["indexes"][next(iter(out["indexes"]))] if out["indexes"] else None
+                out["milvus_vs_faiss"] = ratios(out["milvus"], first, ex_row)
         out["seconds"] = round(time.perf_counter() - t_start, 1)
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -66,6 +66,20 @@ def search(
             "+ one search) against one of its photos",
         ),
     ] = 1,
+    index: Annotated[
+        str | None,
+        typer.Option(
+            "--index",
+            help="also load the same faces into this Milvus server (milvus://host:port) and "
+            "measure it on the same queries",
+        ),
+    ] = None,
+    milvus_server: Annotated[
+        bool,
+        typer.Option(
+            "--milvus-server", help="without --index: start the bundled Milvus server for it"
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Build an index over N synthetic faces; recall, latency and memory vs brute force."""
@@ -113,6 +127,8 @@ def search(
         log=log,
         sweep_nprobe=tuple(int(x) for x in sweep_nprobe.split(",")) if sweep_nprobe else None,
         probes=probes,
+        index_uri=index,
+        milvus_server=milvus_server,
     )
     if calibration is not None:
         result["calibration"] = calibration
@@ -153,4 +169,8 @@ def search(
     for key in keys:
         value = result.get(key)
         table.add_row(key, "-" if value is None else f"{value:,.4g}")
+    for key in ("recall_at_10", "p50_ms", "p99_ms", "p50_over_faiss", "recall_at_10_over_faiss"):
+        if "milvus" in result:
+            value = result["milvus"].get(key)
+            table.add_row(f"milvus {key}", "-" if value is None else f"{value:,.4g}")
     Console().print(table)

@@ -55,6 +55,7 @@ from typing import Any, TypedDict
 import faiss
 import numpy as np
 
+from faceledger.evaluation.milvus_bench import drop, milvus_index, milvus_target, search_figures
 from faceledger.gallery.index import (
     DEFAULT_ANN_KIND,
     EXACT_MAX_FACES,
@@ -491,8 +492,14 @@ def run_search_bench(
     log: Any = None,
     sweep_nprobe: tuple[int, ...] | None = None,
     probes: int = 1,
+    index_uri: str | None = None,
+    milvus_server: bool = False,
 ) -> dict[str, Any]:
     """Build an index over ``faces`` synthetic faces and measure it against brute force.
+
+    ``index_uri`` (``milvus://host:port``; or ``milvus_server``: a bundled server started for
+    the run) also loads the same faces into Milvus and measures it on the same queries
+    (``out["milvus"]``, with its p50 and recall@10 over the FAISS index's).
 
     ``probes`` K > 1 adds the fused K-photo probe (:func:`_fused_probe_bench`); every other
     figure is the single-photo search, as with K = 1.
@@ -657,6 +664,16 @@ def run_search_bench(
         if sweep:
             out["nprobe_sweep"] = sweep
         out.update(fused)
+        with milvus_target(index_uri, milvus_server, base, say) as uri:
+            if uri:
+                m_index, m_row = milvus_index(uri, rows, say)
+                try:
+                    m_row.update(search_figures(m_index, q, true_i, k))
+                finally:
+                    drop(m_index)
+                m_row["p50_over_faiss"] = m_row["p50_ms"] / p50 if p50 > 0 else None
+                m_row["recall_at_10_over_faiss"] = m_row["recall_at_10"] / r10 if r10 else None
+                out["milvus"] = m_row
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,6 +10,12 @@ vectors (each row also carries its ``model`` id, which counts and filters rely o
 like :class:`faceledger.gallery.index.IndexManager` does for FAISS: new faces are inserted, erased
 faces (tombstones) deleted, and the partition is rebuilt when it does not match.
 
+Errors: a server URI that nothing answers on, and a server lost in mid-use, raise
+:class:`MilvusUnavailableError` naming the URI (a ``ValueError``, so every interface reports
+it as the bad setting it is, and a ``ConnectionError``); the index object keeps working once
+the server is back (the client reconnects, and a collection the restarted server has not
+loaded yet is loaded again).
+
 Re-rank: Milvus' HNSW keeps the float32 vectors and scores every candidate it returns with
 the exact inner product, so asking for ``max(k * 10, 200)`` candidates (with ``ef`` at least
 that) and keeping the best ``k`` gives the exact top-k whenever the true neighbours were
@@ -20,7 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +49,68 @@ CANDIDATES_MIN = 200
 INSERT_BATCH = 5_000
 MODEL_ID_MAX = 128
 DELETE_BATCH = 10_000
+CONNECT_PROBE_S = 5.0  # TCP connect to a server URI when a data dir opens
+INDEX_WAIT_S = 3600.0  # flush(wait=True): the longest wait for the HNSW build
+
+
+class MilvusUnavailableError(ConnectionError, ValueError):
+    """The Milvus server of an index URI does not answer (never started, stopped, gone)."""
+
+    def __init__(self, uri: str, detail: str) -> None:
+        super().__init__(
+            f"the Milvus index at {uri} is unreachable ({detail}); start the server or point "
+            "--index / $FACELEDGER_INDEX at one that runs (what the gallery database holds is "
+            "unchanged: the index catches up once it is back)"
+        )
+        self.uri = uri
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """What a pymilvus / gRPC error says about a lost server, or None if it is another error."""
+    import grpc
+    from pymilvus.client.types import Status
+
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return f"gRPC {code.name}"
+        return None
+    code = getattr(exc, "code", None)
+    if code == Status.CONNECT_FAILED or code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    ):
+        return str(getattr(exc, "message", "") or exc)
+    return None
+
+
+def _not_loaded(exc: BaseException) -> bool:
+    """A restarted server answers before it has loaded the collection again."""
+    return "not loaded" in str(getattr(exc, "message", "") or exc)
+
+
+def _quiet_pymilvus() -> None:
+    # pymilvus logs every failed call at ERROR with a full traceback (through logging's
+    # last-resort handler when nothing is configured, i.e. onto the command line's stderr);
+    # the error reaches the caller as MilvusUnavailableError or the original exception anyway
+    log = logging.getLogger("pymilvus.decorators")
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.CRITICAL)
+
+
+def probe(uri: str, timeout_s: float = CONNECT_PROBE_S) -> None:
+    """Raise :class:`MilvusUnavailableError` unless something accepts TCP connections at a
+    server URI's host and port (a Milvus Lite path is not probed)."""
+    target = parse_uri(uri)
+    if target.lite:
+        return
+    parsed = urlparse(target.client_uri)
+    host, port = parsed.hostname or "", parsed.port or 19530
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise MilvusUnavailableError(uri, f"no server at {host}:{port}: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -105,10 +177,19 @@ class MilvusIndex:
     ) -> None:
         from pymilvus import MilvusClient
 
+        _quiet_pymilvus()
         target = parse_uri(uri) if is_milvus_uri(uri) else MilvusTarget(uri, "", None)
         if target.lite:
             Path(target.client_uri).parent.mkdir(parents=True, exist_ok=True)
-        self.client = client or MilvusClient(uri=target.client_uri, token=target.token)
+        self.uri = uri
+        if client is None:
+            try:
+                client = MilvusClient(uri=target.client_uri, token=target.token)
+            except Exception as e:
+                if (detail := _unreachable(e)) is None:
+                    raise
+                raise MilvusUnavailableError(uri, detail) from e
+        self.client = client
         self.dim = dim
         self.model_id = model_id
         self.collection = target.collection or collection
@@ -118,15 +199,34 @@ class MilvusIndex:
         self.ef_search = ef_search
         self.candidate_factor = candidate_factor
         self.candidates_min = candidates_min
+        # Strong: every search and count sees every acknowledged insert and delete (an erasure
+        # is gone from the very next search), at the cost of waiting for the server's next
+        # time tick (up to 200 ms); "Bounded" is for benchmarks that measure that cost
+        self.consistency = "Strong"
         self._count: int | None = None
         self._ensure()
+
+    # calls to the server
+    def _rpc(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``self.client.<method>(...)`` with a lost server turned into
+        :class:`MilvusUnavailableError` and a not-yet-reloaded collection loaded again."""
+        call: Callable[..., Any] = getattr(self.client, method)
+        try:
+            return call(*args, **kwargs)
+        except Exception as e:
+            if (detail := _unreachable(e)) is not None:
+                raise MilvusUnavailableError(self.uri, detail) from e
+            if not _not_loaded(e) or method == "load_collection":
+                raise
+        self._rpc("load_collection", self.collection)
+        return self._rpc(method, *args, **kwargs)
 
     # schema
     def _ensure(self) -> None:
         from pymilvus import DataType, MilvusClient
 
         c = self.client
-        if not c.has_collection(self.collection):
+        if not self._rpc("has_collection", self.collection):
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.INT64, is_primary=True)
             schema.add_field("model", DataType.VARCHAR, max_length=MODEL_ID_MAX)
@@ -138,43 +238,66 @@ class MilvusIndex:
                 metric_type="IP",
                 params={"M": self.hnsw_m, "efConstruction": self.ef_construction},
             )
-            c.create_collection(
+            self._rpc(
+                "create_collection",
                 self.collection,
                 schema=schema,
                 index_params=index_params,
                 consistency_level="Strong",
             )
         else:
-            fields = {f["name"]: f for f in c.describe_collection(self.collection)["fields"]}
+            desc = self._rpc("describe_collection", self.collection)
+            fields = {f["name"]: f for f in desc["fields"]}
             vec = fields.get("vec")
             if "model" not in fields or not vec or int(vec["params"]["dim"]) != self.dim:
                 raise ValueError(
                     f"Milvus collection {self.collection!r} is not a faceledger collection of "
                     f"{self.dim}-d vectors"
                 )
-        if not c.has_partition(self.collection, self.partition):
-            c.create_partition(self.collection, self.partition)
-        c.load_collection(self.collection)
+        if not self._rpc("has_partition", self.collection, self.partition):
+            self._rpc("create_partition", self.collection, self.partition)
+        self._rpc("load_collection", self.collection)
 
     def drop(self) -> None:
         """Remove this model's partition (all its vectors) and create it empty."""
-        c = self.client
-        c.release_collection(self.collection)
-        if c.has_partition(self.collection, self.partition):
-            c.drop_partition(self.collection, self.partition)
-        c.create_partition(self.collection, self.partition)
-        c.load_collection(self.collection)
+        if self.count() == 0:  # already empty: spare the release and reload (~4 s)
+            return
+        self._rpc("release_collection", self.collection)
+        if self._rpc("has_partition", self.collection, self.partition):
+            self._rpc("drop_partition", self.collection, self.partition)
+        self._rpc("create_partition", self.collection, self.partition)
+        self._rpc("load_collection", self.collection)
         self._count = 0
+
+    def flush(self, wait_index: bool = True, timeout_s: float = INDEX_WAIT_S) -> dict[str, Any]:
+        """Seal the inserted rows into segments and (``wait_index``) wait until the server has
+        built the vector index over all of them; the index's description (type, parameters,
+        ``indexed_rows``, ``total_rows``). Rows not flushed are searched by brute force from
+        the growing segments (as exact, slower at scale) until the server seals them itself."""
+        self._rpc("flush", self.collection)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            info: dict[str, Any] = self._rpc("describe_index", self.collection, "vec")
+            done = int(info.get("indexed_rows", 0)) >= int(info.get("total_rows", 0))
+            if not wait_index or (done and not int(info.get("pending_index_rows", 0))):
+                return info
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"Milvus at {self.uri} indexed {info.get('indexed_rows')} of "
+                    f"{info.get('total_rows')} rows in {timeout_s:.0f} s"
+                )
+            time.sleep(0.5)
 
     # interface
     def count(self) -> int:
         # counted by the model field: Milvus Lite ignores partition_names in count(*) queries
-        rows = self.client.query(
+        rows = self._rpc(
+            "query",
             self.collection,
             filter=f"model == {json.dumps(self.model_id)}",
             output_fields=["count(*)"],
             partition_names=[self.partition],
-            consistency_level="Strong",
+            consistency_level=self.consistency,
         )
         self._count = int(rows[0]["count(*)"])
         return self._count
@@ -190,7 +313,7 @@ class MilvusIndex:
                 {"id": int(i), "model": self.model_id, "vec": v}
                 for i, v in zip(ids[s : s + INSERT_BATCH], vecs[s : s + INSERT_BATCH], strict=True)
             ]
-            self.client.insert(self.collection, rows, partition_name=self.partition)
+            self._rpc("insert", self.collection, rows, partition_name=self.partition)
         self._count = None
 
     def remove(self, ids: np.ndarray) -> int:
@@ -199,8 +322,11 @@ class MilvusIndex:
             return 0
         before = len(self)
         for s in range(0, len(id_list), DELETE_BATCH):
-            self.client.delete(
-                self.collection, ids=id_list[s : s + DELETE_BATCH], partition_name=self.partition
+            self._rpc(
+                "delete",
+                self.collection,
+                ids=id_list[s : s + DELETE_BATCH],
+                partition_name=self.partition,
             )
         return before - self.count()
 
@@ -211,7 +337,8 @@ class MilvusIndex:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         k = min(k, n)
         c = min(max(k * self.candidate_factor, self.candidates_min), n, 16_384)
-        hits = self.client.search(
+        hits = self._rpc(
+            "search",
             self.collection,
             data=list(q),
             limit=c,
@@ -219,7 +346,7 @@ class MilvusIndex:
             search_params={"metric_type": "IP", "params": {"ef": max(self.ef_search, c)}},
             partition_names=[self.partition],
             output_fields=["id"],
-            consistency_level="Strong",
+            consistency_level=self.consistency,
         )
         scores = np.full((len(q), k), -1.0, np.float32)
         ids = np.full((len(q), k), -1, np.int64)
@@ -241,6 +368,7 @@ class MilvusIndexManager:
         self.store = store
         self.uri = uri
         self.target = parse_uri(uri)
+        probe(uri)  # a URI that nothing answers on: a clear error when the data dir opens
         self.state_path = store.data_dir / "index" / "milvus.json"
         digest = hashlib.sha1(str(store.data_dir.resolve()).encode()).hexdigest()[:10]
         self.collection_base = self.target.collection or f"faceledger_{digest}"
@@ -290,6 +418,8 @@ class MilvusIndexManager:
         for ids, vecs in self.store.iter_vectors():
             index.add(ids, vecs)
             max_id = int(ids[-1])
+        if max_id:  # sealed and indexed now, not when the server gets round to it
+            index.flush(wait_index=False)
         index.count()
         self.generation, self.delete_generation, self.max_id = gen, dgen, max_id
         return index
