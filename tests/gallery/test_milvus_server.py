@@ -74,9 +74,9 @@ def test_erasure_is_gone_from_the_next_search_and_models_stay_apart(
     milvus_server: Any, gallery: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
     """#16 item 1: faces erased in the database (tombstones) and caught up by the manager, or
-    removed from the index directly, are absent from the very next search (Strong
-    consistency, no wait); another model's partition in the same collection neither shows
-    in this model's results nor counts."""
+    removed from the index directly, are absent from the very next search (Strong reads
+    after this client's own writes, no wait); another model's partition in the same
+    collection neither shows in this model's results nor counts."""
     vectors, probes = gallery
     store = new_store(tmp_path)
     ids = add_faces(store, vectors[:1200])
@@ -96,6 +96,7 @@ def test_erasure_is_gone_from_the_next_search_and_models_stay_apart(
 
     direct = np.unique(after[:, 0])
     assert index.remove(direct) == len(direct)
+    assert index.level() == "Strong"  # within SELF_WRITE_STRONG_S of its own delete
     _, again = index.search(probes, 10)
     assert not np.isin(again, np.concatenate([gone, direct])).any()
 

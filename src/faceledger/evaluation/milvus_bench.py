@@ -55,14 +55,14 @@ def milvus_target(
 
 
 def milvus_index(
-    uri: str, rows: RowStore, log: Any = None, consistency: str = "Strong"
+    uri: str, rows: RowStore, log: Any = None, consistency: str | None = None
 ) -> tuple[MilvusIndex, dict[str, Any]]:
     """A new collection on ``uri`` holding ``rows`` (its live rows and ids), indexed; the
     index and what loading it took. Drop it with :func:`drop`."""
     say: Callable[[str], None] = log or (lambda msg: None)
     collection = f"faceledger_bench_{uuid.uuid4().hex[:12]}"
     index = MilvusIndex(uri, rows.dim, "bench", collection=collection)
-    index.consistency = consistency
+    index.consistency = consistency or index.consistency
     t0 = time.perf_counter()
     n = rows.rows
     for s in range(0, n, LOAD_CHUNK):
@@ -86,7 +86,7 @@ def milvus_index(
         "indexed_rows": info.get("indexed_rows"),
         "ef_search": index.ef_search,
         "candidates_min": index.candidates_min,
-        "consistency": consistency,
+        "consistency": index.consistency,
     }
     return index, stats
 
