@@ -149,8 +149,8 @@ def test_lost_server_is_a_clear_error_and_a_restart_loses_nothing_acknowledged(
 def test_an_index_uri_pointing_at_nothing_is_a_clear_error(
     lfw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_db: Any
 ) -> None:
-    """#16 item 5: a Milvus URI nothing answers on fails `ingest` and `search` with a message
-    that names the URI, at once, with no traceback."""
+    """#16 item 5: a Milvus URI nothing answers on fails `ingest`, `search` and `serve` with a
+    message that names the URI, at once, with no traceback."""
     uri = f"milvus://127.0.0.1:{free_port()}"
     monkeypatch.setenv("FACELEDGER_INDEX", uri)  # restored after the CLI's callback sets it
     store = new_store(tmp_path)
@@ -183,6 +183,7 @@ def test_an_index_uri_pointing_at_nothing_is_a_clear_error(
             "--justification",
             "CCTV still from the robbery",
         ],
+        ["serve", "--port", str(free_port())],  # refused before it listens
     ):
         res = runner.invoke(app, ["--index", uri, *args, *where])
         out = res.output + str(res.stderr_bytes or b"")
