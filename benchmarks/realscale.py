@@ -620,7 +620,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--milvus-candidates",
-        default="1000",
+        default="200",
         help="Milvus: also search with these candidate counts (the default is measured first)",
     )
     ap.add_argument(
