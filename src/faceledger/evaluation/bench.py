@@ -55,7 +55,13 @@ from typing import Any, TypedDict
 import faiss
 import numpy as np
 
-from faceledger.evaluation.milvus_bench import drop, milvus_index, milvus_target, search_figures
+from faceledger.evaluation.milvus_bench import (
+    drop,
+    milvus_index,
+    milvus_target,
+    search_figures,
+    timed_search,
+)
 from faceledger.gallery.index import (
     DEFAULT_ANN_KIND,
     EXACT_MAX_FACES,
@@ -563,16 +569,7 @@ def run_search_bench(
 
         def timed(idx: FaceIndex) -> tuple[np.ndarray, list[int]]:
             """Single-query latency of ``idx`` over all probes, and its results."""
-            for i in range(min(20, len(q))):  # warm-up
-                idx.search(q[i : i + 1], k)
-            got = np.empty((len(q), k), np.int64)
-            ns: list[int] = []
-            for i in range(len(q)):
-                t = time.perf_counter_ns()
-                _, ids = idx.search(q[i : i + 1], k)
-                ns.append(time.perf_counter_ns() - t)
-                got[i] = ids[0]
-            return got, ns
+            return timed_search(idx, q, k)
 
         def recall(got: np.ndarray) -> tuple[float, float]:
             r10 = np.mean([np.isin(true_i[j], got[j]).mean() for j in range(len(q))])
