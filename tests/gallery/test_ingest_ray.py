@@ -38,16 +38,25 @@ def ray_cluster() -> Iterator[None]:
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def photos(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """8 LFW photos (two each of 4 people) and a duplicate."""
-    src = tmp_path_factory.mktemp("photos")
-    people = [p.name for p in sorted(lfw.iterdir()) if lfw_image(lfw, p.name, 2).is_file()][:4]
+def photo_folder(lfw: Path, src: Path, n_people: int, duplicate: tuple[int, int]) -> list[str]:
+    """Two LFW photos each of the first ``n_people`` with two, one folder per person, and
+    person ``duplicate[0]``'s first photo again in person ``duplicate[1]``'s folder."""
+    people = [p.name for p in sorted(lfw.iterdir()) if lfw_image(lfw, p.name, 2).is_file()]
+    people = people[:n_people]
     for name in people:
         (src / name).mkdir()
         for n in (1, 2):
             shutil.copy(lfw_image(lfw, name, n), src / name)
-    shutil.copy(lfw_image(lfw, people[1], 1), src / people[3] / "zz_same_again.jpg")
+    first, into = (people[i] for i in duplicate)
+    shutil.copy(lfw_image(lfw, first, 1), src / into / "zz_same_again.jpg")
+    return people
+
+
+@pytest.fixture(scope="module")
+def photos(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 LFW photos (two each of 4 people) and a duplicate."""
+    src = tmp_path_factory.mktemp("photos")
+    photo_folder(lfw, src, 4, (1, 3))
     return src
 
 

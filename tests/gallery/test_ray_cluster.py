@@ -31,10 +31,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from test_ingest_ray import same_gallery  # this folder's module (pytest's rootdir imports)
+from test_ingest_ray import (  # this folder's module (pytest's rootdir imports)
+    photo_folder,
+    same_gallery,
+)
 
 import faceledger
-from conftest import blank_jpeg, lfw_image, need_module
+from conftest import blank_jpeg, need_module
 from faceledger.db.schema import ingest_runs
 from faceledger.db.store import Store
 from faceledger.gallery.ingest import Ingestor, PipelineSettings
@@ -169,12 +172,7 @@ def cluster() -> Iterator[Cluster]:
 def photos(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20 LFW photos (two each of 10 people), a duplicate, a corrupt file, a blank photo."""
     src = tmp_path_factory.mktemp("photos")
-    people = [p.name for p in sorted(lfw.iterdir()) if lfw_image(lfw, p.name, 2).is_file()][:10]
-    for name in people:
-        (src / name).mkdir()
-        for n in (1, 2):
-            shutil.copy(lfw_image(lfw, name, n), src / name)
-    shutil.copy(lfw_image(lfw, people[3], 1), src / people[7] / "zz_same_again.jpg")
+    people = photo_folder(lfw, src, 10, (3, 7))
     (src / people[5] / "m_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (src / people[9] / "n_landscape.jpg").write_bytes(blank_jpeg())
     return src
