@@ -261,14 +261,17 @@ def test_a_job_whose_server_died_is_shown_as_lost(
     gallery: dict[str, Path], servers: tuple[Server, Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """#16 item 3: a server killed mid-job leaves no job 'running' forever: the others mark
-    it failed once its heartbeat stops and remove its uploads, while the uploads of a job
-    another server is running stay."""
+    it failed once its heartbeat stops and remove its uploads, while the jobs another server
+    holds (running, or waiting behind the running one) and their uploads stay."""
     a, b = servers
     admin_a = web_login(a, "root")
     admin_b = web_login(b, "root")
     lost = upload_job(admin_a, gallery["big"])
     a.stop(signal.SIGKILL)
     alive = upload_job(admin_b, gallery["big"])
+    form = {"source": "archive", "legal_basis": "custody photos", "path": str(gallery["small"])}
+    r = admin_b.post("/api/v1/ingest", headers=csrf_of(admin_b), data=form)
+    behind = r.json()["id"]  # waits on B behind `alive`, its heartbeat kept by B all the same
     uploads = gallery["data"] / "uploads"
     assert (uploads / lost).is_dir() and (uploads / alive).is_dir()
 
@@ -281,11 +284,14 @@ def test_a_job_whose_server_died_is_shown_as_lost(
         job = manager.get(root, lost)
         assert job.status == "failed" and job.error and job.error["code"] == "server-lost"
         assert manager.get(root, alive).status == "running"
+        assert manager.get(root, behind).status == "queued"
         assert not (uploads / lost).exists() and (uploads / alive).is_dir()
     finally:
         manager.shutdown()
         fl.close()
     assert admin_b.get(f"/api/v1/jobs/{lost}").json()["status"] == "failed"
-    admin_b.post(f"/api/v1/jobs/{alive}/cancel", headers=csrf_of(admin_b))
-    assert wait_job(admin_b, alive, ("done", "cancelled"))["status"] == "cancelled"
+    for job_id in (behind, alive):
+        admin_b.post(f"/api/v1/jobs/{job_id}/cancel", headers=csrf_of(admin_b))
+    for job_id in (alive, behind):
+        assert wait_job(admin_b, job_id, ("done", "cancelled"))["status"] == "cancelled"
     assert not (uploads / alive).exists()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
 from faceledger.accounts.auth import Actor, AuthError, PermissionDenied
@@ -44,7 +45,7 @@ log = logging.getLogger("faceledger.core.jobs")
 UPLOADS_DIR = "uploads"
 MAX_ERRORS_SHOWN = 50
 MAX_JOBS_KEPT = 200
-# A running server writes its jobs' heartbeat at least this often (progress, or idle waits)
+# A server writes the heartbeat of the jobs it holds at least this often (progress, idle waits)
 HEARTBEAT_SECONDS = 5.0
 # ... and a job whose heartbeat is older than this lost its server
 LOST_AFTER_SECONDS = 120.0
@@ -183,8 +184,9 @@ class JobManager:
         return [Job.from_row(r) for r in rows]
 
     def _save(self, job: Job, *fields: str) -> bool:
-        """Write the job's ``fields`` and its heartbeat; True when someone asked it to stop."""
-        values: dict[str, Any] = {"heartbeat": time.time()}
+        """Write the job's ``fields``, and the heartbeat of every job this server holds;
+        True when someone asked this one to stop."""
+        values: dict[str, Any] = {}
         for name in fields:
             value = getattr(job, name)
             if name in ("summary", "error", "args"):
@@ -192,23 +194,24 @@ class JobManager:
             else:
                 values[name] = value
         with self.fl.store.engine.begin() as conn:
-            conn.execute(update(jobs_table).where(jobs_table.c.id == job.id).values(**values))
+            if values:
+                conn.execute(update(jobs_table).where(jobs_table.c.id == job.id).values(**values))
+            self._beat(conn, job.id)
             asked = conn.execute(
                 select(jobs_table.c.cancel_requested).where(jobs_table.c.id == job.id)
             ).scalar()
         job.cancel_requested = job.cancel_requested or bool(asked)
         return job.cancel_requested
 
-    def _beat(self) -> None:
-        """The heartbeat of the jobs waiting on this server (the running one beats as it
-        goes)."""
+    def _beat(self, conn: Connection, *also: str) -> None:
+        """The heartbeat of the jobs this server holds, the running one and those waiting
+        behind it (however long it runs, they are not lost), and of ``also``."""
         with self._lock:
-            ids = [j.id for j in self._waiting]
+            ids = {j.id for j in self._waiting} | set(also)
         if ids:
-            with self.fl.store.engine.begin() as conn:
-                conn.execute(
-                    update(jobs_table).where(jobs_table.c.id.in_(ids)).values(heartbeat=time.time())
-                )
+            conn.execute(
+                update(jobs_table).where(jobs_table.c.id.in_(ids)).values(heartbeat=time.time())
+            )
 
     # -- submission ------------------------------------------------------------------------
     def start_ingest(
@@ -389,7 +392,8 @@ class JobManager:
             try:
                 job = self._queue.get(timeout=HEARTBEAT_SECONDS)
             except queue.Empty:
-                self._beat()
+                with self.fl.store.engine.begin() as conn:
+                    self._beat(conn)
                 continue
             if job is None:
                 return
