@@ -41,13 +41,12 @@ def csrf_of(secret: str) -> str:
 
 @dataclass
 class WebSession:
-    """A live web session, as one request sees it. ``secret`` is the cookie's value."""
+    """A live web session, as one request sees it (its clocks stay in the database).
+    ``secret`` is the cookie's value."""
 
     token_id: int
     username: str
     secret: str = field(repr=False)
-    created: float
-    last_seen: float
     flashes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -65,8 +64,7 @@ class SharedStateDoor(AccountsDoor):
         """Log in and open a web session (:meth:`login_session`: the token, its session
         row and the ``login`` ledger entry in one transaction)."""
         actor, token_id, secret = self.login_session(username, password, address, days=1)
-        now = time.time()
-        return actor, WebSession(token_id, actor.username, secret, now, now)
+        return actor, WebSession(token_id, actor.username, secret)
 
     def web_session(
         self, secret: str, idle_seconds: float, max_seconds: float
@@ -94,7 +92,7 @@ class SharedStateDoor(AccountsDoor):
                     .values(last_seen=now)
                 )
         flashes = json.loads(row.flashes_json)
-        return WebSession(int(row.token_id), row.username, secret, row.created, now, flashes)
+        return WebSession(int(row.token_id), row.username, secret, flashes)
 
     def web_session_actor(self, sess: WebSession) -> Actor:
         """The session's user, checked as a token (revoked, expired, disabled: AuthError,
