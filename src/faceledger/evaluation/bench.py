@@ -55,13 +55,7 @@ from typing import Any, TypedDict
 import faiss
 import numpy as np
 
-from faceledger.evaluation.milvus_bench import (
-    drop,
-    milvus_index,
-    milvus_target,
-    search_figures,
-    timed_search,
-)
+from faceledger.evaluation.milvus_bench import drop, milvus_index, milvus_target
 from faceledger.gallery.index import (
     DEFAULT_ANN_KIND,
     EXACT_MAX_FACES,
@@ -567,30 +561,43 @@ def run_search_bench(
 
         faiss.omp_set_num_threads(threads)
 
-        def timed(idx: FaceIndex) -> tuple[np.ndarray, list[int]]:
-            """Single-query latency of ``idx`` over all probes, and its results."""
-            return timed_search(idx, q, k)
+        def timed(idx: Any) -> tuple[np.ndarray, list[int]]:
+            """Single-query latency of ``idx`` (a FAISS or Milvus index) over all probes, and
+            its results."""
+            for i in range(min(20, len(q))):  # warm-up
+                idx.search(q[i : i + 1], k)
+            got = np.empty((len(q), k), np.int64)
+            ns: list[int] = []
+            for i in range(len(q)):
+                t = time.perf_counter_ns()
+                _, ids = idx.search(q[i : i + 1], k)
+                ns.append(time.perf_counter_ns() - t)
+                got[i] = ids[0]
+            return got, ns
 
         def recall(got: np.ndarray) -> tuple[float, float]:
             r10 = np.mean([np.isin(true_i[j], got[j]).mean() for j in range(len(q))])
             return float(np.mean(got[:, 0] == true_i[:, 0])), float(r10)
 
+        def figures(idx: Any) -> dict[str, float]:
+            """recall@1/@10 and single-query p50/p99 of ``idx``."""
+            got, ns = timed(idx)
+            r1, r10 = recall(got)
+            return {
+                "recall_at_1": r1,
+                "recall_at_10": r10,
+                "p50_ms": _percentile_ms(ns, 50),
+                "p99_ms": _percentile_ms(ns, 99),
+            }
+
         sweep = []
         if index.kind in IVF_KINDS:
             for nprobe in sweep_nprobe or ():
                 index.params = replace(params, nprobe=nprobe)
-                got, ns = timed(index)
-                r1, r10 = recall(got)
-                sweep.append(
-                    {
-                        "nprobe": nprobe,
-                        "recall_at_1": r1,
-                        "recall_at_10": r10,
-                        "p50_ms": _percentile_ms(ns, 50),
-                        "p99_ms": _percentile_ms(ns, 99),
-                    }
-                )
-                say(f"nprobe {nprobe}: recall@10 {r10:.4f}, p50 {sweep[-1]['p50_ms']:.3f} ms")
+                row = {"nprobe": nprobe, **figures(index)}
+                sweep.append(row)
+                r10_here, p50_here = row["recall_at_10"], row["p50_ms"]
+                say(f"nprobe {nprobe}: recall@10 {r10_here:.4f}, p50 {p50_here:.3f} ms")
             index.params = params
         got_i, lat = timed(index)
         # single-query latency of exact search (FAISS brute-force kernel), time-boxed
@@ -665,7 +672,7 @@ def run_search_bench(
             if uri:
                 m_index, m_row = milvus_index(uri, rows, say)
                 try:
-                    m_row.update(search_figures(m_index, q, true_i, k))
+                    m_row.update(figures(m_index))
                 finally:
                     drop(m_index)
                 m_row["p50_over_faiss"] = m_row["p50_ms"] / p50 if p50 > 0 else None

@@ -95,34 +95,3 @@ def drop(index: MilvusIndex) -> None:
     """Remove the benchmark's collection from the server."""
     with contextlib.suppress(Exception):
         index.client.drop_collection(index.collection)
-
-
-def timed_search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[int]]:
-    """Any index's top-``k`` ids for each query, one query per call after 20 warm-up
-    queries, and each call's time (ns): how ``bench search`` times FAISS and Milvus alike."""
-    for i in range(min(20, len(queries))):
-        index.search(queries[i : i + 1], k)
-    got = np.empty((len(queries), k), np.int64)
-    ns: list[int] = []
-    for i in range(len(queries)):
-        t = time.perf_counter_ns()
-        _, ids = index.search(queries[i : i + 1], k)
-        ns.append(time.perf_counter_ns() - t)
-        got[i] = ids[0]
-    return got, ns
-
-
-def search_figures(
-    index: MilvusIndex, queries: np.ndarray, true_ids: np.ndarray, k: int
-) -> dict[str, Any]:
-    """recall@1/@10 against exact ids, and single-query p50/p99 (one query per call, after
-    20 warm-up queries), as ``bench search`` measures the FAISS index."""
-    got, ns = timed_search(index, queries, k)
-    r10 = np.mean([np.isin(true_ids[j], got[j]).mean() for j in range(len(queries))])
-    lat = np.asarray(ns, np.float64) / 1e6
-    return {
-        "recall_at_1": float(np.mean(got[:, 0] == true_ids[:, 0])),
-        "recall_at_10": float(r10),
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
-    }
