@@ -25,7 +25,7 @@ from faceledger.cli import app
 from faceledger.core import Faceledger, SearchRequest
 from faceledger.db import migrate
 from faceledger.db.schema import faces, ledger, meta, metadata
-from faceledger.db.store import BINDING_FILE, normalise_url
+from faceledger.db.store import BINDING_FILE, normalise_url, read_meta
 from faceledger.errors import RefusedError
 from faceledger.gallery.ingest import PipelineSettings
 from faceledger.gallery.sources import iter_paths
@@ -186,7 +186,7 @@ def test_a_non_empty_target_is_refused(sqlite_dir: Path, target: str, tmp_path: 
     assert (sqlite_dir / "gallery.db").exists() and not (sqlite_dir / BINDING_FILE).exists()
     other = Store(tmp_path / "other")
     with other.engine.connect() as conn:
-        assert rows(conn, ledger) == [] and migrate.get_meta(conn, "data_dir_id")
+        assert rows(conn, ledger) == [] and read_meta(conn, "data_dir_id")
     other.close()
 
 

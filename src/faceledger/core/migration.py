@@ -37,7 +37,15 @@ from faceledger.accounts.auth import Actor
 from faceledger.core.base import LEDGER_TARGET_MAX, bounded
 from faceledger.core.ledger import LedgerDoor
 from faceledger.db import migrate
-from faceledger.db.store import SQLITE_FILE, Store, normalise_url, now_iso, redact_url
+from faceledger.db.store import (
+    SQLITE_FILE,
+    Store,
+    normalise_url,
+    now_iso,
+    read_meta,
+    redact_url,
+    write_meta,
+)
 from faceledger.errors import RefusedError
 from faceledger.ledger import audit
 from faceledger.ledger.guards import install_ledger_guards, restore_ledger_guards
@@ -135,7 +143,7 @@ class MigrationDoor(LedgerDoor):
                 {"to": shown, "data_dir_id": data_dir_id, "replaces_unfinished_copy": replacing},
             )
         with src.begin():
-            source_head = migrate.ledger_head(src)
+            source_head = audit.head_at(src)
             with dst.begin() as conn:
                 migrate.lock_target(conn)
                 state = migrate.target_state(conn)  # again, under the lock
@@ -161,8 +169,8 @@ class MigrationDoor(LedgerDoor):
                     },
                 )
                 record = {"source_head": _head_text(source_head), "rows": rows, "at": now_iso()}
-                migrate.set_meta(conn, "data_dir_id", data_dir_id)
-                migrate.set_meta(conn, migrate.MIGRATED_KEY, json.dumps(record))
+                write_meta(conn, "data_dir_id", data_dir_id)
+                write_meta(conn, migrate.MIGRATED_KEY, json.dumps(record))
             target_head = _head_text((entry.seq, entry.hash))
             audit.append(
                 src,
@@ -190,8 +198,8 @@ class MigrationDoor(LedgerDoor):
         ``gallery.db`` was moved aside, or refuse."""
         shown = redact_url(target)
         with self.store.engine.connect() as conn:
-            raw = migrate.get_meta(conn, migrate.MIGRATED_KEY)
-            data_dir_id = migrate.get_meta(conn, "data_dir_id")
+            raw = read_meta(conn, migrate.MIGRATED_KEY)
+            data_dir_id = read_meta(conn, "data_dir_id")
         here = redact_url(self.store.url)
         sqlite_file = self.data_dir / SQLITE_FILE
         if raw is None:
@@ -252,7 +260,7 @@ class MigrationDoor(LedgerDoor):
         checked = audit.verify(conn)
         if not checked.ok:
             raise RuntimeError(f"the copy in {shown} does not verify: {checked.problem}")
-        if (checked.head_seq, checked.head_hash if checked.head_seq else "") != source_head:
+        if (checked.head_seq, checked.head_hash) != source_head:
             raise RuntimeError(
                 f"the copy's ledger ends at {checked.head_seq}:{checked.head_hash}, "
                 f"SQLite's at {_head_text(source_head)}"
@@ -265,10 +273,10 @@ class MigrationDoor(LedgerDoor):
         import uuid
 
         with src.begin():
-            value = migrate.get_meta(src, migrate.PENDING_ID_KEY)
+            value = read_meta(src, migrate.PENDING_ID_KEY)
             if value is None:
                 value = uuid.uuid4().hex
-                migrate.set_meta(src, migrate.PENDING_ID_KEY, value)
+                write_meta(src, migrate.PENDING_ID_KEY, value)
         return value
 
     @staticmethod

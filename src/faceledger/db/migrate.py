@@ -24,12 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, insert, inspect, literal, select, update
+from sqlalchemy import Engine, create_engine, event, func, inspect, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from faceledger.db.schema import ledger, meta, metadata
+from faceledger.db.schema import ledger, metadata
 from faceledger.db.store import (
     BINDING_FILE,
     PG_WRITER_LOCK,
@@ -37,6 +37,7 @@ from faceledger.db.store import (
     add_missing_columns,
     atomic_write,
     normalise_url,
+    read_meta,
     redact_url,
 )
 from faceledger.errors import RefusedError
@@ -132,27 +133,10 @@ def sqlite_sequences(src: Connection) -> dict[str, int]:
     }
 
 
-def ledger_head(conn: Connection) -> tuple[int, str]:
-    """(seq, hash) of the ledger's last entry; (0, "") when it is empty."""
-    last = conn.execute(
-        select(ledger.c.seq, ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1)
-    ).first()
-    return (0, "") if last is None else (int(last.seq), str(last.hash))
-
-
 def last_entry(conn: Connection) -> dict[str, Any] | None:
     """The ledger's last entry as a row mapping (details still as JSON text)."""
     row = conn.execute(select(ledger).order_by(ledger.c.seq.desc()).limit(1)).mappings().first()
     return None if row is None else dict(row)
-
-
-def get_meta(conn: Connection, key: str) -> str | None:
-    return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar_one_or_none()
-
-
-def set_meta(conn: Connection, key: str, value: str) -> None:
-    if not conn.execute(update(meta).where(meta.c.key == key).values(value=value)).rowcount:
-        conn.execute(insert(meta).values(key=key, value=value))
 
 
 # -- the PostgreSQL side ---------------------------------------------------------------------
@@ -194,8 +178,8 @@ def target_state(dst: Connection) -> TargetState:
     ]
     data_dir_id = migrated = None
     if "meta" in with_rows:
-        data_dir_id = get_meta(dst, "data_dir_id")
-        raw = get_meta(dst, MIGRATED_KEY)
+        data_dir_id = read_meta(dst, "data_dir_id")
+        raw = read_meta(dst, MIGRATED_KEY)
         migrated = json.loads(raw) if raw else None
     return TargetState(with_rows, data_dir_id, migrated)
 

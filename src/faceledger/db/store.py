@@ -119,6 +119,18 @@ def resolve_database(data_dir: Path, url: str | None) -> tuple[str, dict[str, An
     return url, {"url": url, "data_dir_id": uuid.uuid4().hex}
 
 
+def read_meta(conn: Connection, key: str) -> str | None:
+    """A ``meta`` value in ``conn``'s database (None when unset)."""
+    return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar_one_or_none()
+
+
+def write_meta(conn: Connection, key: str, value: str) -> None:
+    """Set a ``meta`` value in ``conn``'s transaction."""
+    done = conn.execute(update(meta).where(meta.c.key == key).values(value=value)).rowcount
+    if not done:
+        conn.execute(insert(meta).values(key=key, value=value))
+
+
 def insert_or_ignore(table: Any, conn: Connection) -> Any:
     """INSERT that does nothing where the row's key already exists (both databases)."""
     if conn.dialect.name == "postgresql":
@@ -246,15 +258,8 @@ class Store:
         self.writer.dispose()
 
     # -- meta ---------------------------------------------------------------------------
-    @staticmethod
-    def _get_meta(conn: Connection, key: str) -> str | None:
-        return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar_one_or_none()
-
-    @staticmethod
-    def _set_meta(conn: Connection, key: str, value: str) -> None:
-        done = conn.execute(update(meta).where(meta.c.key == key).values(value=value)).rowcount
-        if not done:
-            conn.execute(insert(meta).values(key=key, value=value))
+    _get_meta = staticmethod(read_meta)
+    _set_meta = staticmethod(write_meta)
 
     def get_meta(self, key: str) -> str | None:
         with self.engine.connect() as conn:

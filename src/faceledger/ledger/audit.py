@@ -242,10 +242,12 @@ def iter_entries(
 
 def head(store: Store) -> tuple[int, str]:
     with store.engine.connect() as conn:
-        return _head(conn)
+        return head_at(conn)
 
 
-def _head(conn: Connection) -> tuple[int, str]:
+def head_at(conn: Connection) -> tuple[int, str]:
+    """(seq, hash) of the ledger's last entry in ``conn``'s database; (0, GENESIS) when
+    it is empty."""
     last = conn.execute(
         select(ledger.c.seq, ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1)
     ).first()
