@@ -171,8 +171,9 @@ class SharedStateDoor(AccountsDoor):
                         rate_buckets.c.key == key
                     )
                 ).first()
-            tokens = float(burst) if row is None else row.tokens + (now - row.updated) * rate
-            tokens = min(float(burst), tokens)
+            tokens = float(burst)
+            if row is not None:
+                tokens = min(tokens, row.tokens + max(0.0, now - row.updated) * rate)
             return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
         with self.store.engine.begin() as conn:
             tokens, allowed = self._take(conn, key, rate, float(burst), now)
@@ -189,19 +190,25 @@ class SharedStateDoor(AccountsDoor):
 
             base: Any = pg_insert(rate_buckets)
             smaller: Any = func.least
+            larger: Any = func.greatest
         else:
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
             base = sqlite_insert(rate_buckets)
-            smaller = func.min  # SQLite's two-argument min() is the scalar one
-        refilled = smaller(burst, rate_buckets.c.tokens + (now - rate_buckets.c.updated) * rate)
+            smaller, larger = func.min, func.max  # SQLite's two-argument min/max are scalar
+        # ``now`` is read before the statement waits for the row, so a concurrent take (or a
+        # server whose clock is behind) can arrive with a ``now`` older than the row's: that
+        # is no time elapsed, never negative time (which would take tokens away), and the
+        # row's clock never goes back.
+        elapsed = larger(0.0, now - rate_buckets.c.updated)
+        refilled = smaller(burst, rate_buckets.c.tokens + elapsed * rate)
         stmt = (
             base.values(key=key, tokens=burst - 1.0, updated=now, allowed=True)
             .on_conflict_do_update(
                 index_elements=[rate_buckets.c.key],
                 set_={
                     "tokens": case((refilled >= 1.0, refilled - 1.0), else_=refilled),
-                    "updated": now,
+                    "updated": larger(rate_buckets.c.updated, now),
                     "allowed": refilled >= 1.0,
                 },
             )
