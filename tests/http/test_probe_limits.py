@@ -206,6 +206,7 @@ def server(seeded: Seeded) -> Iterator[Server]:
         log.close()
 
 
+@pytest.mark.nopg  # a server's decode memory: the database only holds the user
 def test_three_oversized_16bit_pngs_at_once_are_refused_from_the_header(server: Server) -> None:
     """#11 item 13: three 7999x7999 16-bit PNGs posted to /detect at once add under 1 GiB to
     the server (before: 4.6 GB added, 15 s each), each refused at once with a 422."""
@@ -218,6 +219,7 @@ def test_three_oversized_16bit_pngs_at_once_are_refused_from_the_header(server: 
     assert added < GIB, f"{added / 2**20:.0f} MiB"
 
 
+@pytest.mark.nopg  # a server's decode memory: the database only holds the user
 def test_three_probes_at_the_pixel_budget_at_once_add_under_1_gib(server: Server) -> None:
     """#11 item 13: the largest 16-bit PNG probe the server accepts, three at once, is
     decoded and analysed in the bounded pool and adds under 1 GiB (measured: about 0.4 GiB;

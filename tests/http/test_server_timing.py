@@ -10,6 +10,8 @@ import time
 import warnings
 from pathlib import Path
 
+import pytest
+
 from conftest import lfw_image
 from conftest_api import own_token, seed
 from faceledger.http.app import create_app
@@ -68,6 +70,7 @@ def test_a_search_says_where_its_time_went(lfw: Path, analyzer, tmp_path: Path) 
         assert "Server-Timing" in ok["headers"]
 
 
+@pytest.mark.nopg  # the benchmark script runs: the database code runs in the other tests
 def test_search_http_benchmark_runs(lfw: Path, tmp_path: Path) -> None:
     """#15 item 4: benchmarks/search_http.py against a real `faceledger serve` over a small
     synthetic-plus-LFW gallery: exits 0 with p50/p99 over HTTP and in the core, the
