@@ -23,8 +23,9 @@ demo: install
 # The whole suite on SQLite, then every test that opens a gallery database again on
 # PostgreSQL (a throwaway server on 127.0.0.1 started by scripts/pg-test-server.sh; Debian:
 # apt-get install postgresql), except those whose subject lies outside the database (nopg:
-# the index files' crash safety, the Milvus server, the Ray engine and cluster; their rows go
-# through the same store code the other tests run on PostgreSQL). Tests marked postgres (two
+# the index files' crash safety, the Milvus server, the Ray engine and cluster, a server's
+# decode memory, a benchmark script's run; their rows go through the same store code the
+# other tests run on PostgreSQL). Tests marked postgres (two
 # API servers on one gallery, migrate) run in the PostgreSQL pass only.
 test: test-sqlite test-postgres
 
