@@ -166,14 +166,11 @@ class SharedStateDoor(AccountsDoor):
         key = key[:RATE_KEY_MAX]
         if not take:
             with self.store.engine.connect() as conn:
-                row = conn.execute(
-                    select(rate_buckets.c.tokens, rate_buckets.c.updated).where(
-                        rate_buckets.c.key == key
-                    )
-                ).first()
-            tokens = float(burst)
-            if row is not None:
-                tokens = min(tokens, row.tokens + max(0.0, now - row.updated) * rate)
+                refilled, _ = _refill(conn, rate, float(burst), now)
+                tokens = conn.execute(
+                    select(refilled).where(rate_buckets.c.key == key)
+                ).scalar_one_or_none()
+            tokens = float(burst) if tokens is None else float(tokens)
             return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
         with self.store.engine.begin() as conn:
             tokens, allowed = self._take(conn, key, rate, float(burst), now)
@@ -185,30 +182,23 @@ class SharedStateDoor(AccountsDoor):
     def _take(
         conn: Connection, key: str, rate: float, burst: float, now: float
     ) -> tuple[float, bool]:
+        base: Any
         if conn.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            base: Any = pg_insert(rate_buckets)
-            smaller: Any = func.least
-            larger: Any = func.greatest
+            base = pg_insert(rate_buckets)
         else:
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
             base = sqlite_insert(rate_buckets)
-            smaller, larger = func.min, func.max  # SQLite's two-argument min/max are scalar
-        # ``now`` is read before the statement waits for the row, so a concurrent take (or a
-        # server whose clock is behind) can arrive with a ``now`` older than the row's: that
-        # is no time elapsed, never negative time (which would take tokens away), and the
-        # row's clock never goes back.
-        elapsed = larger(0.0, now - rate_buckets.c.updated)
-        refilled = smaller(burst, rate_buckets.c.tokens + elapsed * rate)
+        refilled, larger = _refill(conn, rate, burst, now)
         stmt = (
             base.values(key=key, tokens=burst - 1.0, updated=now, allowed=True)
             .on_conflict_do_update(
                 index_elements=[rate_buckets.c.key],
                 set_={
                     "tokens": case((refilled >= 1.0, refilled - 1.0), else_=refilled),
-                    "updated": larger(rate_buckets.c.updated, now),
+                    "updated": larger(rate_buckets.c.updated, now),  # never goes back
                     "allowed": refilled >= 1.0,
                 },
             )
@@ -216,3 +206,19 @@ class SharedStateDoor(AccountsDoor):
         )
         row = conn.execute(stmt).one()
         return float(row.tokens), bool(row.allowed)
+
+
+def _refill(conn: Connection, rate: float, burst: float, now: float) -> tuple[Any, Any]:
+    """The bucket's tokens at ``now`` (a SQL expression over its row), for the take and
+    for a look alike; and the dialect's scalar two-argument max. ``now`` is read before
+    the statement waits for the row, so a concurrent take (or a server whose clock is
+    behind) can arrive with a ``now`` older than the row's: that is no time elapsed, never
+    negative time (which would take tokens away)."""
+    smaller: Any
+    larger: Any
+    if conn.dialect.name == "postgresql":
+        smaller, larger = func.least, func.greatest
+    else:
+        smaller, larger = func.min, func.max  # SQLite's two-argument min/max are scalar
+    elapsed = larger(0.0, now - rate_buckets.c.updated)
+    return smaller(burst, rate_buckets.c.tokens + elapsed * rate), larger
