@@ -59,6 +59,7 @@ def make_investigators(data: Path, n: int) -> list[str]:
         name, password = f"inv{i:03d}", f"inv{i:03d}-password-123"
         fl.add_user(admin, name, password, "investigator")
         tokens.append(fl.create_token(fl.login(name, password), name, "load")[1])
+    fl.store.close()  # the server and the clients are other processes
     return tokens
 
 
