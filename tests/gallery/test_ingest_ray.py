@@ -19,12 +19,14 @@ from typer.testing import CliRunner
 
 from conftest import lfw_image
 from faceledger.cli import app
+from faceledger.core import Faceledger
 from faceledger.db.schema import faces, images
 from faceledger.db.store import Store
 from faceledger.gallery.index import IndexManager
 from faceledger.gallery.ingest import Ingestor, PipelineSettings
 from faceledger.gallery.ingest_ray import RayIngestor
 from faceledger.gallery.sources import iter_paths
+from faceledger.ledger import audit
 
 # What is tested is the split of the work over Ray; its rows go through the local engine's
 # store code (Ingestor._handle), which the PostgreSQL pass runs: SQLite only (nopg).
@@ -104,6 +106,44 @@ def test_ray_engine_in_a_ray_of_this_process(
 
     again = RayIngestor(ray_store, PipelineSettings()).run(iter_paths([photos], "lfw", "test"))
     assert again.new == 0 and again.duplicates == 9
+
+
+def test_ray_engine_through_the_core_keeps_opt_outs_and_the_ledger(
+    lfw: Path, tmp_path: Path, ray_cluster: None
+) -> None:
+    """The Ray engine is entered through ``Faceledger.ingest`` like the local one: a subject
+    erased with an opt-out is refused on the actors' results (the shared store code), an
+    unrelated person in the same run is kept, and the run is in the ledger (engine named)."""
+    fl = Faceledger(tmp_path / "data")
+    root = fl.init_admin("root", "admin password 1")
+    first = tmp_path / "first"
+    first.mkdir()
+    shutil.copy(lfw_image(lfw, "Adrien_Brody", 1), first)
+    fl.ingest(root, iter_paths([first], "archive", "test"), PipelineSettings())
+    preview = fl.erase_preview(root, lfw_image(lfw, "Adrien_Brody", 2).read_bytes(), 0.93)
+    rep = fl.erase(
+        root,
+        preview_id=preview["preview_id"],
+        face_ids=[f["face_id"] for f in preview["faces"]],
+        optout_reference="request-77",
+        reason="opt-out request 77",
+    )
+    assert rep.blocklisted == 1
+    again = tmp_path / "again"
+    again.mkdir()
+    shutil.copy(lfw_image(lfw, "Adrien_Brody", 3), again)
+    shutil.copy(lfw_image(lfw, "Abdullah_Gul", 2), again)
+    summary = fl.ingest(
+        root, iter_paths([again], "archive2", "test"), PipelineSettings(), engine="ray"
+    )
+    assert summary.ray is not None and summary.ray["actors"] >= 1
+    assert summary.opted_out == 1 and summary.new == 1
+    start, done = (
+        list(audit.iter_entries(fl.store, action=a))[-1] for a in ("ingest.start", "ingest")
+    )
+    assert start.details["args"]["engine"] == "ray"
+    assert done.details["opted_out"] == 1 and done.details["run_id"] == summary.run_id
+    assert audit.verify(fl.store).ok
 
 
 def test_cli_ingest_engine_refusals(
