@@ -40,7 +40,7 @@ import faceledger
 from conftest import blank_jpeg, need_module
 from faceledger.db.schema import ingest_runs
 from faceledger.db.store import Store
-from faceledger.gallery.ingest import Ingestor, IngestSummary, PipelineSettings
+from faceledger.gallery.ingest import Ingestor, PipelineSettings
 from faceledger.gallery.sources import iter_paths
 
 need_module("ray", "pip install -e '.[scale]' (ray)")
@@ -77,7 +77,6 @@ class Cluster:
     address: str
     env: dict[str, str]
     root: Path
-    client_address: str = ""  # ray://host:port, the head's Ray Client server
     groups: list[int] = field(default_factory=list)
 
     def start_node(self, name: str, args: list[str]) -> None:
@@ -134,8 +133,6 @@ def cluster() -> Iterator[Cluster]:
     }
     env.pop("RAY_ADDRESS", None)
     c = Cluster(f"127.0.0.1:{port}", env, Path(tempfile.mkdtemp(prefix="flray-", dir="/tmp")))
-    client_port = _free_port()
-    c.client_address = f"ray://127.0.0.1:{client_port}"
     try:
         c.start_node(
             "head",
@@ -149,7 +146,7 @@ def cluster() -> Iterator[Cluster]:
                 "--dashboard-port",
                 str(_free_port()),
                 "--ray-client-server-port",
-                str(client_port),
+                str(_free_port()),
                 *_ports(),
             ],
         )
@@ -193,33 +190,16 @@ def _faceledger(
     )
 
 
-@dataclass
-class Local:
-    """The local engine's gallery of the same photos: what every cluster run must equal."""
-
-    path: Path
-    store: Store
-    summary: IngestSummary
-
-
-@pytest.fixture(scope="module")
-def local(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Local:
-    path = tmp_path_factory.mktemp("local")
-    store = Store(path)
-    summary = Ingestor(store, PipelineSettings()).run(iter_paths([photos], "lfw", "test"))
-    assert summary.seen == 23 and summary.new == 21 and summary.duplicates == 1
-    return Local(path, store, summary)
-
-
-@pytest.mark.parametrize("via", ["head", "ray-client"])
 def test_ingest_runs_on_both_nodes_of_a_cluster(
-    via: str, cluster: Cluster, photos: Path, local: Local, tmp_path: Path, fresh_db
+    cluster: Cluster, photos: Path, tmp_path: Path, fresh_db
 ) -> None:
     """#16 item 2: `faceledger ingest --engine ray --address <head>` spreads its batches
     over both nodes, loads the models once per actor (not per chunk), records where the
-    work ran in the run's summary, and builds the local engine's gallery. The same through
-    Ray Client (``--address ray://head:port``), as a driver outside the cluster connects."""
-    address = cluster.address if via == "head" else cluster.client_address
+    work ran in the run's summary, and builds the local engine's gallery."""
+    local_store = Store(tmp_path / "local")
+    local = Ingestor(local_store, PipelineSettings()).run(iter_paths([photos], "lfw", "test"))
+    assert local.seen == 23 and local.new == 21 and local.duplicates == 1
+
     fresh_db()
     data = tmp_path / "ray"
     env = cluster.env | {"FACELEDGER_DATA": str(data), "FACELEDGER_PASSWORD": PASSWORD}
@@ -228,17 +208,17 @@ def test_ingest_runs_on_both_nodes_of_a_cluster(
     r = _faceledger(
         env,
         *("ingest", str(photos), "--source", "lfw", "--legal-basis", "test", "--as", "root"),
-        *("--engine", "ray", "--address", address, "--json"),
+        *("--engine", "ray", "--address", cluster.address, "--json"),
     )
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads(r.stdout)
     for key in ("seen", "new", "duplicates", "faces", "no_face"):
-        assert doc[key] == getattr(local.summary, key), key
-    assert doc["failures"] == dict(local.summary.failures)
+        assert doc[key] == getattr(local, key), key
+    assert doc["failures"] == dict(local.failures)
 
     where = doc["ray"]
     assert len(where["nodes"]) == 2  # both nodes ran batches
-    analysed = local.summary.new + sum(local.summary.failures.values())  # sent to the actors
+    analysed = local.new + sum(local.failures.values())  # what went to the actors
     assert sum(where["nodes"].values()) == analysed
     assert where["actors"] == 2 and where["model_loads"] == 2  # once per actor
     assert len(where["batches"]) == 2 and min(where["batches"].values()) >= 2  # reused
@@ -248,7 +228,7 @@ def test_ingest_runs_on_both_nodes_of_a_cluster(
         row = conn.execute(select(ingest_runs).order_by(ingest_runs.c.id.desc())).first()
     assert row is not None and row.status == "done"
     assert json.loads(row.summary_json)["ray"] == where  # the run's record says it too
-    same_gallery(local.path, data, local.store, store)
+    same_gallery(tmp_path / "local", data, local_store, store)
 
 
 def test_address_where_no_cluster_answers(tmp_path: Path) -> None:
